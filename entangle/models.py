@@ -1,0 +1,210 @@
+"""Model builders: the CIFAR ResNet v2 of He et al. (2016) and keras.applications victims.
+
+Every model here takes images in [0, 1] at the dataset's size and returns logits, so that
+attack budgets (L2 norms in the [0, 1] pixel scale) mean the same thing for every model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Sequence
+
+import keras
+from keras import layers
+
+REPRESENTATION_LAYER = "representation"
+LOGITS_LAYER = "logits"
+
+
+def _resnet_layer(x, filters, kernel_size=3, strides=1, activation=True, batch_norm=True,
+                  conv_first=True, weight_decay=1e-4, name=None):
+    """Conv-BN-ReLU (conv_first) or BN-ReLU-Conv (pre-activation), as in the Keras example."""
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                         kernel_initializer="he_normal", kernel_regularizer=reg,
+                         name=f"{name}_conv" if name else None)
+    if conv_first:
+        x = conv(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn" if name else None)(x)
+        if activation:
+            x = layers.Activation("relu")(x)
+        return x
+    if batch_norm:
+        x = layers.BatchNormalization(name=f"{name}_bn" if name else None)(x)
+    if activation:
+        x = layers.Activation("relu")(x)
+    return conv(x)
+
+
+def resnet_v2_depths(max_depth: int = 200) -> list[int]:
+    """The depths resnet_v2 accepts: 9n + 2 for n >= 1 (11, 20, 29, ..., 56, ...)."""
+    return list(range(11, max_depth + 1, 9))
+
+
+def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
+              *, width: int = 16, weight_decay: float = 1e-4, name: str | None = None) -> keras.Model:
+    """CIFAR ResNet v2 (pre-activation bottleneck blocks, depth 9n+2) returning logits.
+
+    Follows Keras' classic CIFAR-10 example (ResNet20v2: depth 20, ResNet56v2: depth 56) with
+    global average pooling, so any input size from 8 px up works. The pooled features, rep(x)
+    in the paper, come from the layer named ``representation``; ``width`` (16 in the paper)
+    scales every stage, so tests can use a tiny variant (depth 11, width 4).
+    """
+    if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+        raise ValueError(f"depth must be 9n+2 with n >= 1 (11, 20, 29, 38, 47, 56, ..., e.g. "
+                         f"ResNet20v2 = 20, ResNet56v2 = 56); got {depth!r}")
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3 or min(input_shape[:2]) < 8:
+        raise ValueError(f"input_shape must be (height, width, channels) with height, width >= 8; "
+                         f"got {input_shape}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2; got {num_classes}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1; got {width}")
+    n = (depth - 2) // 9
+    kw = dict(weight_decay=weight_decay)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = _resnet_layer(inputs, width, conv_first=True, name="stem", **kw)
+    filters_in = width
+    for stage in range(3):
+        for block in range(n):
+            activation, batch_norm, strides = True, True, 1
+            if stage == 0:
+                filters_out = filters_in * 4
+                if block == 0:
+                    activation, batch_norm = False, False
+            else:
+                filters_out = filters_in * 2
+                if block == 0:
+                    strides = 2
+            prefix = f"stage{stage + 1}_block{block + 1}"
+            y = _resnet_layer(x, filters_in, kernel_size=1, strides=strides, activation=activation,
+                              batch_norm=batch_norm, conv_first=False, name=f"{prefix}_a", **kw)
+            y = _resnet_layer(y, filters_in, conv_first=False, name=f"{prefix}_b", **kw)
+            y = _resnet_layer(y, filters_out, kernel_size=1, conv_first=False,
+                              name=f"{prefix}_c", **kw)
+            if block == 0:
+                x = _resnet_layer(x, filters_out, kernel_size=1, strides=strides,
+                                  activation=False, batch_norm=False, name=f"{prefix}_shortcut",
+                                  **kw)
+            x = layers.Add(name=f"{prefix}_add")([x, y])
+        filters_in = filters_out
+    x = layers.BatchNormalization(name="final_bn")(x)
+    x = layers.Activation("relu", name="final_relu")(x)
+    rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
+    logits = layers.Dense(num_classes, kernel_initializer="he_normal", name=LOGITS_LAYER)(rep)
+    return keras.Model(inputs, logits, name=name or f"resnet{depth}v2")
+
+
+def representation_model(model: keras.Model) -> keras.Model:
+    """The sub-model from ``model``'s input to its ``representation`` layer (rep(x))."""
+    try:
+        rep = model.get_layer(REPRESENTATION_LAYER)
+    except ValueError as e:
+        raise ValueError(f"model {model.name!r} has no layer named {REPRESENTATION_LAYER!r}; "
+                         "build it with entangle.models.resnet_v2 or victim") from e
+    return keras.Model(model.inputs, rep.output, name=f"{model.name}_representation")
+
+
+# name -> (keras.applications constructor, preprocess mode, minimum input size, weights file)
+_VICTIMS = {
+    "densenet121": ("DenseNet121", "torch", 32,
+                    "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "inception_v3": ("InceptionV3", "tf", 75,
+                     "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenet_v2": ("MobileNetV2", "tf", 32,
+                     "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    "vgg16": ("VGG16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50_v2": ("ResNet50V2", "tf", 32,
+                    "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "xception": ("Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+}
+VICTIMS = tuple(_VICTIMS)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="entangle")
+class ApplicationPreprocess(layers.Layer):
+    """Maps [0, 1] RGB images to what a keras.applications backbone expects.
+
+    Modes as in ``keras.applications.imagenet_utils.preprocess_input``: ``tf`` scales to
+    [-1, 1]; ``torch`` standardises with ImageNet mean/std; ``caffe`` flips to BGR and
+    subtracts the ImageNet mean on the 0-255 scale. Written as a layer so it is part of the
+    model (and of its gradient), and saves/loads without a Lambda.
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("tf", "torch", "caffe"):
+            raise ValueError(f"mode must be 'tf', 'torch' or 'caffe'; got {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "tf":
+            return x * 2.0 - 1.0
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(_IMAGENET_MEAN, dtype=x.dtype)
+            std = keras.ops.convert_to_tensor(_IMAGENET_STD, dtype=x.dtype)
+            return (x - mean) / std
+        x = keras.ops.flip(x, axis=-1) * 255.0
+        return x - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (no network) and are not in the Keras cache."""
+
+
+def _keras_cache_dir() -> str:
+    return os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"),
+                                                                  ".keras")), "models")
+
+
+def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
+           weights: str | None = "imagenet", *, resize_to: int | None = None) -> keras.Model:
+    """A keras.applications backbone (include_top=False) + average pooling + Dense logits.
+
+    The model takes [0, 1] images at ``input_shape``, resizes them inside the model to the
+    architecture's minimum (InceptionV3 75 px, Xception 71 px) or to ``resize_to``, and applies
+    that architecture's own preprocessing, so attacks live in the dataset's input space.
+    """
+    key = name.lower()
+    if key not in _VICTIMS:
+        raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(VICTIMS)}")
+    if weights not in (None, "imagenet") and not os.path.exists(str(weights)):
+        raise ValueError(f"weights must be None, 'imagenet' or an existing file; got {weights!r}")
+    ctor_name, mode, min_size, weights_file = _VICTIMS[key]
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (height, width, 3); got {input_shape}")
+    size = max(min_size, resize_to or 0)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    if min(input_shape[:2]) < size or resize_to:
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    x = ApplicationPreprocess(mode, name="preprocess")(x)
+    ctor = getattr(keras.applications, ctor_name)
+    try:
+        backbone = ctor(include_top=False, weights=weights, input_shape=tuple(x.shape[1:]))
+    except Exception as e:  # keras raises a bare Exception("URL fetch failure on ...")
+        msg = str(e)
+        if "URL fetch failure" not in msg and "URLError" not in repr(e.__cause__):
+            raise
+        url = re.search(r"https?://\S+", msg)
+        fname = os.path.basename(url.group(0).rstrip(":;,")) if url else weights_file
+        raise WeightsUnavailableError(
+            f"could not download ImageNet weights for {name} (no network?). Place the file "
+            f"{fname!r} in the Keras cache directory {_keras_cache_dir()!r} "
+            f"($KERAS_HOME/models), or build the victim with weights=None, which works "
+            f"offline. Original error: {msg}") from e
+    x = backbone(x)
+    rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
+    logits = layers.Dense(num_classes, name=LOGITS_LAYER)(rep)
+    return keras.Model(inputs, logits, name=key)

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny models and synthetic data at 16 px so the suite stays fast on a CPU."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+def colour_dataset(n=384, size=16, num_classes=3, seed=0):
+    """Class c = noisy grey image whose channel c is brighter by 0.2: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n)
+    x = 0.4 + 0.08 * rng.standard_normal((n, size, size, 3))
+    x[np.arange(n), :, :, y] += 0.2
+    return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny():
+    """A tiny ResNet v2 (depth 11, width 4) trained on colour_dataset: (model, x_test, y_test)."""
+    import keras
+    from entangle import models
+
+    keras.utils.set_random_seed(0)
+    x, y = colour_dataset(1024)
+    model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=8, verbose=0)
+    xt, yt = colour_dataset(128, seed=1)
+    return model, xt, yt

@@ -1,0 +1,155 @@
+import keras
+import numpy as np
+import pytest
+
+from entangle import attacks
+
+PGD = dict(eps=1.0, steps=10, step_size=0.25)
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
+
+
+def _norms(d):
+    return np.sqrt((d.reshape(len(d), -1).astype(np.float64) ** 2).sum(1))
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("random_start", [False, True])
+def test_pgd_respects_ball_and_box(trained_tiny, targeted, random_start):
+    model, x, y = trained_tiny
+    t = (y + 1) % 3
+    adv = attacks.pgd_l2(model, x, t if targeted else y, targeted=targeted,
+                         random_start=random_start, batch_size=50, **PGD)
+    assert adv.shape == x.shape and adv.dtype == np.float32
+    assert np.all(_norms(adv - x) <= PGD["eps"] + 1e-5)
+    assert adv.min() >= 0.0 and adv.max() <= 1.0
+    assert np.mean(_norms(adv - x)) > 0.5  # it actually moved
+
+
+def test_untargeted_pgd_lowers_accuracy(trained_tiny):
+    model, x, y = trained_tiny
+    clean = _accuracy(model, x, y)
+    adv = attacks.pgd_l2(model, x, y, eps=2.0, steps=10, step_size=0.5)
+    assert clean > 0.9
+    assert _accuracy(model, adv, y) < 0.2
+    fgm = attacks.fgm_l2(model, x, y, eps=2.0)
+    assert _accuracy(model, fgm, y) < clean - 0.3
+    np.testing.assert_allclose(_norms(fgm - x), 2.0, rtol=0.2)
+
+
+def test_targeted_pgd_reaches_targets(trained_tiny):
+    model, x, y = trained_tiny
+    t = (y + 1) % 3
+    adv = attacks.pgd_l2(model, x, t, eps=5.0, steps=25, step_size=0.4, targeted=True)
+    assert _accuracy(model, adv, t) > 0.9
+
+
+def test_multi_targeted_with_one_model_equals_targeted(trained_tiny):
+    model, x, y = trained_tiny
+    t = (y + 2) % 3
+    single = attacks.pgd_l2(model, x[:16], t[:16], targeted=True, **PGD)
+    multi = attacks.multi_targeted_pgd_l2([model], x[:16], t[None, :16], **PGD)
+    np.testing.assert_allclose(single, multi, atol=1e-5)
+
+
+def test_multi_targeted_two_models_two_targets(trained_tiny):
+    model, x, y = trained_tiny
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    targets = np.stack([(y + 1) % 3, (y + 1) % 3])
+    adv = attacks.multi_targeted_pgd_l2([model, clone], x, targets, eps=5.0, steps=25,
+                                        step_size=0.4)
+    assert np.all(_norms(adv - x) <= 5.0 + 1e-5)
+    assert _accuracy(clone, adv, targets[1]) > 0.9
+
+
+def _linear_model(w):
+    inputs = keras.Input((4, 4, 1))
+    logits = keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, logits)
+    model.layers[-1].set_weights([w])
+    return model
+
+
+def test_matches_closed_form_on_linear_model():
+    # For logits W^T x the gradient of CE(y) points along w_other - w_y for every x, so the
+    # L2 PGD optimum is x + eps * v / ||v||: the margin drops by exactly eps * ||v||.
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 2)).astype("float32") * 0.1
+    model = _linear_model(w)
+    x = np.full((3, 4, 4, 1), 0.5, np.float32) + rng.uniform(-0.05, 0.05, (3, 4, 4, 1)).astype("float32")
+    y = np.zeros(3, np.int64)
+    v = (w[:, 1] - w[:, 0]).reshape(4, 4, 1)
+    eps = 0.3  # small enough that no pixel leaves [0, 1]
+    adv = attacks.pgd_l2(model, x, y, eps=eps, steps=7, step_size=0.1)
+    expected = x + eps * v / np.linalg.norm(v)
+    np.testing.assert_allclose(adv, expected, atol=1e-5)
+    targeted = attacks.pgd_l2(model, x, 1 - y + 0, eps=eps, steps=7, step_size=0.1,
+                              targeted=True)
+    np.testing.assert_allclose(targeted, expected, atol=1e-5)
+
+
+def test_infinite_eps_means_no_projection():
+    w = np.zeros((16, 2), np.float32)
+    w[0, 1] = 1.0  # the gradient only moves pixel 0
+    model = _linear_model(w)
+    x = np.full((1, 4, 4, 1), 0.2, np.float32)
+    adv = attacks.pgd_l2(model, x, [0], eps=float("inf"), steps=5, step_size=0.1)
+    assert adv[0, 0, 0, 0] == pytest.approx(0.7, abs=1e-5)  # 5 steps of 0.1, never projected
+    bounded = attacks.pgd_l2(model, x, [0], eps=0.25, steps=5, step_size=0.1)
+    assert bounded[0, 0, 0, 0] == pytest.approx(0.45, abs=1e-5)
+
+
+def test_zero_gradient_gives_no_nan():
+    model = _linear_model(np.zeros((16, 2), np.float32))
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    for rs in (False, True):
+        adv = attacks.pgd_l2(model, x, [0, 1], eps=0.5, steps=3, step_size=0.1, random_start=rs)
+        assert np.all(np.isfinite(adv))
+    np.testing.assert_array_equal(attacks.pgd_l2(model, x, [0, 1], **PGD), x)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=-1.0), "eps"),
+    (dict(eps=float("nan")), "eps"),
+    (dict(steps=0), "steps"),
+    (dict(steps=2.5), "steps"),
+    (dict(step_size=0.0), "step_size"),
+    (dict(step_size=-0.1), "step_size"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(eps=float("inf"), random_start=True), "random_start"),
+])
+def test_bad_budget_arguments(kwargs, match):
+    model = _linear_model(np.ones((16, 2), np.float32))
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    with pytest.raises(ValueError, match=match):
+        attacks.pgd_l2(model, x, [0, 1], **{**PGD, **kwargs})
+
+
+@pytest.mark.parametrize("x,y,match", [
+    (np.full((2, 4, 4, 1), 128, np.uint8), [0, 1], "dtype"),
+    (np.full((2, 16), 0.5, np.float32), [0, 1], "rank 4"),
+    (np.full((2, 4, 4, 1), 1.5, np.float32), [0, 1], r"\[0, 1\]"),
+    (np.full((2, 4, 4, 1), 0.5, np.float32), [0, 2], r"\[0, 2\)"),
+    (np.full((2, 4, 4, 1), 0.5, np.float32), [0, 1, 1], "one label per image"),
+    (np.full((2, 4, 4, 1), 0.5, np.float32), [0.0, 1.0], "integer"),
+])
+def test_bad_inputs(x, y, match):
+    model = _linear_model(np.ones((16, 2), np.float32))
+    with pytest.raises(ValueError, match=match):
+        attacks.pgd_l2(model, x, y, **PGD)
+
+
+def test_multi_targeted_bad_target_shape(trained_tiny):
+    model, x, y = trained_tiny
+    with pytest.raises(ValueError, match="targets_per_model"):
+        attacks.multi_targeted_pgd_l2([model, model], x[:4], y[:4], **PGD)
+
+
+def test_compiles_under_xla(trained_tiny):
+    model, x, y = trained_tiny
+    ref = attacks.pgd_l2(model, x[:8], y[:8], eps=1.0, steps=3, step_size=0.4)
+    xla = attacks.pgd_l2(model, x[:8], y[:8], eps=1.0, steps=3, step_size=0.4, jit_compile=True)
+    np.testing.assert_allclose(xla, ref, atol=1e-3)
