@@ -1,0 +1,394 @@
+"""Datasets as uint8 NHWC arrays plus integer labels, and the tf.data pipelines that feed them.
+
+Names accepted by :func:`load_dataset`:
+
+* ``cifar10``: tfds ``cifar10`` (train 50,000 / test 10,000).
+* ``imagenet9``: tfds ``imagenet_resized/64x64`` restricted to the nine superclasses of
+  Ilyas et al. (2019) and relabelled 0..8. imagenet_resized's labels follow the
+  downsampled-ImageNet order, so the mapping goes through WordNet ids
+  (``resources/imagenet9.json``), never through label indices.
+* ``folder:PATH``: ``PATH/{train,test}/<class>/<image>``, sorted class names as labels; decoded
+  arrays are cached (atomically, keyed by the folder's file list, sizes and mtimes).
+* ``planted``: a synthetic dataset whose robust and non-robust features are known.
+
+The planted dataset. Each class c owns three patterns, added to a random background
+(grey level U(0.35, 0.65) plus N(0, 0.03) pixel noise):
+
+* ``A_c`` robust: low spatial frequency (a random shape of 4x4-cell blocks covering about
+  40 % of the image, in a class colour), L2 norm ``robust_norm`` (default 6.0);
+* ``B_c`` non-robust and entangled with A_c: high-frequency +-1 pixel noise living only inside
+  A_c's support, L2 norm ``entangled_norm`` (default 1.0);
+* ``C_c`` non-robust artifact independent of A_c: high-frequency +-1 pixel noise anywhere,
+  L2 norm ``artifact_norm`` (default 1.0).
+
+Every image of class c carries each present pattern with an amplitude jitter U(0.8, 1.2).
+An L2 adversary with budget eps >= 1.2 * norm(B) can erase or forge B (likewise C), so an
+eps-robust classifier cannot rely on them, while a standard classifier is free to; A needs a
+perturbation of norm about norm(A) / 2 to be confused with another class's shape.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "test")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The dataset is not prepared locally and may not be downloaded."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Images (uint8, NHWC) with integer labels and the class names they index."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...]
+    name: str = ""
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])
+
+    def subset(self, indices) -> "Dataset":
+        return Dataset(self.x[indices], self.y[indices], self.class_names, self.name)
+
+    def float_images(self) -> np.ndarray:
+        return to_float(self.x)
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [0, 1] (floats pass through as float32)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32, copy=False)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, rounding to the nearest level."""
+    return np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def dataset_names() -> str:
+    return "cifar10, imagenet9, planted, folder:PATH"
+
+
+def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: int | None = None,
+                 seed: int = 0, download: bool = False, cache_dir: str | None = None,
+                 planted: "PlantedConfig | None" = None, verbose: bool = True) -> Dataset:
+    """Loads ``split`` ('train' or 'test') of a named dataset as uint8 arrays.
+
+    ``limit`` keeps a seeded, class-stratified subset of that many images. tfds datasets are
+    read from ``data_dir`` and never downloaded unless ``download=True``, so an offline machine
+    gets an error within seconds rather than a long retry loop.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None; got {limit}")
+    if name == "cifar10":
+        ds = _load_tfds("cifar10", split, data_dir, download)
+        ds = Dataset(ds["image"], ds["label"].astype(np.int64), CIFAR10_CLASSES, name)
+    elif name == "imagenet9":
+        ds = _load_imagenet9(split, data_dir, download)
+    elif name.startswith("folder:"):
+        ds = load_folder(name[len("folder:"):], split, cache_dir=cache_dir, verbose=verbose)
+    elif name == "planted":
+        ds = make_planted(split, planted or PlantedConfig(seed=seed))
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(stratified_indices(ds.y, limit, seed))
+    return ds
+
+
+def stratified_indices(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded subset of ``n`` indices with each class in proportion, returned sorted."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    quota = np.floor(counts / len(y) * n).astype(int)
+    for i in np.argsort(-(counts / len(y) * n - quota))[: n - quota.sum()]:
+        quota[i] += 1
+    picked = [rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+def split_validation(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """A seeded, stratified hold-out: (train minus validation, validation)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1); got {fraction}")
+    val = stratified_indices(ds.y, max(1, int(round(fraction * len(ds)))), seed)
+    keep = np.setdiff1d(np.arange(len(ds)), val)
+    return ds.subset(keep), ds.subset(val)
+
+
+# ---------------------------------------------------------------------------- tfds
+
+
+def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool,
+               tfds_split: str | None = None) -> dict:
+    import tensorflow_datasets as tfds
+
+    try:
+        data = tfds.load(tfds_name, split=tfds_split or split, data_dir=data_dir,
+                         download=download, as_supervised=False)
+    except AssertionError as e:  # tfds: "Dataset X: could not find data in DIR"
+        where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+        raise DatasetUnavailableError(
+            f"tfds dataset {tfds_name!r} is not prepared in {where!r} and downloading is off. "
+            f"Point --data_dir (data_dir=) at a directory holding prepared tfds data, prepare "
+            f"it on a machine with network access (`tfds build {tfds_name}`) and copy it here, "
+            f"pass --download (download=True) where the network is reachable, or use a local "
+            f"image folder with --dataset=folder:PATH (PATH/train/<class>/*.jpg, "
+            f"PATH/test/<class>/*.jpg). ({e})") from e
+    images, labels = [], []
+    for batch in tfds.as_numpy(data.map(lambda ex: (ex["image"], ex["label"])).batch(4096)):
+        images.append(batch[0])
+        labels.append(batch[1])
+    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
+
+
+def imagenet9_spec() -> dict:
+    """The shipped ImageNet-9 definition: class order, standard index ranges, WordNet ids."""
+    text = resources.files("entangle").joinpath("resources/imagenet9.json").read_text()
+    return json.loads(text)
+
+
+def imagenet9_label_map(wnids: Sequence[str]) -> np.ndarray:
+    """For a dataset whose label i has WordNet id wnids[i]: its ImageNet-9 class, or -1."""
+    spec = imagenet9_spec()
+    to_class = {w: i for i, c in enumerate(spec["classes"]) for w in spec["wnids"][c]}
+    return np.array([to_class.get(w, -1) for w in wnids], np.int64)
+
+
+def _load_imagenet9(split: str, data_dir: str | None, download: bool) -> Dataset:
+    import tensorflow_datasets as tfds
+
+    name = "imagenet_resized/64x64"
+    data = _load_tfds(name, split, data_dir, download,
+                      tfds_split="validation" if split == "test" else "train")
+    builder = tfds.builder(name, data_dir=data_dir)
+    mapping = imagenet9_label_map(builder.info.features["label"].names)
+    labels = mapping[data["label"]]
+    keep = labels >= 0
+    return Dataset(data["image"][keep], labels[keep], tuple(imagenet9_spec()["classes"]),
+                   "imagenet9")
+
+
+# ---------------------------------------------------------------------------- image folders
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("ENTANGLE_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "entangle"))
+
+
+def _folder_listing(root: str, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+        raise FileNotFoundError(f"image folder {split_dir!r} does not exist; folder:PATH needs "
+                                f"PATH/train/<class>/ and PATH/test/<class>/ sub-folders")
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if not classes:
+        raise ValueError(f"image folder {split_dir!r} has no class sub-folders")
+    files = []
+    for label, c in enumerate(classes):
+        for f in sorted(os.listdir(os.path.join(split_dir, c))):
+            if f.lower().endswith(_IMAGE_EXTENSIONS):
+                files.append((os.path.join(split_dir, c, f), label))
+    if not files:
+        raise ValueError(f"image folder {split_dir!r} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
+    return classes, files
+
+
+def _decode(path: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), np.uint8)
+    except Exception as e:
+        raise ValueError(f"cannot read image {path!r}: {e}") from e
+
+
+def atomic_save_npz(path: str, **arrays) -> None:
+    """Writes an .npz next to its destination, then renames it in place (never half-written)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_folder(root: str, split: str, *, cache_dir: str | None = None,
+                verbose: bool = True) -> Dataset:
+    """Reads ``root/split/<class>/*`` (decoded once, then served from an .npz cache)."""
+    root = os.path.abspath(os.path.expanduser(root))
+    classes, files = _folder_listing(root, split)
+    h = hashlib.sha256(f"{root}|{split}".encode())
+    for path, label in files:
+        st = os.stat(path)
+        h.update(f"{os.path.relpath(path, root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = os.path.join(cache_dir or default_cache_dir(), "folders",
+                         f"{os.path.basename(root)}-{split}-{h.hexdigest()[:16]}.npz")
+    name = f"folder:{root}"
+    if os.path.exists(cache):
+        with np.load(cache) as z:
+            return Dataset(z["x"], z["y"], tuple(str(c) for c in z["classes"]), name)
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(_decode, [p for p, _ in files], chunksize=256))
+    shape = images[0].shape
+    for (path, _), im in zip(files, images):
+        if im.shape != shape:
+            raise ValueError(f"image {path!r} has size {im.shape[1]}x{im.shape[0]}, but "
+                             f"{files[0][0]!r} has {shape[1]}x{shape[0]}; all images of a "
+                             f"folder dataset must share one size")
+    x = np.stack(images)
+    y = np.array([label for _, label in files], np.int64)
+    atomic_save_npz(cache, x=x, y=y, classes=np.array(classes))
+    if verbose:
+        print(f"decoded {len(x)} images from {os.path.join(root, split)} in "
+              f"{time.time() - start:.1f}s; cached at {cache}")
+    return Dataset(x, y, tuple(classes), name)
+
+
+# ---------------------------------------------------------------------------- planted features
+
+
+@dataclasses.dataclass(frozen=True)
+class PlantedConfig:
+    """Parameters of the planted dataset (see the module docstring)."""
+
+    image_size: int = 32
+    num_classes: int = 10
+    train_size: int = 5000
+    test_size: int = 1000
+    features: str = "ABC"           # which of A (robust), B (entangled), C (artifact) are present
+    robust_norm: float = 6.0
+    entangled_norm: float = 1.0
+    artifact_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not set(self.features) <= set("ABC"):
+            raise ValueError(f"planted features must be a subset of 'ABC'; got {self.features!r}")
+        if self.image_size < 8 or self.num_classes < 2:
+            raise ValueError("planted image_size must be >= 8 and num_classes >= 2")
+        for f in ("robust_norm", "entangled_norm", "artifact_norm"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"planted {f} must be >= 0; got {getattr(self, f)}")
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
+def planted_patterns(cfg: PlantedConfig) -> dict[str, np.ndarray]:
+    """The class patterns A, B, C (each (num_classes, s, s, 3), float32) of a configuration."""
+    rng = np.random.default_rng([cfg.seed, 7919])
+    s, k = cfg.image_size, cfg.num_classes
+    cells = max(2, s // 8)
+    A, B, C = (np.zeros((k, s, s, 3), np.float32) for _ in range(3))
+    for c in range(k):
+        mask = rng.random((cells, cells)) < 0.4
+        mask[rng.integers(cells), rng.integers(cells)] = True
+        mask = np.kron(mask, np.ones((-(-s // cells),) * 2))[:s, :s].astype(bool)
+        colour = _unit(rng.uniform(-1, 1, 3))
+        A[c] = _unit(mask[..., None] * colour) * cfg.robust_norm
+        B[c] = _unit(mask[..., None] * rng.choice([-1.0, 1.0], (s, s, 3))) * cfg.entangled_norm
+        C[c] = _unit(rng.choice([-1.0, 1.0], (s, s, 3))) * cfg.artifact_norm
+    return {"A": A, "B": B, "C": C}
+
+
+def make_planted(split: str, cfg: PlantedConfig = PlantedConfig()) -> Dataset:
+    """Draws the planted dataset's ``split`` (deterministic for a given config)."""
+    n = cfg.train_size if split == "train" else cfg.test_size
+    rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1])
+    s = cfg.image_size
+    y = np.arange(n) % cfg.num_classes
+    rng.shuffle(y)
+    x = rng.uniform(0.35, 0.65, (n, 1, 1, 1)) + 0.03 * rng.standard_normal((n, s, s, 3))
+    patterns = planted_patterns(cfg)
+    for f in cfg.features:
+        x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][y]
+    names = tuple(f"class{c}" for c in range(cfg.num_classes))
+    return Dataset(to_uint8(x), y.astype(np.int64), names, "planted")
+
+
+# ---------------------------------------------------------------------------- augmentation and pipelines
+
+
+def augment(image, seed, pad: int | None = None):
+    """Zero-pad then random-crop back (4 px at 32 px, scaled), and random horizontal flip.
+
+    ``image`` is one HWC image; ``seed`` a stateless seed (shape [2]) so an epoch's
+    augmentation is a pure function of (run seed, epoch, index): resumed runs see the same data.
+    """
+    import tensorflow as tf
+
+    h, w = image.shape[0], image.shape[1]
+    pad = max(1, round(4 * h / 32)) if pad is None else pad
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+
+
+def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
+                  augment_images: bool = False, seed: int = 0, epoch: int = 0,
+                  drop_remainder: bool = False):
+    """A tf.data pipeline of (float32 [0, 1] images, int32 labels) batches for one epoch.
+
+    Shuffling and augmentation depend only on (seed, epoch), so epoch e of a resumed run is
+    identical to epoch e of an uninterrupted one.
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
+    if augment_images:
+        base = tf.constant([seed, epoch], tf.int64)
+
+        def aug(i, example):
+            img, lab = example
+            return augment(img, tf.stack([base[0] * 1_000_003 + i, base[1]])), lab
+
+        ds = ds.enumerate().map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    scale = 255.0 if np.asarray(x).dtype == np.uint8 else 1.0
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda img, lab: (tf.cast(img, tf.float32) / scale, lab),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

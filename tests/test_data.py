@@ -1,0 +1,214 @@
+import os
+import time
+
+import numpy as np
+import pytest
+
+from entangle import data
+
+CIFAR_COPY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg")
+
+
+def test_cifar10_through_tfds_mock():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=24):
+        ds = data.load_dataset("cifar10", "test")
+    assert ds.x.shape == (24, 32, 32, 3) and ds.x.dtype == np.uint8
+    assert ds.y.dtype == np.int64 and ds.y.min() >= 0 and ds.y.max() < 10
+    assert ds.class_names == data.CIFAR10_CLASSES and ds.num_classes == 10
+
+
+def test_imagenet9_through_tfds_mock():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=600):
+        ds = data.load_dataset("imagenet9", "train")
+        builder = tfds.builder("imagenet_resized/64x64")
+        wnids = builder.info.features["label"].names
+    assert ds.x.shape[1:] == (64, 64, 3) and ds.x.dtype == np.uint8
+    assert ds.class_names == ("dog", "cat", "frog", "turtle", "bird", "primate", "fish", "crab",
+                              "insect")
+    # about 203 of the 1000 ImageNet classes belong to ImageNet-9; mock labels are uniform
+    assert 0.1 * 600 < len(ds) < 0.35 * 600
+    assert set(np.unique(ds.y)) <= set(range(9))
+    assert wnids[0] == "n02119789"  # imagenet_resized's first label is kit fox, not tench
+
+
+def test_imagenet9_mapping_goes_through_wordnet_ids():
+    spec = data.imagenet9_spec()
+    counts = {c: len(spec["wnids"][c]) for c in spec["classes"]}
+    assert counts == {"dog": 118, "cat": 5, "frog": 3, "turtle": 5, "bird": 21, "primate": 18,
+                      "fish": 9, "crab": 4, "insect": 20}
+    known = {"n02123045": "cat",       # tabby cat, ImageNet index 281
+             "n02085620": "dog",       # Chihuahua, 151
+             "n01641577": "frog",      # bullfrog, 30
+             "n01664065": "turtle",    # loggerhead, 33
+             "n01530575": None,        # brambling, 10: a bird, but outside the range 80-100
+             "n01795545": "bird",      # black grouse, 80
+             "n02606052": "fish",      # rock beauty, 392
+             "n01443537": None,        # goldfish, index 1: outside the fish range 389-397
+             "n01978287": "crab",      # Dungeness crab, 118
+             "n02177972": "insect",    # weevil, 307
+             "n02484975": "primate",   # guenon, 370
+             "n02119789": None}        # kit fox, 278
+    mapping = data.imagenet9_label_map(list(known))
+    for (wnid, cls), got in zip(known.items(), mapping):
+        assert (spec["classes"][got] if got >= 0 else None) == cls, wnid
+
+
+def test_offline_tfds_fails_fast_with_advice(tmp_path):
+    start = time.time()
+    with pytest.raises(data.DatasetUnavailableError, match="folder:PATH"):
+        data.load_dataset("cifar10", "train", data_dir=str(tmp_path))
+    assert time.time() - start < 30
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(ValueError, match="cifar10, imagenet9, planted, folder:PATH"):
+        data.load_dataset("mnist", "train")
+    with pytest.raises(ValueError, match="split"):
+        data.load_dataset("planted", "val")
+
+
+def _write_folder(root, size=12, per_class=6, classes=("b_cat", "a_dog", "c_eel")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            os.makedirs(root / split / c)
+            for i in range(per_class):
+                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                fmt = "png" if i % 2 else "bmp"
+                Image.fromarray(arr).save(root / split / c / f"{i}.{fmt}")
+
+
+def test_folder_loader_and_cache(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    ds = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))
+    assert ds.class_names == ("a_dog", "b_cat", "c_eel")  # sorted names are the labels
+    assert ds.x.shape == (18, 12, 12, 3) and np.bincount(ds.y).tolist() == [6, 6, 6]
+    from PIL import Image
+    first = np.asarray(Image.open(tmp_path / "imgs" / "train" / "a_dog" / "0.bmp"))
+    np.testing.assert_array_equal(ds.x[0], first)  # lossless formats round-trip exactly
+    cached = list((cache / "folders").glob("*.npz"))
+    assert len(cached) == 1
+    again = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))
+    np.testing.assert_array_equal(again.x, ds.x)
+    # a changed folder is a different cache key
+    os.remove(tmp_path / "imgs" / "train" / "a_dog" / "0.bmp")
+    changed = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))
+    assert len(changed) == 17 and len(list((cache / "folders").glob("*.npz"))) == 2
+
+
+def test_folder_cache_is_used(tmp_path, monkeypatch):
+    _write_folder(tmp_path / "imgs")
+    data.load_dataset(f"folder:{tmp_path / 'imgs'}", "test", cache_dir=str(tmp_path / "c"))
+    monkeypatch.setattr(data, "_decode", lambda p: pytest.fail("decoded again on a cache hit"))
+    assert len(data.load_dataset(f"folder:{tmp_path / 'imgs'}", "test",
+                                 cache_dir=str(tmp_path / "c"))) == 18
+
+
+def test_folder_corrupt_and_wrong_size(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "train" / "b_cat" / "3.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="3.png"):
+        data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(tmp_path / "c"))
+    from PIL import Image
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(bad, format="png")
+    with pytest.raises(ValueError, match="3.png.*20x20"):
+        data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(FileNotFoundError, match="PATH/train"):
+        data.load_dataset(f"folder:{tmp_path / 'nowhere'}", "train")
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR_COPY),
+                    reason="the offline CIFAR-10 copy ../shared/data/cifar10-jpeg is absent")
+def test_real_cifar10_copy(tmp_path):
+    for split, n in (("train", 5000), ("test", 1000)):
+        ds = data.load_dataset(f"folder:{CIFAR_COPY}", split)
+        assert ds.x.shape == (10 * n, 32, 32, 3)
+        assert ds.class_names == data.CIFAR10_CLASSES
+        assert np.bincount(ds.y).tolist() == [n] * 10
+        assert 110 < ds.x.mean() < 130  # the documented decoded mean is 120.7 on train
+
+
+def test_limit_is_stratified_and_seeded():
+    ds = data.load_dataset("planted", "train", limit=200, seed=3,
+                           planted=data.PlantedConfig(train_size=1000, num_classes=10))
+    assert len(ds) == 200 and np.bincount(ds.y).tolist() == [20] * 10
+    again = data.load_dataset("planted", "train", limit=200, seed=3,
+                              planted=data.PlantedConfig(train_size=1000, num_classes=10))
+    np.testing.assert_array_equal(ds.x, again.x)
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    ds = data.make_planted("train", data.PlantedConfig(train_size=500, num_classes=5))
+    ds.x = np.arange(len(ds))[:, None, None, None] * np.ones((1, 2, 2, 1), np.int64)
+    train, val = data.split_validation(ds, 0.2, seed=1)
+    assert len(train) == 400 and len(val) == 100
+    assert np.bincount(val.y).tolist() == [20] * 5
+    assert not set(train.x[:, 0, 0, 0]) & set(val.x[:, 0, 0, 0])
+    with pytest.raises(ValueError, match="fraction"):
+        data.split_validation(ds, 1.5)
+
+
+def test_planted_dataset_properties():
+    cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=400, test_size=200)
+    pats = data.planted_patterns(cfg)
+    for name, norm in (("A", 6.0), ("B", 1.0), ("C", 1.0)):
+        np.testing.assert_allclose(np.linalg.norm(pats[name].reshape(4, -1), axis=1), norm,
+                                   rtol=1e-5)
+    # B lives only inside A's support; A is piecewise constant (low frequency)
+    assert np.all((pats["B"] != 0) <= (pats["A"] != 0))
+    tr = data.make_planted("train", cfg)
+    assert tr.x.dtype == np.uint8 and tr.x.shape == (400, 16, 16, 3)
+    assert np.bincount(tr.y).tolist() == [100] * 4
+    np.testing.assert_array_equal(tr.x, data.make_planted("train", cfg).x)
+    assert not np.array_equal(tr.x, data.make_planted("train", data.PlantedConfig(
+        image_size=16, num_classes=4, train_size=400, seed=1)).x)
+    with pytest.raises(ValueError, match="subset of 'ABC'"):
+        data.PlantedConfig(features="AD")
+
+
+def _linear_probe_accuracy(train, test):
+    def feats(ds):
+        f = data.to_float(ds.x).reshape(len(ds), -1)
+        return np.hstack([f - f.mean(1, keepdims=True), np.ones((len(f), 1))])
+    onehot = np.eye(train.num_classes)[train.y]
+    w, *_ = np.linalg.lstsq(feats(train), onehot, rcond=1e-3)
+    return np.mean(np.argmax(feats(test) @ w, 1) == test.y)
+
+
+def test_linear_probe_on_entangled_feature_alone_beats_chance():
+    cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=2000, test_size=400,
+                             features="B", entangled_norm=2.0)
+    acc = _linear_probe_accuracy(data.make_planted("train", cfg), data.make_planted("test", cfg))
+    assert acc > 0.25 + 0.25  # chance is 0.25
+
+
+def test_augmentation_keeps_shape_and_range_and_is_seeded():
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).integers(1, 256, (20, 16, 16, 3)).astype(np.uint8)
+    y = np.arange(20) % 4
+    batches = list(data.make_pipeline(x, y, 8, shuffle=True, augment_images=True, seed=1))
+    assert [b[0].shape[0] for b in batches] == [8, 8, 4]
+    imgs = np.concatenate([b[0].numpy() for b in batches])
+    assert imgs.shape == (20, 16, 16, 3) and imgs.dtype == np.float32
+    assert 0.0 <= imgs.min() and imgs.max() <= 1.0
+    assert (imgs == 0).any()  # zero padding shows up after random crops
+    again = np.concatenate([b[0].numpy() for b in data.make_pipeline(
+        x, y, 8, shuffle=True, augment_images=True, seed=1)])
+    np.testing.assert_array_equal(imgs, again)
+    other_epoch = np.concatenate([b[0].numpy() for b in data.make_pipeline(
+        x, y, 8, shuffle=True, augment_images=True, seed=1, epoch=1)])
+    assert not np.array_equal(imgs, other_epoch)
+    plain = list(data.make_pipeline(x, y, 8, drop_remainder=True))
+    assert len(plain) == 2
+    np.testing.assert_allclose(plain[0][0].numpy(), x[:8] / 255.0, atol=1e-6)
+    single = data.augment(tf.constant(x[0]), tf.constant([0, 0], tf.int64))
+    assert single.shape == (16, 16, 3)
