@@ -1,0 +1,151 @@
+"""Side-by-side speed and strength of L2 PGD: the floor, entangle, ART and foolbox.
+
+One process, one ResNet20v2 at 32x32, one batch of 128, the same eps and steps for all.
+Run through ``benchmarks/run_pgd.sh``, which installs ART and foolbox into a benchmark-only
+virtual environment; a peer that does not import is skipped with the reason.
+
+    python benchmarks/pgd.py [--data=folder:../shared/data/cifar10-jpeg] [--train_steps=300]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from entangle import attacks, data, models
+
+
+def timed(fn, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up call."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def train_briefly(model, ds, steps, batch):
+    """A few hundred Adam steps so that accuracies (and attack strength) mean something."""
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    pipe = data.make_pipeline(ds.x, ds.y, batch, shuffle=True, augment_images=True).repeat()
+    model.fit(pipe, steps_per_epoch=steps, epochs=1, verbose=2)
+
+
+def floor_fn(model, steps):
+    """The floor: ``steps`` forward+backward passes in one compiled loop, each on the last
+    step's output (x + 1e-6 * grad), as in any attack. With a loop-invariant input TF hoists
+    work out of the loop and the "floor" runs 10-15 % faster than any real attack could."""
+    @tf.function
+    def grads(x, y):
+        def body(i, x_cur):
+            with tf.GradientTape() as tape:
+                tape.watch(x_cur)
+                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=y, logits=model(x_cur, training=False)))
+            return i + 1, x_cur + 1e-6 * tape.gradient(loss, x_cur)
+        return tf.while_loop(lambda i, _: i < steps, body, (0, x))[1]
+    return grads
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="folder:" + os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg"))
+    parser.add_argument("--train_steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--eps", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    step_size = 2.5 * args.eps / args.steps  # Madry et al.'s rule of thumb
+
+    keras.utils.set_random_seed(0)
+    try:
+        train = data.load_dataset(args.data, "train", limit=20_000)
+        test = data.load_dataset(args.data, "test", limit=args.batch)
+    except (FileNotFoundError, data.DatasetUnavailableError) as e:
+        print(f"{args.data} unavailable ({e}); using the planted dataset")
+        cfg = data.PlantedConfig(train_size=20_000, test_size=args.batch)
+        train, test = data.make_planted("train", cfg), data.make_planted("test", cfg)
+    model = models.resnet_v2(20, (32, 32, 3), train.num_classes)
+    if args.train_steps:
+        train_briefly(model, train, args.train_steps, args.batch)
+    x, y = test.float_images(), test.y.astype(np.int32)
+    work = args.batch * args.steps
+
+    def accuracy(adv):
+        return float(np.mean(np.argmax(model.predict(adv, verbose=0), -1) == y))
+
+    rows = []
+    grads = floor_fn(model, args.steps)
+    xt, yt = tf.constant(x), tf.constant(y)
+    t, _ = timed(lambda: grads(xt, yt).numpy(), args.repeats)
+    rows.append(("floor: compiled input-gradient loop", work / t, None))
+    t, adv = timed(lambda: attacks.pgd_l2(model, x, y, eps=args.eps, steps=args.steps,
+                                          step_size=step_size, batch_size=args.batch), args.repeats)
+    rows.append(("entangle.attacks.pgd_l2", work / t, accuracy(adv)))
+    t, adv = timed(lambda: attacks.pgd_l2(model, x, y, eps=args.eps, steps=args.steps,
+                                          step_size=step_size, batch_size=args.batch,
+                                          jit_compile=True), args.repeats)
+    rows.append(("entangle.attacks.pgd_l2 (jit_compile)", work / t, accuracy(adv)))
+
+    try:
+        from art.attacks.evasion import ProjectedGradientDescentTensorFlowV2
+        from art.estimators.classification import TensorFlowV2Classifier
+
+        clf = TensorFlowV2Classifier(
+            model, nb_classes=train.num_classes, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
+            loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        art_attack = ProjectedGradientDescentTensorFlowV2(
+            clf, norm=2, eps=args.eps, eps_step=step_size, max_iter=args.steps,
+            batch_size=args.batch, num_random_init=0, verbose=False)
+        t, adv = timed(lambda: art_attack.generate(x, np.eye(train.num_classes)[y]), args.repeats)
+        rows.append(("ART ProjectedGradientDescentTensorFlowV2", work / t, accuracy(adv)))
+    except Exception as e:  # not installed, or incompatible with this Keras
+        rows.append((f"ART skipped: {type(e).__name__}: {str(e)[:80]}", None, None))
+
+    try:
+        if not hasattr(np, "find_common_type"):  # eagerpy (foolbox 3.3.4) predates NumPy 2
+            np.find_common_type = lambda arrays, scalars: np.result_type(*arrays, *scalars)
+        import foolbox as fb
+
+        fmodel = fb.TensorFlowModel(model, bounds=(0.0, 1.0))
+        fb_attack = fb.attacks.L2PGD(abs_stepsize=step_size, steps=args.steps, random_start=False)
+        t, adv = timed(lambda: fb_attack(fmodel, xt, yt, epsilons=args.eps)[1].numpy(),
+                       args.repeats)
+        rows.append(("foolbox L2PGD", work / t, accuracy(adv)))
+    except Exception as e:
+        rows.append((f"foolbox skipped: {type(e).__name__}: {str(e)[:80]}", None, None))
+
+    print(f"\nResNet20v2 32x32, batch {args.batch}, {args.steps} steps, eps {args.eps}, "
+          f"step {step_size:g}; clean accuracy {accuracy(x):.3f}; TF {tf.__version__}, "
+          f"Keras {keras.__version__}, oneDNN={os.environ['TF_ENABLE_ONEDNN_OPTS']}\n")
+    print("| method | images*steps/s | adversarial accuracy |\n|---|---|---|")
+    for name, speed, acc in rows:
+        print(f"| {name} | {'' if speed is None else f'{speed:.0f}'} | "
+              f"{'' if acc is None else f'{acc:.3f}'} |")
+    speeds = {name: s for name, s, _ in rows if s}
+    floor = speeds["floor: compiled input-gradient loop"]
+    ours = speeds["entangle.attacks.pgd_l2"]
+    peers = [s for name, s in speeds.items() if name.startswith(("ART", "foolbox"))]
+    print(f"\npgd_l2 / floor = {ours / floor:.2f}")
+    if peers:
+        print(f"pgd_l2 / best peer = {ours / max(peers):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Train one classifier into the artifact store and report its test and PGD accuracy.
+
+    python -m experiments.train --flagfile=flags/cifar10_quick.cfg --kind=robust --eps=0.5
+"""
+
+from experiments.common import configure_environment
+
+configure_environment()
+
+from absl import app  # noqa: E402
+
+import flags as entangle_flags  # noqa: E402
+from entangle import pipeline  # noqa: E402
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cfg = entangle_flags.experiment_config(FLAGS)
+    try:
+        report = pipeline.run_train(cfg, FLAGS.kind, FLAGS.eps)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    print(f"\n{report.kind} model (eps {report.eps:g}) {report.key}"
+          f"{' [cache hit]' if report.cached else ''}")
+    print(f"  test accuracy: {report.test_accuracy:.4f} on {report.num_test} images")
+    if report.pgd_accuracy is not None:
+        print(f"  PGD accuracy at eps {report.eps:g}: {report.pgd_accuracy:.4f}")
+    print(f"  stored in {report.store_path} ({report.seconds:.1f}s)")
+
+
+if __name__ == "__main__":
+    app.run(main)

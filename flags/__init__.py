@@ -1,0 +1,266 @@
+"""absl flag groups shared by every binary, and their conversion into typed library configs.
+
+Binaries call the ``define_*_flags()`` they need, parse, then build configs with
+``experiment_config(FLAGS)``; the library never reads FLAGS. Hyperparameters that differ by
+model kind (Table 3) take a default plus per-kind overrides, e.g.
+``--learning_rate=1e-3,zero_robust:1e-4,neg_robust:1e-4,victim:1e-4``; boolean per-kind
+settings take the list of kinds they are on for (``--augment=standard,robust,victim``).
+The paper's values live in the flagfiles beside this file (``*.cfg``), each with its source.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from entangle import construct, data, models, pipeline, train
+
+FLAGS = flags.FLAGS
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL_KINDS = pipeline.KINDS + ("victim",)
+
+
+def flagfile(name: str) -> str:
+    """Absolute path of a flagfile shipped in flags/ (e.g. 'cifar10_paper.cfg')."""
+    return os.path.join(HERE, name)
+
+
+def per_kind(text: str, kind: str, cast=str):
+    """The value for ``kind`` in 'default,kind:value,...' (ValueError on a bad entry)."""
+    default, overrides = None, {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if ":" in item:
+            k, v = item.split(":", 1)
+            if k not in MODEL_KINDS:
+                raise ValueError(f"unknown model kind {k!r} (allowed: {', '.join(MODEL_KINDS)})")
+            overrides[k] = cast(v)
+        else:
+            default = cast(item)
+    value = overrides.get(kind, default)
+    if value is None:
+        raise ValueError(f"no value for model kind {kind!r} in {text!r}")
+    return value
+
+
+def kinds_on(text: str, kind: str) -> bool:
+    """Whether ``kind`` is in a kind list ('all', 'none' or 'standard,robust,...')."""
+    items = {s.strip() for s in text.split(",") if s.strip()}
+    bad = items - set(MODEL_KINDS) - {"all", "none"}
+    if bad:
+        raise ValueError(f"unknown model kinds {sorted(bad)} (allowed: all, none, "
+                         f"{', '.join(MODEL_KINDS)})")
+    return "all" in items or kind in items
+
+
+def _validator(name: str, check, message: str, flag_values=FLAGS):
+    flags.register_validator(name, check, message=f"--{name}: {message}",
+                             flag_values=flag_values)
+
+
+def _per_kind_ok(cast):
+    """Validator: every entry parses with ``cast`` and is > 0, and every kind has a value."""
+    def check(text):
+        try:
+            return all(per_kind(text, k, cast) > 0 for k in MODEL_KINDS)
+        except ValueError:
+            return False
+    return check
+
+
+def _kinds_ok(text):
+    try:
+        kinds_on(text, "standard")
+        return True
+    except ValueError:
+        return False
+
+
+def define_data_flags(fv=FLAGS):
+    flags.DEFINE_string("dataset", "cifar10", f"Dataset: {data.dataset_names()}.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "tfds data directory with prepared datasets.",
+                        flag_values=fv)
+    flags.DEFINE_bool("download", False, "Let tfds download missing data (needs network).",
+                      flag_values=fv)
+    flags.DEFINE_integer("train_limit", None, "Stratified subset of the training split.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("test_limit", None, "Stratified subset of the test split.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("validation_fraction", 0.1,
+                       "Fraction of train held out for validation / early stopping.",
+                       lower_bound=0.001, upper_bound=0.5, flag_values=fv)
+    flags.DEFINE_integer("data_seed", 0, "Seed for subsets and the validation split.",
+                         flag_values=fv)
+    flags.DEFINE_string("image_cache_dir", None, "Cache of decoded image folders "
+                        "(default ~/.cache/entangle or $ENTANGLE_CACHE).", flag_values=fv)
+    flags.DEFINE_string("planted_features", "ABC", "Planted dataset: which patterns are present "
+                        "(A robust, B entangled non-robust, C artifact).", flag_values=fv)
+    flags.DEFINE_integer("planted_image_size", 32, "Planted dataset image size.", lower_bound=8,
+                         flag_values=fv)
+    flags.DEFINE_integer("planted_num_classes", 10, "Planted dataset classes.", lower_bound=2,
+                         flag_values=fv)
+    flags.DEFINE_integer("planted_train_size", 5000, "Planted train images.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("planted_test_size", 1000, "Planted test images.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("planted_robust_norm", 6.0, "L2 norm of the robust pattern A.",
+                       lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("planted_entangled_norm", 1.0, "L2 norm of the entangled pattern B.",
+                       lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("planted_artifact_norm", 1.0, "L2 norm of the artifact pattern C.",
+                       lower_bound=0, flag_values=fv)
+
+    def dataset_ok(name):
+        return name in ("cifar10", "imagenet9", "planted") or (
+            name.startswith("folder:") and len(name) > 7)
+    _validator("dataset", dataset_ok, f"must be one of {data.dataset_names()}", fv)
+    _validator("planted_features", lambda s: bool(s) and set(s) <= set("ABC"),
+               "must be a non-empty subset of ABC", fv)
+
+
+def define_model_flags(fv=FLAGS):
+    flags.DEFINE_string("arch", "resnet56v2", "Architecture per kind: resnet<9n+2>v2 or a "
+                        "victim name; 'default,kind:arch,...'.", flag_values=fv)
+    flags.DEFINE_integer("width", 16, "ResNet v2 base width (16 in the paper).", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_list("victims", list(models.VICTIMS), "Victim architectures for transfer.",
+                      flag_values=fv)
+
+    def arch_ok(text):
+        try:
+            for k in MODEL_KINDS:
+                if k != "victim":
+                    train.parse_arch(per_kind(text, k))
+            return True
+        except ValueError:
+            return False
+    _validator("arch", arch_ok, "must be resnet<depth>v2 (depth 9n+2) or a victim name, "
+               "optionally per kind ('resnet56v2,zero_robust:resnet20v2')", fv)
+    _validator("victims", lambda v: set(v) <= set(models.VICTIMS),
+               f"must be a subset of {', '.join(models.VICTIMS)}", fv)
+
+
+def define_train_flags(fv=FLAGS):
+    flags.DEFINE_enum("kind", "standard", list(pipeline.KINDS), "Model kind to train.",
+                      flag_values=fv)
+    flags.DEFINE_float("eps", 0.0, "Adversarial training radius (L2, [0,1] pixels); robust "
+                       "models only.", flag_values=fv)
+    flags.DEFINE_string("batch_size", "200", "Global batch size per kind.", flag_values=fv)
+    flags.DEFINE_string("epochs", "100", "Epochs per kind (an upper bound with early stopping).",
+                        flag_values=fv)
+    flags.DEFINE_string("learning_rate", "1e-3", "Adam learning rate per kind.", flag_values=fv)
+    flags.DEFINE_enum("lr_decay", "step", list(train.LR_DECAYS),
+                      "Learning-rate schedule (see entangle.train.learning_rate_at).",
+                      flag_values=fv)
+    flags.DEFINE_string("augment", "standard,robust,victim",
+                        "Kinds trained with crop+flip augmentation.", flag_values=fv)
+    flags.DEFINE_string("early_stopping", "zero_robust,neg_robust",
+                        "Kinds that keep their best validation checkpoint.", flag_values=fv)
+    flags.DEFINE_integer("patience", 10, "Early stopping patience, epochs.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_string("pretrained", "victim", "Kinds initialised from ImageNet weights.",
+                        flag_values=fv)
+    flags.DEFINE_float("weight_decay", 1e-4, "L2 kernel regularisation of the ResNet v2 convs.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_enum("precision", "float32", list(train.PRECISIONS), "Keras dtype policy.",
+                      flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Training seed.", flag_values=fv)
+    _validator("eps", lambda e: e >= 0, "must be >= 0 (an L2 radius in [0, 1] pixel units)", fv)
+    _validator("batch_size", _per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
+    _validator("epochs", _per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
+    _validator("learning_rate", _per_kind_ok(float), "must be a number > 0, optionally per kind ('1e-3,zero_robust:1e-4')", fv)
+    for name in ("augment", "early_stopping", "pretrained"):
+        _validator(name, _kinds_ok, f"must be all, none or a list of {', '.join(MODEL_KINDS)}",
+                   fv)
+
+
+def define_attack_flags(fv=FLAGS):
+    flags.DEFINE_integer("train_attack_steps", 16, "PGD steps per adversarial training batch.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("train_attack_step_size", 0.5, "PGD step size in adversarial training.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_bool("train_attack_random_start", False, "Random start for training PGD.",
+                      flag_values=fv)
+    flags.DEFINE_float("construct_eps", 0.5, "Zero-/neg-robust construction: max L2 change.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("construct_steps", 200, "Zero-/neg-robust construction: PGD steps.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("construct_step_size", 0.1, "Zero-/neg-robust construction: step size.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("zero_robust_targets", "all", list(construct.TARGET_MODES),
+                      "Zero-robust targets: every class per image, or one random class.",
+                      flag_values=fv)
+    flags.DEFINE_float("robustify_eps", float("inf"), "Robustification: max L2 change.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("robustify_steps", 400, "Robustification: steps.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("robustify_step_size", 0.05, "Robustification: step size.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_float("transfer_eps", 2.0, "Transfer attacks: max L2 change.", lower_bound=0.0,
+                       flag_values=fv)
+    flags.DEFINE_integer("transfer_steps", 100, "Transfer attacks: PGD steps.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("transfer_step_size", 0.1, "Transfer attacks: step size.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps when reporting robust accuracy.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("eval_step_size_factor", 2.5, "Reporting PGD step = factor*eps/steps.",
+                       lower_bound=1e-9, flag_values=fv)
+
+
+def define_runtime_flags(fv=FLAGS):
+    flags.DEFINE_enum("strategy", "auto", list(train.STRATEGIES),
+                      "tf.distribute strategy; auto = mirrored on >1 GPU.", flag_values=fv)
+    flags.DEFINE_bool("jit_compile", False, "Compile train and attack steps with XLA.",
+                      flag_values=fv)
+    flags.DEFINE_integer("eval_batch_size", 500, "Batch size for evaluation and attacks.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Artifact store directory (default ./entangle_work or "
+                        "$ENTANGLE_WORKDIR).", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "No progress output.", flag_values=fv)
+
+
+def define_all(fv=FLAGS):
+    for define in (define_data_flags, define_model_flags, define_train_flags,
+                   define_attack_flags, define_runtime_flags):
+        define(fv)
+
+
+def train_config(f, kind: str) -> train.TrainConfig:
+    """The TrainConfig of a model kind (eps 0; the pipeline sets a robust model's eps)."""
+    return train.TrainConfig(
+        arch=per_kind(f.arch, kind), width=f.width, eps=0.0,
+        attack_steps=f.train_attack_steps, attack_step_size=f.train_attack_step_size,
+        attack_random_start=f.train_attack_random_start,
+        batch_size=per_kind(f.batch_size, kind, int), epochs=per_kind(f.epochs, kind, int),
+        learning_rate=per_kind(f.learning_rate, kind, float), lr_decay=f.lr_decay,
+        augment=kinds_on(f.augment, kind), early_stopping=kinds_on(f.early_stopping, kind),
+        patience=f.patience, weight_decay=f.weight_decay,
+        pretrained=kinds_on(f.pretrained, kind), precision=f.precision, seed=f.seed)
+
+
+def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
+    """All parsed flags as one typed ExperimentConfig."""
+    planted = None
+    if f.dataset == "planted":
+        planted = data.PlantedConfig(
+            image_size=f.planted_image_size, num_classes=f.planted_num_classes,
+            train_size=f.planted_train_size, test_size=f.planted_test_size,
+            features=f.planted_features, robust_norm=f.planted_robust_norm,
+            entangled_norm=f.planted_entangled_norm, artifact_norm=f.planted_artifact_norm,
+            seed=f.data_seed)
+    return pipeline.ExperimentConfig(
+        data=pipeline.DataConfig(dataset=f.dataset, data_dir=f.data_dir, download=f.download,
+                                 train_limit=f.train_limit, test_limit=f.test_limit,
+                                 validation_fraction=f.validation_fraction, seed=f.data_seed,
+                                 cache_dir=f.image_cache_dir, planted=planted),
+        hparams={k: train_config(f, k) for k in pipeline.KINDS},
+        construct=construct.ConstructConfig(eps=f.construct_eps, steps=f.construct_steps,
+                                            step_size=f.construct_step_size,
+                                            targets=f.zero_robust_targets, seed=f.data_seed),
+        eval=pipeline.EvalConfig(attack_steps=f.eval_attack_steps,
+                                 step_size_factor=f.eval_step_size_factor,
+                                 batch_size=f.eval_batch_size),
+        runtime=train.RuntimeOptions(strategy=f.strategy, jit_compile=f.jit_compile,
+                                     eval_batch_size=f.eval_batch_size, verbose=not f.quiet),
+        workdir=f.workdir)

@@ -1,0 +1,146 @@
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+import flags as entangle_flags
+from flags import hparams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER = os.path.join(ROOT, "..", "shared", "papers", "springer2021_entanglement.txt")
+
+# Appendix Tables 3 and 4 of Springer et al. (2021), transcribed cell by cell.
+TABLE3 = """\
+Standard (CIFAR) | ResNet56 (v2) | 200 | 100 | 1e-3 | Yes | Yes | No
+Robust (CIFAR) | ResNet56 (v2) | 200 | 100 | 1e-3 | Yes | Yes | No
+Zero-robust (CIFAR) | ResNet56 (v2) | 200 | 100* | 1e-4 | Yes | No | No
+Neg-robust (CIFAR) | ResNet56 (v2) | 200 | 100* | 1e-4 | Yes | No | No
+Victim models (CIFAR) | Misc | 200 | 100 | 1e-4 | Yes | Yes | Yes
+Standard (ImageNet) | ResNet20 (v2) | 128 | 100 | 1e-3 | Yes | Yes | No
+Robust (ImageNet) | ResNet20 (v2) | 128 | 100 | 1e-3 | Yes | Yes | No
+Zero-Robust (ImageNet) | ResNet20 (v2) | 128 | 100* | 1e-3 | Yes | No | No
+Neg-robust (ImageNet) | ResNet20 (v2) | 128 | 100* | 1e-3 | Yes | No | No
+Victim models (ImageNet) | Misc | 128 | 100 | 1e-4 | Yes | Yes | Yes"""
+TABLE4 = """\
+Robustified (CIFAR) | ∞ | 400 | 0.05
+Zero-robust (CIFAR) | 0.5 | 200 | 0.1
+Neg-robust (CIFAR) | 0.5 | 200 | 0.1
+Untargeted Adversarial Examples (CIFAR) | 2.0 | 100 | 0.1
+Targeted Adversarial Examples (CIFAR) | 2.0 | 100 | 0.1
+Robustified (ImageNet) | ∞ | 200 | 0.1
+Zero-robust (ImageNet) | 0.5 | 200 | 0.1
+Neg-robust (ImageNet) | 0.5 | 200 | 0.1
+Untargeted Adversarial Examples (ImageNet) | 4.0 | 100 | 0.1
+Targeted Adversarial Examples (ImageNet) | 4.0 | 100 | 0.1"""
+
+
+def _cell(c):
+    c = c.strip()
+    try:
+        return float(c.rstrip("*")), c.endswith("*")
+    except ValueError:
+        return c.lower()
+
+
+def _rows(text):
+    return [[_cell(c) for c in line.strip().strip("|").split("|")] for line in text.splitlines()]
+
+
+def _paper_table(caption):
+    with open(PAPER) as f:
+        text = f.read()
+    block = text[text.index(caption):]
+    lines = [l for l in block.splitlines() if l.startswith("|")]
+    rows = []
+    for l in lines[2:]:
+        if "---" in l or l.count("|") < 4:
+            continue
+        rows.append(l)
+        if len(rows) == 10:
+            break
+    return "\n".join(rows)
+
+
+def test_table3_matches_paper_cell_by_cell():
+    ours = [[_cell(c) for c in r] for r in hparams.table3_rows()]
+    assert ours == _rows(TABLE3)
+
+
+def test_table4_matches_paper_cell_by_cell():
+    ours = [[_cell(c) for c in r] for r in hparams.table4_rows()]
+    assert ours == _rows(TABLE4)
+
+
+@pytest.mark.skipif(not os.path.exists(PAPER), reason="../shared/papers is absent")
+def test_transcription_matches_paper_text():
+    assert _rows(_paper_table("Table 3. Model parameters")) == _rows(TABLE3)
+    assert _rows(_paper_table("Table 4. Parameters")) == _rows(TABLE4)
+
+
+def test_per_kind_values():
+    text = "1e-3,zero_robust:1e-4,victim:1e-4"
+    assert entangle_flags.per_kind(text, "standard", float) == 1e-3
+    assert entangle_flags.per_kind(text, "zero_robust", float) == 1e-4
+    with pytest.raises(ValueError, match="unknown model kind"):
+        entangle_flags.per_kind("1,bogus:2", "standard", int)
+    with pytest.raises(ValueError, match="no value"):
+        entangle_flags.per_kind("victim:2", "standard", int)
+    assert entangle_flags.kinds_on("standard,robust", "robust")
+    assert not entangle_flags.kinds_on("none", "robust")
+    assert entangle_flags.kinds_on("all", "victim")
+
+
+def _parse(*args):
+    fv = flags.FlagValues()
+    entangle_flags.define_all(fv)
+    fv(["prog", f"--flagfile={entangle_flags.flagfile('smoke.cfg')}", *args])
+    return fv
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("--eps=-1", "--eps"),
+    ("--dataset=mnist", "--dataset"),
+    ("--kind=fancy", "kind"),
+    ("--batch_size=0", "--batch_size"),
+    ("--learning_rate=1e-3,bogus:1", "--learning_rate"),
+    ("--arch=resnet21v2", "--arch"),
+    ("--augment=standard,sideways", "--augment"),
+    ("--victims=alexnet", "--victims"),
+    ("--planted_features=XYZ", "--planted_features"),
+])
+def test_bad_flags_are_rejected(arg, match, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(flags.Error, match=match):
+        _parse(arg)
+
+
+def test_smoke_flagfile_builds_typed_config(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    cfg = entangle_flags.experiment_config(_parse())
+    assert cfg.data.dataset == "planted" and cfg.data.planted.image_size == 16
+    assert cfg.hparams["zero_robust"].early_stopping and not cfg.hparams["zero_robust"].augment
+    assert cfg.hparams["standard"].augment and not cfg.hparams["standard"].early_stopping
+    assert cfg.hparams["robust"].attack_steps == 3
+
+
+def _run_cli(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_bad_flag_exits_cleanly():
+    proc = _run_cli("--flagfile=flags/smoke.cfg", "--eps=-0.5", "--kind=robust")
+    assert proc.returncode != 0
+    assert "--eps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_robust_needs_positive_eps(tmp_path):
+    proc = _run_cli("--flagfile=flags/smoke.cfg", "--kind=robust", "--eps=0",
+                    f"--workdir={tmp_path}")
+    assert proc.returncode != 0
+    assert "eps must be > 0" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,164 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from entangle import attacks, data, train
+from entangle.store import Store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLANTED = data.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
+                             robust_norm=6.0, entangled_norm=1.0, artifact_norm=1.0)
+TINY = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=3,
+                         learning_rate=3e-3, lr_decay="none", augment=False)
+QUIET = train.RuntimeOptions(verbose=False)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return data.make_planted("train", PLANTED), data.make_planted("test", PLANTED)
+
+
+def test_learning_rate_schedules():
+    cfg = dataclasses.replace(TINY, epochs=100, learning_rate=1e-3, lr_decay="step")
+    lrs = [train.learning_rate_at(cfg, e) for e in (0, 39, 40, 60, 80, 90, 99)]
+    np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-5, 1e-6, 5e-7, 5e-7])
+    cos = dataclasses.replace(cfg, lr_decay="cosine")
+    assert train.learning_rate_at(cos, 0) == 1e-3 and train.learning_rate_at(cos, 50) == \
+        pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("eps", -0.1, "eps"), ("batch_size", 0, "batch_size"), ("lr_decay", "exp", "lr_decay"),
+    ("arch", "resnet12v2", "arch"), ("precision", "int8", "precision"),
+])
+def test_bad_config(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY, **{field: value})
+
+
+def test_standard_training_learns_and_is_cached(planted, tmp_path):
+    tr, te = planted
+    store = Store(str(tmp_path))
+    trained = train.train_classifier(TINY, tr, te, store, runtime=QUIET)
+    assert not trained.cached
+    acc = train.accuracy(trained.model, te.x, te.y)
+    assert acc > 0.7  # chance is 0.25
+    hist = trained.manifest["history"]
+    assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
+    assert os.listdir(os.path.join(str(tmp_path), "tensorboard"))
+    start = time.time()
+    again = train.train_classifier(TINY, tr, te, store, runtime=QUIET)
+    assert again.cached and again.key == trained.key and time.time() - start < 10
+    assert train.accuracy(again.model, te.x, te.y) == acc
+
+
+def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp_path):
+    tr, te = planted
+    store = Store(str(tmp_path))
+    eps = 1.5  # >= 1.2 x the norm of B and C: they can be erased or forged; A (6.0) cannot
+    std = train.train_classifier(TINY, tr, None, store, runtime=QUIET).model
+    rob_cfg = dataclasses.replace(TINY, eps=eps, attack_steps=5, attack_step_size=0.5, epochs=4)
+    rob = train.train_classifier(rob_cfg, tr, None, store, runtime=QUIET).model
+    x = te.float_images()
+    pgd = dict(eps=eps, steps=10, step_size=0.4)
+    std_adv = train.accuracy(std, attacks.pgd_l2(std, x, te.y, **pgd), te.y)
+    rob_adv = train.accuracy(rob, attacks.pgd_l2(rob, x, te.y, **pgd), te.y)
+    assert rob_adv > std_adv + 0.3, (rob_adv, std_adv)
+    # ablations: the robust model keeps working on A alone, and fails on B and C alone
+    only_a = data.make_planted("test", dataclasses.replace(PLANTED, features="A"))
+    only_bc = data.make_planted("test", dataclasses.replace(PLANTED, features="BC"))
+    assert train.accuracy(rob, only_a.x, only_a.y) > train.accuracy(rob, only_bc.x, only_bc.y) + 0.3
+
+
+def test_interrupted_training_resumes_to_the_same_result(planted, tmp_path):
+    tr, te = planted
+    cfg = dataclasses.replace(TINY, epochs=3, augment=True)
+    full = train.train_classifier(cfg, tr, te, Store(str(tmp_path / "a")), runtime=QUIET)
+
+    def kill_after_second_epoch(epoch, record):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    store = Store(str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train.train_classifier(cfg, tr, te, store, runtime=QUIET,
+                               on_epoch_end=kill_after_second_epoch)
+    assert not store.list(train.MODEL_KIND)  # nothing half-finished is trusted
+    resumed_epochs = []
+    resumed = train.train_classifier(cfg, tr, te, store, runtime=QUIET,
+                                     on_epoch_end=lambda e, r: resumed_epochs.append(e))
+    assert resumed_epochs == [2]
+    for a, b in zip(full.manifest["history"], resumed.manifest["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.02)
+    np.testing.assert_allclose(full.model.predict(te.float_images()[:32], verbose=0),
+                               resumed.model.predict(te.float_images()[:32], verbose=0),
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_early_stopping_keeps_best_validation_weights(planted, tmp_path):
+    tr, te = planted
+    cfg = dataclasses.replace(TINY, epochs=4, early_stopping=True, patience=1,
+                              learning_rate=3e-2)
+    trained = train.train_classifier(cfg, tr, te, Store(str(tmp_path)), runtime=QUIET)
+    best = trained.manifest["metrics"]["best_val"]
+    hist = trained.manifest["history"]
+    assert best["val_accuracy"] == max(h["val_accuracy"] for h in hist)
+    assert train.accuracy(trained.model, te.x, te.y) == pytest.approx(best["val_accuracy"])
+    with pytest.raises(ValueError, match="validation"):
+        train.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys, dataclasses
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from entangle import data, train
+    from entangle.store import Store
+    cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
+    tr, te = data.make_planted("train", cfg), data.make_planted("test", cfg)
+    tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=2,
+                           learning_rate=3e-3, lr_decay="none", augment=False, eps=float(sys.argv[2]),
+                           attack_steps=2)
+    out = {}
+    for name, rt in (("default", train.RuntimeOptions(strategy="default", verbose=False)),
+                     ("mirrored", train.RuntimeOptions(strategy="mirrored", verbose=False,
+                                                       devices=("/cpu:0", "/cpu:1")))):
+        t = train.train_classifier(tc, tr, te, Store(sys.argv[1] + "/" + name), runtime=rt)
+        out[name] = {"loss": [h["loss"] for h in t.manifest["history"]],
+                     "replicas": t.manifest["replicas"],
+                     "acc": train.accuracy(t.model, te.x, te.y)}
+    try:
+        train.train_classifier(dataclasses.replace(tc, batch_size=33), tr, te,
+                               Store(sys.argv[1] + "/odd"),
+                               runtime=train.RuntimeOptions(strategy="mirrored", verbose=False,
+                                                            devices=("/cpu:0", "/cpu:1")))
+    except ValueError as e:
+        out["odd_batch_error"] = str(e)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0])
+def test_mirrored_strategy_on_two_cpus_matches_default(tmp_path, eps):
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path), str(eps)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
+    # BatchNorm sees half batches per replica, so losses agree closely, not exactly
+    mirrored, default = out["mirrored"]["loss"], out["default"]["loss"]
+    assert mirrored[0] == pytest.approx(default[0], rel=0.08)
+    assert mirrored[1] == pytest.approx(default[1], abs=0.1)
+    assert out["mirrored"]["loss"][-1] < out["mirrored"]["loss"][0]
+    assert "divisible" in out["odd_batch_error"] and "33" in out["odd_batch_error"]
