@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -174,6 +175,13 @@ def _predictor(model):
     return fn[1]
 
 
+def _progress_verbosity(runtime: RuntimeOptions) -> int:
+    """Live progress bars on a terminal, one line per epoch in logs, nothing when quiet."""
+    if not runtime.verbose:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool):
     replicas = strategy.num_replicas_in_sync
     global_batch = float(cfg.batch_size)
@@ -282,8 +290,9 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
         pipe = data.make_pipeline(train.x, train.y, cfg.batch_size, shuffle=True,
                                   augment_images=cfg.augment, seed=cfg.seed, epoch=epoch,
                                   drop_remainder=True)
-        progbar = keras.utils.Progbar(steps_per_epoch, verbose=1 if runtime.verbose else 0,
-                                      unit_name="batch")
+        label = "adv_accuracy" if cfg.eps > 0 else "accuracy"
+        progbar = keras.utils.Progbar(steps_per_epoch, verbose=_progress_verbosity(runtime),
+                                      unit_name="batch", stateful_metrics=["loss", label])
         if runtime.verbose:
             print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}")
         tot_loss = tot_correct = seen = 0.0
@@ -293,7 +302,6 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
             tot_loss += float(loss)
             tot_correct += float(correct)
             seen += cfg.batch_size
-            label = "adv_accuracy" if cfg.eps > 0 else "accuracy"
             progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
                            finalize=False)
         record = {"epoch": epoch, "lr": lr, "loss": tot_loss / seen,

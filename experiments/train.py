@@ -10,7 +10,7 @@ configure_environment()
 from absl import app  # noqa: E402
 
 import flags as entangle_flags  # noqa: E402
-from entangle import pipeline  # noqa: E402
+from entangle import data, pipeline  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -22,7 +22,7 @@ def main(argv):
     cfg = entangle_flags.experiment_config(FLAGS)
     try:
         report = pipeline.run_train(cfg, FLAGS.kind, FLAGS.eps)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError, data.DatasetUnavailableError) as e:
         raise app.UsageError(str(e))
     print(f"\n{report.kind} model (eps {report.eps:g}) {report.key}"
           f"{' [cache hit]' if report.cached else ''}")

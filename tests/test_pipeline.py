@@ -1,0 +1,101 @@
+"""The experiment pipeline and the train binary, end to end at smoke scale."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+import flags as entangle_flags
+from entangle import construct, data, pipeline, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def smoke_config(tmp_path_factory):
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        fv = flags.FlagValues()
+        entangle_flags.define_all(fv)
+        fv(["prog", "--flagfile=flags/smoke.cfg", "--quiet",
+            f"--workdir={tmp_path_factory.mktemp('work')}"])
+        return entangle_flags.experiment_config(fv)
+    finally:
+        os.chdir(cwd)
+
+
+def test_constructed_datasets(smoke_config):
+    exp = pipeline.Experiment(smoke_config)
+    tr, _, _ = exp.splits()
+    ccfg = smoke_config.construct
+    for kind in construct.KINDS:
+        built, key = exp.constructed(kind)
+        assert len(built) == len(tr) and built.x.dtype == np.float16
+        delta = built.x.astype(np.float32) - tr.float_images()
+        assert np.sqrt((delta.reshape(len(tr), -1) ** 2).sum(1)).max() <= ccfg.eps + 0.01
+        manifest = exp.store.manifest("datasets", key)
+        # targeted PGD moves the standard source model towards the targets
+        before = train.accuracy(exp.model("standard").model, tr.x, built.y)
+        assert manifest["metrics"]["targeted_success_on_source"] > before + 0.1
+        if kind == "neg_robust":
+            np.testing.assert_array_equal(built.y, (tr.y + 1) % tr.num_classes)
+        else:
+            assert len(np.unique(built.y)) == tr.num_classes
+        assert exp.constructed(kind)[1] == key  # cached: same key, no rebuild
+
+
+def test_zero_robust_all_targets_makes_one_example_per_class():
+    y = np.array([0, 2, 1])
+    idx, t = construct.construct_targets("zero_robust", y, 3, construct.ConstructConfig())
+    assert sorted(zip(idx.tolist(), t.tolist())) == [(i, c) for i in range(3) for c in range(3)]
+    with pytest.raises(ValueError, match="kind"):
+        construct.construct_targets("robust", y, 3, construct.ConstructConfig())
+
+
+def test_zero_robust_model_trains_with_early_stopping(smoke_config):
+    exp = pipeline.Experiment(smoke_config)
+    trained = exp.model("zero_robust")
+    assert trained.manifest["config"]["train"]["early_stopping"]
+    assert not trained.manifest["config"]["train"]["augment"]
+    assert exp.model("zero_robust").cached
+
+
+def test_experiment_rejects_bad_kind_and_eps(smoke_config):
+    exp = pipeline.Experiment(smoke_config)
+    with pytest.raises(ValueError, match="kind"):
+        exp.train_config("victim")
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        exp.train_config("robust", 0.0)
+    with pytest.raises(ValueError, match="robust models only"):
+        exp.train_config("standard", 0.5)
+
+
+def _run(*args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_train_binary_trains_reports_and_hits_cache(tmp_path):
+    args = ["--flagfile=flags/smoke.cfg", "--kind=robust", "--eps=1.0", f"--workdir={tmp_path}"]
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "test accuracy:" in first.stdout and "PGD accuracy at eps 1" in first.stdout
+    assert "cache hit" not in first.stdout
+    second = _run(*args)
+    assert second.returncode == 0 and "[cache hit]" in second.stdout
+    pick = lambda out: [l for l in out.splitlines() if l.startswith(("  test", "  PGD"))]
+    assert len(pick(first.stdout)) == 2 and pick(first.stdout) == pick(second.stdout)
+    assert len(os.listdir(tmp_path / "models")) == 1
+
+
+def test_train_binary_offline_dataset_error(tmp_path):
+    proc = _run("--flagfile=flags/smoke.cfg", "--dataset=cifar10", f"--data_dir={tmp_path}",
+                f"--workdir={tmp_path}")
+    assert proc.returncode != 0
+    assert "not prepared" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
