@@ -4,8 +4,9 @@ One process, one ResNet20v2 at 32x32, one batch size:
   (1) one adversarial training step with k PGD steps (entangle.train's compiled step) against
       its floor: k forward+backward input-gradient passes plus one standard training step,
       each timed separately on the same model and batch;
-  (2) one standard epoch of entangle.train.train_classifier against keras.Model.fit on the
-      same model, data pipeline and optimizer (the second epoch of each, so tracing is excluded).
+  (2) one standard epoch of entangle.train's epoch loop (run_epoch: the loop train_classifier
+      runs, progress bookkeeping included) against keras.Model.fit, on the same architecture,
+      pipeline epochs and optimizer; epochs alternate, the first of each (tracing) is dropped.
 
     python benchmarks/train.py [--k=7] [--batch=128] [--images=2560]
 """
@@ -19,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse
 import dataclasses
+import statistics
 import sys
-import tempfile
 import time
 
 import keras
@@ -28,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data, train
-from entangle.store import Store
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgd import floor_fn, timed  # noqa: E402
@@ -42,7 +42,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    cfg = train.TrainConfig(arch="resnet20v2", batch_size=args.batch, epochs=2, eps=0.5,
+    cfg = train.TrainConfig(arch="resnet20v2", batch_size=args.batch, epochs=4, eps=0.5,
                             attack_steps=args.k, attack_step_size=0.125, lr_decay="none",
                             augment=True)
     ds = data.make_planted("train", data.PlantedConfig(train_size=args.images))
@@ -51,13 +51,10 @@ def main():
     seed = tf.constant([0, 0], tf.int32)
     strategy = tf.distribute.get_strategy()
 
-    keras.utils.set_random_seed(0)
-    model = train.build_model(cfg, ds.image_shape, ds.num_classes)
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(model.trainable_variables)
-    adv_step = train._make_train_step(model, optimizer, cfg, strategy, False)
-    std_step = train._make_train_step(model, optimizer, dataclasses.replace(cfg, eps=0.0),
-                                      strategy, False)
+    model, optimizer = train.build_for_training(cfg, strategy, ds.image_shape, ds.num_classes)
+    adv_step = train.make_train_step(model, optimizer, cfg, strategy)
+    std_cfg = dataclasses.replace(cfg, eps=0.0)
+    std_step = train.make_train_step(model, optimizer, std_cfg, strategy)
     grads = floor_fn(model, args.k)
 
     rows = {}
@@ -67,30 +64,24 @@ def main():
         rows[name] = timed(fn, args.repeats)[0]
     floor = rows["k input-gradient passes"] + rows["standard train step"]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ours = train.train_classifier(dataclasses.replace(cfg, eps=0.0), ds, None, Store(tmp),
-                                      runtime=train.RuntimeOptions(verbose=False))
-        ours_epoch = ours.manifest["history"][1]["seconds"]
-
-    keras.utils.set_random_seed(0)
-    fit_model = train.build_model(cfg, ds.image_shape, ds.num_classes)
+    # Standard epochs, interleaved: entangle's epoch loop vs keras fit, same pipeline epochs.
+    fit_model, _ = train.build_for_training(std_cfg, strategy, ds.image_shape, ds.num_classes)
     fit_model.compile(keras.optimizers.Adam(1e-3),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
-    epoch_times = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            epoch_times.append(time.perf_counter() - self.start)
-
-    pipes = [data.make_pipeline(ds.x, ds.y, args.batch, shuffle=True, augment_images=True,
-                                epoch=e, drop_remainder=True) for e in range(2)]
-    fit_model.fit(pipes[0].concatenate(pipes[1]), steps_per_epoch=args.images // args.batch,
-                  epochs=2, verbose=0, callbacks=[Timer()])
-    fit_epoch = epoch_times[1]
+    epochs = data.EpochPipeline(ds.x, ds.y, args.batch, shuffle=True, augment_images=True,
+                                drop_remainder=True)
+    steps = args.images // args.batch
+    ours_t, fit_t = [], []
+    for e in range(args.repeats + 1):
+        start = time.perf_counter()
+        train.run_epoch(std_step, strategy, epochs.epoch(e), steps, seed=(0, e),
+                        batch_size=args.batch)
+        ours_t.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fit_model.fit(epochs.epoch(e), epochs=1, verbose=0)
+        fit_t.append(time.perf_counter() - start)
+    ours_epoch, fit_epoch = statistics.median(ours_t[1:]), statistics.median(fit_t[1:])
 
     print(f"\nResNet20v2 32x32, batch {args.batch}, k={args.k} PGD steps, {args.images} "
           f"images/epoch; TF {tf.__version__}, Keras {keras.__version__}, "

@@ -365,30 +365,48 @@ def augment(image, seed, pad: int | None = None):
     return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
 
 
+class EpochPipeline:
+    """tf.data pipelines of (float32 [0, 1] images, int32 labels) batches, one per epoch.
+
+    The source tensors are built once; epoch e's shuffle order and augmentation depend only
+    on (seed, e), so epoch e of a resumed run is identical to epoch e of an uninterrupted one.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
+                 augment_images: bool = False, seed: int = 0, drop_remainder: bool = False):
+        import tensorflow as tf
+
+        self._n = len(x)
+        self._scale = 255.0 if np.asarray(x).dtype == np.uint8 else 1.0
+        self._base = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment_images
+        self.seed, self.drop_remainder = seed, drop_remainder
+
+    def epoch(self, epoch: int = 0):
+        import tensorflow as tf
+
+        ds = self._base
+        if self.shuffle:
+            ds = ds.shuffle(self._n, seed=self.seed * 100_003 + epoch,
+                            reshuffle_each_iteration=False)
+        if self.augment:
+            base = tf.constant([self.seed, epoch], tf.int64)
+
+            def aug(i, example):
+                img, lab = example
+                return augment(img, tf.stack([base[0] * 1_000_003 + i, base[1]])), lab
+
+            ds = ds.enumerate().map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        scale = self._scale
+        ds = ds.batch(self.batch_size, drop_remainder=self.drop_remainder)
+        ds = ds.map(lambda img, lab: (tf.cast(img, tf.float32) / scale, lab),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+
 def make_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
                   augment_images: bool = False, seed: int = 0, epoch: int = 0,
                   drop_remainder: bool = False):
-    """A tf.data pipeline of (float32 [0, 1] images, int32 labels) batches for one epoch.
-
-    Shuffling and augmentation depend only on (seed, epoch), so epoch e of a resumed run is
-    identical to epoch e of an uninterrupted one.
-    """
-    import tensorflow as tf
-
-    n = len(x)
-    ds = tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
-    if augment_images:
-        base = tf.constant([seed, epoch], tf.int64)
-
-        def aug(i, example):
-            img, lab = example
-            return augment(img, tf.stack([base[0] * 1_000_003 + i, base[1]])), lab
-
-        ds = ds.enumerate().map(aug, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    scale = 255.0 if np.asarray(x).dtype == np.uint8 else 1.0
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda img, lab: (tf.cast(img, tf.float32) / scale, lab),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    """One epoch's tf.data pipeline (see EpochPipeline)."""
+    return EpochPipeline(x, y, batch_size, shuffle=shuffle, augment_images=augment_images,
+                         seed=seed, drop_remainder=drop_remainder).epoch(epoch)

@@ -105,7 +105,8 @@ def representation_model(model: keras.Model) -> keras.Model:
     except ValueError as e:
         raise ValueError(f"model {model.name!r} has no layer named {REPRESENTATION_LAYER!r}; "
                          "build it with entangle.models.resnet_v2 or victim") from e
-    return keras.Model(model.inputs, rep.output, name=f"{model.name}_representation")
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, rep.output, name=f"{model.name}_representation")
 
 
 # name -> (keras.applications constructor, preprocess mode, minimum input size, weights file)

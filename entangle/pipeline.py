@@ -64,6 +64,7 @@ class TrainReport:
     cached: bool
     test_accuracy: float
     pgd_accuracy: float | None
+    attack_eps: float
     num_test: int
     seconds: float
     store_path: str
@@ -181,6 +182,7 @@ def run_train(cfg: ExperimentConfig, kind: str, eps: float = 0.0,
     metrics = exp.evaluate(trained, attack_eps)
     return TrainReport(kind=kind, eps=eps, key=trained.key, cached=trained.cached,
                        test_accuracy=metrics["test_accuracy"],
-                       pgd_accuracy=metrics.get("pgd_accuracy"), num_test=metrics["num_test"],
+                       pgd_accuracy=metrics.get("pgd_accuracy"), attack_eps=attack_eps,
+                       num_test=metrics["num_test"],
                        seconds=time.time() - start,
                        store_path=exp.store.path(train.MODEL_KIND, trained.key))

@@ -182,7 +182,27 @@ def _progress_verbosity(runtime: RuntimeOptions) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool):
+def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int):
+    """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly.
+
+    Building Adam eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
+    value for placeholder" failure of custom steps under MirroredStrategy (keras issue 23085).
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        model = build_model(cfg, input_shape, num_classes)
+        optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+        if cfg.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):
+    """The compiled global step: (PGD on the batch when eps > 0, then) one Adam update.
+
+    Returns summed loss and correct count over the global batch.
+    """
     replicas = strategy.num_replicas_in_sync
     global_batch = float(cfg.batch_size)
     objective = attacks.cross_entropy_objective(model, targeted=False)
@@ -214,6 +234,22 @@ def _make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: 
                 strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
     return step
+
+
+def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
+              label: str = "accuracy", verbose: int = 0) -> dict:
+    """One pass of a compiled train step over a dataset: mean loss and train accuracy."""
+    progbar = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch",
+                                  stateful_metrics=["loss", label])
+    tot_loss = tot_correct = seen = 0.0
+    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset)):
+        loss, correct = step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32))
+        tot_loss += float(loss)
+        tot_correct += float(correct)
+        seen += batch_size
+        progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
+                       finalize=b + 1 == steps)
+    return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen}
 
 
 def _save_state(path: str, model, optimizer, epoch: int, history: list, best: dict):
@@ -263,14 +299,8 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
 
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        model = build_model(cfg, train.image_shape, train.num_classes)
-        optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
-        if cfg.precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)  # eagerly, in scope (keras issue 23085)
-    step = _make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
+    model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes)
+    step = make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
 
     partial = store.partial_path(MODEL_KIND, key)
     state = _load_state(partial, model, optimizer)
@@ -282,30 +312,22 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
     lr_var = optimizer.inner_optimizer.learning_rate if hasattr(
         optimizer, "inner_optimizer") else optimizer.learning_rate
 
+    pipeline = data.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
+                                  augment_images=cfg.augment, seed=cfg.seed, drop_remainder=True)
     for epoch in range(start_epoch, cfg.epochs):
         if best["epoch"] >= 0 and cfg.early_stopping and epoch - best["epoch"] > cfg.patience:
             break
         lr = learning_rate_at(cfg, epoch)
         lr_var.assign(lr)
-        pipe = data.make_pipeline(train.x, train.y, cfg.batch_size, shuffle=True,
-                                  augment_images=cfg.augment, seed=cfg.seed, epoch=epoch,
-                                  drop_remainder=True)
-        label = "adv_accuracy" if cfg.eps > 0 else "accuracy"
-        progbar = keras.utils.Progbar(steps_per_epoch, verbose=_progress_verbosity(runtime),
-                                      unit_name="batch", stateful_metrics=["loss", label])
         if runtime.verbose:
             print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}")
-        tot_loss = tot_correct = seen = 0.0
         t0 = time.time()
-        for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(pipe)):
-            loss, correct = step(x, y, tf.constant([cfg.seed, epoch * 100_000 + b], tf.int32))
-            tot_loss += float(loss)
-            tot_correct += float(correct)
-            seen += cfg.batch_size
-            progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
-                           finalize=False)
-        record = {"epoch": epoch, "lr": lr, "loss": tot_loss / seen,
-                  "train_accuracy": tot_correct / seen, "seconds": time.time() - t0}
+        record = {"epoch": epoch, "lr": lr,
+                  **run_epoch(step, strategy, pipeline.epoch(epoch), steps_per_epoch,
+                              seed=(cfg.seed, epoch), batch_size=cfg.batch_size,
+                              label="adv_accuracy" if cfg.eps > 0 else "accuracy",
+                              verbose=_progress_verbosity(runtime)),
+                  "seconds": time.time() - t0}
         if val:
             record["val_accuracy"] = accuracy(model, val.x, val.y, runtime.eval_batch_size)
             if record["val_accuracy"] > best["val_accuracy"]:
@@ -313,7 +335,6 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
                 if cfg.early_stopping:
                     data.atomic_save_npz(os.path.join(partial, "best.npz"),
                                          **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-        progbar.update(steps_per_epoch, [], finalize=True)
         if runtime.verbose:
             print(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                            if k not in ("epoch", "lr")))

@@ -21,14 +21,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cfg = entangle_flags.experiment_config(FLAGS)
     try:
-        report = pipeline.run_train(cfg, FLAGS.kind, FLAGS.eps)
+        report = pipeline.run_train(cfg, FLAGS.kind, FLAGS.eps, FLAGS.attack_eps)
     except (ValueError, FileNotFoundError, data.DatasetUnavailableError) as e:
         raise app.UsageError(str(e))
     print(f"\n{report.kind} model (eps {report.eps:g}) {report.key}"
           f"{' [cache hit]' if report.cached else ''}")
     print(f"  test accuracy: {report.test_accuracy:.4f} on {report.num_test} images")
     if report.pgd_accuracy is not None:
-        print(f"  PGD accuracy at eps {report.eps:g}: {report.pgd_accuracy:.4f}")
+        print(f"  PGD accuracy at eps {report.attack_eps:g}: {report.pgd_accuracy:.4f}")
     print(f"  stored in {report.store_path} ({report.seconds:.1f}s)")
 
 

@@ -204,6 +204,9 @@ def define_attack_flags(fv=FLAGS):
                        lower_bound=1e-9, flag_values=fv)
     flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps when reporting robust accuracy.",
                          lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("attack_eps", None, "Report PGD accuracy at this eps (default: the "
+                       "model's own eps; none for standard models).", lower_bound=0.0,
+                       flag_values=fv)
     flags.DEFINE_float("eval_step_size_factor", 2.5, "Reporting PGD step = factor*eps/steps.",
                        lower_bound=1e-9, flag_values=fv)
 

@@ -99,3 +99,31 @@ def test_train_binary_offline_dataset_error(tmp_path):
                 f"--workdir={tmp_path}")
     assert proc.returncode != 0
     assert "not prepared" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_binary_killed_then_resumed_matches_uninterrupted(tmp_path):
+    import glob
+    import signal
+    import time
+
+    args = ["--flagfile=flags/smoke.cfg", "--kind=standard", "--epochs=6"]
+    straight = _run(*args, f"--workdir={tmp_path / 'a'}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    work = tmp_path / "b"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args,
+                             f"--workdir={work}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not glob.glob(str(work / "models" / "*.partial" / "state.npz")):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [d for d in os.listdir(work / "models") if not d.endswith(".partial")]
+    resumed = _run(*args, f"--workdir={work}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    pick = lambda out: [l for l in out.splitlines() if l.startswith("  test")]
+    assert pick(resumed.stdout) == pick(straight.stdout)

@@ -162,3 +162,14 @@ def test_mirrored_strategy_on_two_cpus_matches_default(tmp_path, eps):
     assert mirrored[1] == pytest.approx(default[1], abs=0.1)
     assert out["mirrored"]["loss"][-1] < out["mirrored"]["loss"][0]
     assert "divisible" in out["odd_batch_error"] and "33" in out["odd_batch_error"]
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains(planted, tmp_path, precision):
+    tr, te = planted
+    cfg = dataclasses.replace(TINY, epochs=1, precision=precision)
+    trained = train.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
+    assert trained.model.layers[1].dtype_policy.name == precision
+    assert np.isfinite(trained.manifest["history"][0]["loss"])
+    import keras
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
