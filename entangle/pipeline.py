@@ -77,6 +77,7 @@ class Experiment:
         self.cfg = cfg
         self.store = Store(cfg.workdir)
         self._splits = None
+        self._data_key = None
 
     def splits(self) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
         """(train minus validation, validation, test), loaded once."""
@@ -92,8 +93,11 @@ class Experiment:
         return self._splits
 
     def data_key(self) -> str:
-        tr, val, _ = self.splits()
-        return fingerprint_arrays(tr.x, tr.y, val.x, val.y)
+        """Content hash of the training and validation splits (part of every model key)."""
+        if self._data_key is None:
+            tr, val, _ = self.splits()
+            self._data_key = fingerprint_arrays(tr.x, tr.y, val.x, val.y)
+        return self._data_key
 
     def train_config(self, kind: str, eps: float = 0.0) -> train.TrainConfig:
         if kind not in KINDS:
@@ -162,9 +166,8 @@ class Experiment:
             metrics["pgd_accuracy"] = train.accuracy(trained.model, adv, test.y, ecfg.batch_size)
             metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
                                                     .sum(1)).max())
-        with self.store.writing("evals", key, {"model": trained.key, "eps": eps, "eval": ecfg},
-                                metrics=metrics):
-            pass
+        self.store.record("evals", key, {"model": trained.key, "eps": eps, "eval": ecfg},
+                          metrics=metrics)
         return metrics
 
 

@@ -141,6 +141,11 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final + ".partial", ignore_errors=True)
 
+    def record(self, kind: str, key: str, config: Any, **manifest) -> None:
+        """An artifact that is only its manifest (e.g. an evaluation's metrics)."""
+        with self.writing(kind, key, config, **manifest):
+            pass
+
     # ------------------------------------------------------------------ arrays
 
     def save_arrays(self, kind: str, key: str, config: Any, arrays: dict[str, np.ndarray],

@@ -13,8 +13,11 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
+import weakref
 from typing import Callable
 
 import keras
@@ -150,6 +153,17 @@ def get_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def is_chief(strategy) -> bool:
+    """Whether this process writes artifacts: always, except on non-chief multi-worker tasks."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` (inference mode) on [0, 1] or uint8 images."""
     if len(y) == 0:
@@ -162,17 +176,15 @@ def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int =
     return correct / len(y)
 
 
-_PREDICTORS: dict = {}
+_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _predictor(model):
-    fn = _PREDICTORS.get(id(model))
-    if fn is None or fn[0]() is not model:
-        import weakref
-        fn = (weakref.ref(model), tf.function(lambda x: model(x, training=False),
-                                              reduce_retracing=True))
-        _PREDICTORS[id(model)] = fn
-    return fn[1]
+    """One traced inference function per model, reused across calls."""
+    if model not in _PREDICTORS:
+        _PREDICTORS[model] = tf.function(lambda x: model(x, training=False),
+                                         reduce_retracing=True)
+    return _PREDICTORS[model]
 
 
 def _progress_verbosity(runtime: RuntimeOptions) -> int:
@@ -302,13 +314,18 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
     model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes)
     step = make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
 
-    partial = store.partial_path(MODEL_KIND, key)
-    state = _load_state(partial, model, optimizer)
+    chief = is_chief(strategy)
+    state = _load_state(store.partial_path(MODEL_KIND, key), model, optimizer)
+    # Multi-worker: every worker resumes from the chief's state; only the chief writes to the
+    # store, the others checkpoint into a private temporary directory.
+    partial = store.partial_path(MODEL_KIND, key) if chief else tempfile.mkdtemp(
+        prefix="entangle-worker-")
     start_epoch, history = (state["epoch"] + 1, state["history"]) if state else (0, [])
     best = state["best"] if state else {"val_accuracy": -1.0, "epoch": -1}
     if state and runtime.verbose:
         print(f"[{name}] resuming {key} after epoch {start_epoch} of {cfg.epochs}")
-    tb = tf.summary.create_file_writer(os.path.join(store.root, "tensorboard", key))
+    tb = (tf.summary.create_file_writer(os.path.join(store.root, "tensorboard", key)) if chief
+          else tf.summary.create_noop_writer())
     lr_var = optimizer.inner_optimizer.learning_rate if hasattr(
         optimizer, "inner_optimizer") else optimizer.learning_rate
 
@@ -352,9 +369,12 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
             model.set_weights([z[f"w{i}"] for i in range(len(z.files))])
     metrics = {"epochs_run": len(history), "final": history[-1] if history else {},
                "best_val": best, "train_seconds": sum(r["seconds"] for r in history)}
-    with store.writing(MODEL_KIND, key, {"train": cfg, "data": data_key, "name": name},
-                       metrics=metrics, history=history, strategy=runtime.strategy,
-                       replicas=replicas) as d:
-        model.save(os.path.join(d, "model.keras"))
     tb.close()
+    config = {"train": cfg, "data": data_key, "name": name}
+    extra = dict(metrics=metrics, history=history, strategy=runtime.strategy, replicas=replicas)
+    if not chief:
+        shutil.rmtree(partial, ignore_errors=True)
+        return TrainedModel(model, key, {"config": config, **extra}, cached=False)
+    with store.writing(MODEL_KIND, key, config, **extra) as d:
+        model.save(os.path.join(d, "model.keras"))
     return TrainedModel(model, key, store.manifest(MODEL_KIND, key), cached=False)

@@ -173,3 +173,22 @@ def test_mixed_precision_trains(planted, tmp_path, precision):
     assert np.isfinite(trained.manifest["history"][0]["loss"])
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
+
+
+def test_only_the_chief_writes_under_multi_worker():
+    import types
+
+    def strategy(task_type, task_id, cluster):
+        spec = types.SimpleNamespace(as_dict=lambda: cluster)
+        resolver = types.SimpleNamespace(task_type=task_type, task_id=task_id,
+                                         cluster_spec=lambda: spec)
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    workers = {"worker": ["a:1", "b:1"]}
+    assert train.is_chief(strategy("worker", 0, workers))
+    assert not train.is_chief(strategy("worker", 1, workers))
+    with_chief = {"chief": ["c:1"], **workers}
+    assert train.is_chief(strategy("chief", 0, with_chief))
+    assert not train.is_chief(strategy("worker", 0, with_chief))
+    import tensorflow as tf
+    assert train.is_chief(tf.distribute.get_strategy())
