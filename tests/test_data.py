@@ -26,6 +26,13 @@ def test_imagenet9_through_tfds_mock():
         ds = data.load_dataset("imagenet9", "train")
         builder = tfds.builder("imagenet_resized/64x64")
         wnids = builder.info.features["label"].names
+        raw = list(tfds.as_numpy(tfds.load("imagenet_resized/64x64", split="train")))
+    # the same mock examples, relabelled by hand through their WordNet ids
+    spec = data.imagenet9_spec()
+    by_hand = [(ex["image"], spec["classes"].index(c))
+               for ex in raw for c in spec["classes"] if wnids[ex["label"]] in spec["wnids"][c]]
+    assert [l for _, l in by_hand] == ds.y.tolist()
+    np.testing.assert_array_equal(np.stack([im for im, _ in by_hand]), ds.x)
     assert ds.x.shape[1:] == (64, 64, 3) and ds.x.dtype == np.uint8
     assert ds.class_names == ("dog", "cat", "frog", "turtle", "bird", "primate", "fish", "crab",
                               "insect")
