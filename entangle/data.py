@@ -371,7 +371,7 @@ def augment(image, seed, pad: int | None = None):
     """
     import tensorflow as tf
 
-    h, w = image.shape[0], image.shape[1]
+    h = image.shape[0]
     pad = max(1, round(4 * h / 32)) if pad is None else pad
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)

@@ -1,6 +1,5 @@
 """The experiment pipeline and the train binary, end to end at smoke scale."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 from absl import flags
 
 import flags as entangle_flags
-from entangle import construct, data, pipeline, train
+from entangle import construct, pipeline, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
