@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from entangle import progress
+
 _NORM_FLOOR = 1e-12
 
 # ---------------------------------------------------------------------------- pieces
@@ -165,7 +167,7 @@ def _run_batched(fn, x: np.ndarray, labels: np.ndarray, label_axis: int, *, eps,
     out = np.empty_like(x)
     num_batches = max(1, -(-n // batch_size))
     show = (num_batches > 1 and steps * n >= 20_000) if verbose == "auto" else bool(verbose)
-    progbar = keras.utils.Progbar(n, unit_name="image") if show else None
+    bar = progress.progbar(n, enabled=show, unit_name="image")
     eps_t = tf.constant(eps, tf.float32)
     step_t = tf.constant(step_size, tf.float32)
     steps_t = tf.constant(steps, tf.int32)
@@ -174,8 +176,7 @@ def _run_batched(fn, x: np.ndarray, labels: np.ndarray, label_axis: int, *, eps,
         lab = labels[sl] if label_axis == 0 else labels[:, sl]
         out[sl] = fn(tf.constant(x[sl]), tf.constant(lab), eps_t, steps_t, step_t,
                      tf.constant([seed, b], tf.int32)).numpy()
-        if progbar:
-            progbar.update(sl.stop)
+        bar.update(sl.stop, finalize=sl.stop == n)
     return out
 
 

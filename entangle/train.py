@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 import weakref
@@ -24,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import attacks, data, models
+from entangle import attacks, data, models, progress
 from entangle.store import Store, fingerprint_arrays
 
 LR_DECAYS = ("none", "step", "cosine")
@@ -187,13 +186,6 @@ def _predictor(model):
     return _PREDICTORS[model]
 
 
-def _progress_verbosity(runtime: RuntimeOptions) -> int:
-    """Live progress bars on a terminal, one line per epoch in logs, nothing when quiet."""
-    if not runtime.verbose:
-        return 0
-    return 1 if sys.stdout.isatty() else 2
-
-
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int):
     """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly.
 
@@ -249,10 +241,10 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
 
 
 def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
-              label: str = "accuracy", verbose: int = 0) -> dict:
+              label: str = "accuracy", verbose: bool = False) -> dict:
     """One pass of a compiled train step over a dataset: mean loss and train accuracy."""
-    progbar = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch",
-                                  stateful_metrics=["loss", label])
+    progbar = progress.progbar(steps, enabled=verbose, unit_name="batch",
+                               stateful_metrics=["loss", label])
     tot_loss = tot_correct = seen = 0.0
     for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset)):
         loss, correct = step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32))
@@ -343,7 +335,7 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
                   **run_epoch(step, strategy, pipeline.epoch(epoch), steps_per_epoch,
                               seed=(cfg.seed, epoch), batch_size=cfg.batch_size,
                               label="adv_accuracy" if cfg.eps > 0 else "accuracy",
-                              verbose=_progress_verbosity(runtime)),
+                              verbose=runtime.verbose),
                   "seconds": time.time() - t0}
         if val:
             record["val_accuracy"] = accuracy(model, val.x, val.y, runtime.eval_batch_size)
