@@ -165,7 +165,9 @@ def _run_batched(fn, x: np.ndarray, labels: np.ndarray, label_axis: int, *, eps,
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     n = len(x)
     out = np.empty_like(x)
-    num_batches = max(1, -(-n // batch_size))
+    if n == 0:
+        return out
+    num_batches = -(-n // batch_size)
     show = (num_batches > 1 and steps * n >= 20_000) if verbose == "auto" else bool(verbose)
     bar = progress.progbar(n, enabled=show, unit_name="image")
     eps_t = tf.constant(eps, tf.float32)

@@ -91,6 +91,12 @@ def test_matches_closed_form_on_linear_model():
     np.testing.assert_allclose(targeted, expected, atol=1e-5)
 
 
+def test_empty_input_returns_empty():
+    model = _linear_model(np.ones((16, 2), np.float32))
+    out = attacks.pgd_l2(model, np.zeros((0, 4, 4, 1), np.float32), np.zeros(0, int), **PGD)
+    assert out.shape == (0, 4, 4, 1)
+
+
 def test_infinite_eps_means_no_projection():
     w = np.zeros((16, 2), np.float32)
     w[0, 1] = 1.0  # the gradient only moves pixel 0
