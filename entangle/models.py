@@ -38,9 +38,9 @@ def _resnet_layer(x, filters, kernel_size=3, strides=1, activation=True, batch_n
     return conv(x)
 
 
-def resnet_v2_depths(max_depth: int = 200) -> list[int]:
-    """The depths resnet_v2 accepts: 9n + 2 for n >= 1 (11, 20, 29, ..., 56, ...)."""
-    return list(range(11, max_depth + 1, 9))
+def is_resnet_v2_depth(depth) -> bool:
+    """Whether resnet_v2 accepts ``depth``: an int 9n + 2 with n >= 1 (11, 20, 29, ..., 56)."""
+    return isinstance(depth, int) and depth >= 11 and (depth - 2) % 9 == 0
 
 
 def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
@@ -52,7 +52,7 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
     in the paper, come from the layer named ``representation``; ``width`` (16 in the paper)
     scales every stage, so tests can use a tiny variant (depth 11, width 4).
     """
-    if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+    if not is_resnet_v2_depth(depth):
         raise ValueError(f"depth must be 9n+2 with n >= 1 (11, 20, 29, 38, 47, 56, ..., e.g. "
                          f"ResNet20v2 = 20, ResNet56v2 = 56); got {depth!r}")
     input_shape = tuple(int(d) for d in input_shape)

@@ -94,10 +94,9 @@ def _check(ok: bool, name: str, value, allowed: str):
 
 def parse_arch(arch: str) -> tuple[str, int | None]:
     """'resnet56v2' -> ('resnet_v2', 56); a victim name -> (name, None); else ValueError."""
-    if arch.startswith("resnet") and arch.endswith("v2") and arch[6:-2].isdigit():
-        depth = int(arch[6:-2])
-        if depth >= 11 and (depth - 2) % 9 == 0:
-            return "resnet_v2", depth
+    if (arch.startswith("resnet") and arch.endswith("v2") and arch[6:-2].isdigit()
+            and models.is_resnet_v2_depth(int(arch[6:-2]))):
+        return "resnet_v2", int(arch[6:-2])
     if arch in models.VICTIMS:
         return arch, None
     raise ValueError(f"arch must be resnet<depth>v2 with depth 9n+2 (resnet20v2, resnet56v2, "
