@@ -34,12 +34,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from importlib import resources
 from typing import Sequence
 
 import numpy as np
+
+from entangle.store import atomic_save_npz
 
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -248,20 +249,6 @@ def _decode(path: str) -> np.ndarray:
             return np.asarray(im.convert("RGB"), np.uint8)
     except Exception as e:
         raise ValueError(f"cannot read image {path!r}: {e}") from e
-
-
-def atomic_save_npz(path: str, **arrays) -> None:
-    """Writes an .npz next to its destination, then renames it in place (never half-written)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_folder(root: str, split: str, *, cache_dir: str | None = None,

@@ -75,17 +75,28 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def atomic_write_text(path: str, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb"):
+    """Yields a temporary file beside ``path``; on success it is renamed onto ``path``.
+
+    A process killed mid-write leaves at most a stray temporary file, never a partial ``path``.
+    """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save_npz(path: str, **arrays) -> None:
+    """np.savez through atomic_file."""
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
 
 
 class Store:
@@ -132,7 +143,8 @@ class Store:
             record = {"kind": kind, "key": key, "config": _canonical(config),
                       **_canonical(manifest), "versions": versions(),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            atomic_write_text(os.path.join(tmp, MANIFEST), json.dumps(record, indent=1))
+            with atomic_file(os.path.join(tmp, MANIFEST), "w") as f:
+                json.dump(record, f, indent=1)
             if os.path.exists(final):  # an older incomplete copy without manifest
                 shutil.rmtree(final)
             os.rename(tmp, final)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import attacks, data, models, progress
-from entangle.store import Store, fingerprint_arrays
+from entangle.store import Store, atomic_save_npz, fingerprint_arrays
 
 LR_DECAYS = ("none", "step", "cosine")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
@@ -259,7 +259,7 @@ def _save_state(path: str, model, optimizer, epoch: int, history: list, best: di
     arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
     arrays["meta"] = np.array(json.dumps({"epoch": epoch, "history": history, "best": best}))
-    data.atomic_save_npz(os.path.join(path, "state.npz"), **arrays)
+    atomic_save_npz(os.path.join(path, "state.npz"), **arrays)
 
 
 def _load_state(path: str, model, optimizer):
@@ -341,7 +341,7 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
             if record["val_accuracy"] > best["val_accuracy"]:
                 best = {"val_accuracy": record["val_accuracy"], "epoch": epoch}
                 if cfg.early_stopping:
-                    data.atomic_save_npz(os.path.join(partial, "best.npz"),
+                    atomic_save_npz(os.path.join(partial, "best.npz"),
                                          **{f"w{i}": w for i, w in enumerate(model.get_weights())})
         if runtime.verbose:
             print(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()

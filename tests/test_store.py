@@ -59,3 +59,15 @@ def test_fingerprint_changes_with_content():
     assert store_lib.fingerprint_arrays(a) == store_lib.fingerprint_arrays(a.copy())
     assert store_lib.fingerprint_arrays(a) != store_lib.fingerprint_arrays(b)
     assert store_lib.fingerprint_arrays(a) != store_lib.fingerprint_arrays(a.astype(np.int64))
+
+
+def test_atomic_file_keeps_the_old_content_when_a_write_fails(tmp_path):
+    target = tmp_path / "f.npz"
+    store_lib.atomic_save_npz(str(target), x=np.arange(2))
+    with pytest.raises(RuntimeError):
+        with store_lib.atomic_file(str(target)) as f:
+            f.write(b"half")
+            raise RuntimeError("killed mid-write")
+    with np.load(target) as z:
+        np.testing.assert_array_equal(z["x"], np.arange(2))
+    assert os.listdir(tmp_path) == ["f.npz"]
