@@ -38,7 +38,6 @@ class EvalConfig:
 
     attack_steps: int = 20
     step_size_factor: float = 2.5       # step = factor * eps / steps (Madry et al. 2018)
-    batch_size: int = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,23 +128,25 @@ class Experiment:
         ccfg = self.cfg.construct
         key = self.store.key(kind, {"construct": ccfg, "source": source.key,
                                     "data": self.data_key()})
-        if not self.store.has("datasets", key):
-            if self.cfg.runtime.verbose:
-                print(f"[{kind}] constructing {key}: targeted PGD (eps {ccfg.eps}, "
-                      f"{ccfg.steps} steps of {ccfg.step_size}) on {len(tr)} images")
-            start = time.time()
-            built = construct.construct_dataset(kind, source.model, tr, ccfg,
-                                                batch_size=self.cfg.eval.batch_size,
-                                                jit_compile=self.cfg.runtime.jit_compile)
-            success = train.accuracy(source.model, built.x, built.y, self.cfg.eval.batch_size)
-            self.store.save_arrays("datasets", key, {"construct": ccfg, "kind": kind,
-                                                     "source": source.key},
-                                   {"x": built.x, "y": built.y},
-                                   metrics={"targeted_success_on_source": success,
-                                            "size": len(built)},
-                                   seconds=time.time() - start)
-        arrays = self.store.load_arrays("datasets", key)
-        return data.Dataset(arrays["x"], arrays["y"], tr.class_names, f"{tr.name}:{kind}"), key
+        if self.store.has("datasets", key):
+            arrays = self.store.load_arrays("datasets", key)
+            return data.Dataset(arrays["x"], arrays["y"], tr.class_names,
+                                f"{tr.name}:{kind}"), key
+        if self.cfg.runtime.verbose:
+            print(f"[{kind}] constructing {key}: targeted PGD (eps {ccfg.eps}, "
+                  f"{ccfg.steps} steps of {ccfg.step_size}) on {len(tr)} images")
+        start = time.time()
+        batch = self.cfg.runtime.eval_batch_size
+        built = construct.construct_dataset(kind, source.model, tr, ccfg, batch_size=batch,
+                                            jit_compile=self.cfg.runtime.jit_compile)
+        success = train.accuracy(source.model, built.x, built.y, batch)
+        self.store.save_arrays("datasets", key, {"construct": ccfg, "kind": kind,
+                                                 "source": source.key},
+                               {"x": built.x, "y": built.y},
+                               metrics={"targeted_success_on_source": success,
+                                        "size": len(built)},
+                               seconds=time.time() - start)
+        return built, key
 
     def evaluate(self, trained: train.TrainedModel, eps: float = 0.0) -> dict:
         """Test accuracy and (eps > 0) PGD accuracy at eps, cached in the store."""
@@ -156,14 +157,14 @@ class Experiment:
         if self.store.has("evals", key):
             return self.store.manifest("evals", key)["metrics"]
         x = test.float_images()
-        metrics = {"test_accuracy": train.accuracy(trained.model, x, test.y, ecfg.batch_size),
+        batch = self.cfg.runtime.eval_batch_size
+        metrics = {"test_accuracy": train.accuracy(trained.model, x, test.y, batch),
                    "num_test": len(test)}
         if eps > 0:
             adv = attacks.pgd_l2(trained.model, x, test.y, eps=eps, steps=ecfg.attack_steps,
                                  step_size=ecfg.step_size_factor * eps / ecfg.attack_steps,
-                                 batch_size=ecfg.batch_size,
-                                 jit_compile=self.cfg.runtime.jit_compile)
-            metrics["pgd_accuracy"] = train.accuracy(trained.model, adv, test.y, ecfg.batch_size)
+                                 batch_size=batch, jit_compile=self.cfg.runtime.jit_compile)
+            metrics["pgd_accuracy"] = train.accuracy(trained.model, adv, test.y, batch)
             metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
                                                     .sum(1)).max())
         self.store.record("evals", key, {"model": trained.key, "eps": eps, "eval": ecfg},

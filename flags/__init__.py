@@ -262,8 +262,7 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
                                             step_size=f.construct_step_size,
                                             targets=f.zero_robust_targets, seed=f.data_seed),
         eval=pipeline.EvalConfig(attack_steps=f.eval_attack_steps,
-                                 step_size_factor=f.eval_step_size_factor,
-                                 batch_size=f.eval_batch_size),
+                                 step_size_factor=f.eval_step_size_factor),
         runtime=train.RuntimeOptions(strategy=f.strategy, jit_compile=f.jit_compile,
                                      eval_batch_size=f.eval_batch_size, verbose=not f.quiet),
         workdir=f.workdir)
