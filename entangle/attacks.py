@@ -1,16 +1,24 @@
-"""L2 attacks: Madry's projected gradient descent, FGM, and the multi-model targeted attack.
+"""L2 attacks: Madry's projected gradient descent, FGM, the multi-model targeted attack, and
+the generic runner they (and robustification) share.
 
-Built from small pieces (objective, normalised step, L2 projection, clip to [0, 1]) that
-compose into one ``tf.function`` per model and configuration: the whole step loop runs in
+Built from small pieces (an ``Objective``, a normalised step, L2 projection, clip to [0, 1])
+that compose into one ``tf.function`` per model and configuration: the whole step loop runs in
 the graph (optionally under XLA), and the traced function is reused across batches and calls.
-All budgets are L2 norms in the [0, 1] pixel scale; the model runs in inference mode.
+All budgets are L2 norms in the [0, 1] pixel scale; models run in inference mode.
+
+Mixed precision: the input gradient is taken in two parts. The objective's gradient with
+respect to the model outputs is computed in float32 and rescaled per example to unit norm,
+then back-propagated through the (possibly float16) network. Each step is normalised per
+example anyway, so the scale changes no direction, but it keeps a confidently classified
+input's gradient (softmax tails of 1e-9) from underflowing to zero in float16.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -18,43 +26,134 @@ import tensorflow as tf
 
 from entangle import progress
 
-_NORM_FLOOR = 1e-12
+_NORM_FLOOR = 1e-30
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What an attack ascends: ``loss(forward(x), labels)``, one value per example.
+
+    ``forward`` maps images to model outputs (a tensor or a tuple of them); ``loss`` maps those
+    outputs (cast to float32) and the labels to per-example values. Keeping them apart lets
+    the runner rescale the output gradient per example (see the module docstring).
+    """
+
+    forward: Callable[[tf.Tensor], Any]
+    loss: Callable[[Any, tf.Tensor], tf.Tensor]
+
 
 # ---------------------------------------------------------------------------- pieces
 
 
-def cross_entropy_objective(model: keras.Model, targeted: bool) -> Callable:
-    """Objective to *ascend*: CE(model(x), y) untargeted, -CE(model(x), t) targeted (summed)."""
+def logits_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """x -> logits of ``model`` in inference mode, looking through a final softmax.
+
+    keras.applications classifiers end in a softmax by default; cross-entropy on such
+    probabilities (as if they were logits) is nearly flat, which silently weakens an attack.
+    A final ``Softmax``/``Activation('softmax')`` layer or a ``Dense(activation='softmax')``
+    is detected and its pre-softmax values are used instead. The model is held weakly, so
+    cached attacks never keep it alive.
+    """
+    ref = weakref.ref(model)
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    act = getattr(last, "activation", None)
+    if last is None or not _is_softmax(last, act):
+        return lambda x: ref()(x, training=False)
+    features = keras.Model(model.inputs, last.input)
+    if isinstance(last, keras.layers.Dense):
+        def dense_logits(x):
+            layer, h = ref().layers[-1], tf.cast(features(x, training=False), tf.float32)
+            out = tf.matmul(h, tf.cast(layer.kernel, tf.float32))
+            return out + tf.cast(layer.bias, tf.float32) if layer.use_bias else out
+        return dense_logits
+    return lambda x: features(x, training=False)
+
+
+def _is_softmax(layer, activation) -> bool:
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == \
+        "softmax"
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """Whether ``model``'s last layer is a softmax (its outputs are probabilities, not logits)."""
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    return last is not None and _is_softmax(last, getattr(last, "activation", None))
+
+
+def cross_entropy_objective(model: keras.Model, targeted: bool) -> Objective:
+    """Ascend CE(model(x), y) untargeted, -CE(model(x), t) targeted."""
     sign = -1.0 if targeted else 1.0
 
-    def objective(x, labels):
-        logits = tf.cast(model(x, training=False), tf.float32)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        return sign * tf.reduce_sum(ce)
+    def loss(logits, labels):
+        return sign * tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                                     logits=logits)
 
-    return objective
+    return Objective(logits_fn(model), loss)
 
 
-def multi_model_objective(models: Sequence[keras.Model]) -> Callable:
+def multi_model_objective(models: Sequence[keras.Model]) -> Objective:
     """Objective of the N-targeted attack (Waseda et al.): -sum_i CE(model_i(x), t_i).
 
     ``labels`` has shape (num_models, batch): one target per model and example.
     """
-    def objective(x, labels):
-        total = 0.0
-        for i, model in enumerate(models):
-            logits = tf.cast(model(x, training=False), tf.float32)
-            total += tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels[i], logits=logits))
-        return -total
+    forwards = [logits_fn(m) for m in models]
 
-    return objective
+    def loss(outputs, labels):
+        return -tf.add_n([tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels[:, i],
+                                                                        logits=logits)
+                          for i, logits in enumerate(outputs)])
+
+    return Objective(lambda x: tuple(f(x) for f in forwards), loss)
+
+
+def feature_matching_objective(feature_model: keras.Model) -> Objective:
+    """Ascend -||f(x) - target||_2, ``labels`` holding each example's target features.
+
+    With an unbounded budget and a start x0, this is representation inversion
+    (robustification, Ilyas et al. 2019): x moves until f(x) matches f of another image.
+    """
+    ref = weakref.ref(feature_model)
+
+    def forward(x):
+        out = ref()(x, training=False)
+        return tf.reshape(out, [tf.shape(out)[0], -1])
+
+    def loss(features, targets):
+        diff = features - tf.reshape(tf.cast(targets, tf.float32), tf.shape(features))
+        return -tf.sqrt(tf.reduce_sum(tf.square(diff), axis=1) + 1e-12)
+
+    return Objective(forward, loss)
 
 
 def l2_norm(v: tf.Tensor) -> tf.Tensor:
     """Per-example L2 norm, shaped to broadcast against ``v`` (batch, 1, 1, 1)."""
     axes = list(range(1, len(v.shape)))
     return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True))
+
+
+def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
+    """The gradient of the summed objective w.r.t. ``x``, up to a positive factor per example.
+
+    The output gradient is rescaled per example to unit norm (one factor for all outputs of
+    an example, so multi-output objectives keep their balance) before back-propagation.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), objective.forward(x))
+    with tf.GradientTape() as head:
+        head.watch(outputs)
+        value = tf.reduce_sum(objective.loss(outputs, labels))
+    grads = head.gradient(value, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    flat = tf.nest.flatten(grads)
+    sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), 1)
+                   for g in flat])
+    scale = 1.0 / tf.maximum(tf.sqrt(sq), _NORM_FLOOR)
+    grads = tf.nest.pack_sequence_as(grads, [
+        g * tf.reshape(scale, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+        for g in flat])
+    return tape.gradient(outputs, x, output_gradients=grads)
 
 
 def normalized_step(x: tf.Tensor, grad: tf.Tensor, step_size) -> tf.Tensor:
@@ -82,13 +181,10 @@ def random_l2_start(x: tf.Tensor, eps, seed) -> tf.Tensor:
     return clip01(x + direction * eps * u ** (1.0 / d))
 
 
-def pgd_loop(objective: Callable, x, labels, x_start, eps, steps, step_size):
+def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size):
     """``steps`` of: ascend the objective by a normalised step, clip, project onto the ball."""
     def body(i, x_adv):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            value = objective(x_adv, labels)
-        grad = tape.gradient(value, x_adv)
+        grad = tf.cast(input_gradient(objective, x_adv, labels), x_adv.dtype)
         x_new = clip01(normalized_step(x_adv, grad, step_size))
         return i + 1, x + project_l2(x_new - x, eps)
 
@@ -102,19 +198,30 @@ def pgd_loop(objective: Callable, x, labels, x_start, eps, steps, step_size):
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _compiled_attack(key_obj, config: tuple, objective: Callable, random_start: bool,
-                     jit_compile: bool):
-    """One traced tf.function per (model, configuration), cached for the model's lifetime."""
-    per_model = _COMPILED.setdefault(key_obj, {})
-    if config in per_model:
-        return per_model[config]
-
-    def attack(x, labels, eps, steps, step_size, seed):
-        x_start = random_l2_start(x, eps, seed) if random_start else x
+def compile_attack(objective: Objective, *, random_start: bool = False,
+                   jit_compile: bool = False) -> Callable:
+    """One tf.function running the whole loop: (x, labels, x_start, eps, steps, step, seed)."""
+    def attack(x, labels, x_start, eps, steps, step_size, seed):
+        if random_start:
+            x_start = random_l2_start(x, eps, seed)
         return pgd_loop(objective, x, labels, x_start, eps, steps, step_size)
 
-    fn = tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
-    per_model[config] = fn
+    return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def _cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
+                   random_start: bool, jit_compile: bool) -> Callable:
+    """A compiled attack cached on ``owners[0]`` for as long as every owner lives.
+
+    The cache holds models only weakly (objectives close over weak references), so
+    ``del model; gc.collect()`` frees a model that was attacked.
+    """
+    per_model = _COMPILED.setdefault(owners[0], {})
+    entry = per_model.get(config)
+    if entry is not None and all(r() is m for r, m in zip(entry[0], owners)):
+        return entry[1]
+    fn = compile_attack(make_objective(), random_start=random_start, jit_compile=jit_compile)
+    per_model[config] = (tuple(weakref.ref(m) for m in owners), fn)
     return fn
 
 
@@ -130,24 +237,24 @@ def _check_budget(eps, steps, step_size, random_start):
         raise ValueError("random_start needs a finite eps (a ball to sample from); got eps=inf")
 
 
-def _check_images(x) -> np.ndarray:
+def _check_images(x, name: str = "x") -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind != "f":
-        raise ValueError(f"x must be a floating-point array in [0, 1] (convert uint8 images "
+        raise ValueError(f"{name} must be a floating-point array in [0, 1] (convert uint8 images "
                          f"with entangle.data.to_float); got dtype {x.dtype}")
     if x.ndim != 4:
-        raise ValueError(f"x must have rank 4 (batch, height, width, channels); got shape "
+        raise ValueError(f"{name} must have rank 4 (batch, height, width, channels); got shape "
                          f"{x.shape}")
     if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
-        raise ValueError(f"x must lie in [0, 1]; got values in [{x.min()}, {x.max()}]")
-    return x.astype(np.float32, copy=False)
+        raise ValueError(f"{name} must lie in [0, 1]; got values in [{x.min()}, {x.max()}]")
+    return x
 
 
 def _check_labels(y, name: str, n: int, num_classes: int) -> np.ndarray:
     y = np.asarray(y)
     if y.dtype.kind not in "iu":
         raise ValueError(f"{name} must be integer class indices; got dtype {y.dtype}")
-    if y.shape[-1:] != (n,):
+    if y.shape[:1] != (n,):
         raise ValueError(f"{name} must have one label per image ({n}); got shape {y.shape}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"{name} must lie in [0, {num_classes}); got values in "
@@ -159,12 +266,36 @@ def _num_classes(model: keras.Model) -> int:
     return int(model.output_shape[-1])
 
 
-def _run_batched(fn, x: np.ndarray, labels: np.ndarray, label_axis: int, *, eps, steps,
-                 step_size, batch_size: int, seed: int, verbose) -> np.ndarray:
+def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("inf"),
+               steps: int, step_size: float, x0=None, random_start: bool = False,
+               batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
+               verbose="auto", out: np.ndarray | None = None) -> np.ndarray:
+    """The generic L2 attack runner: normalised gradient ascent on any objective, batched.
+
+    ``attack`` is an ``Objective`` (compiled here, once per call) or a function from
+    ``compile_attack``. ``x`` (float, [0, 1]) is the centre of the L2 ball of radius ``eps``
+    (``inf``: no bound); the loop starts from ``x0`` (default ``x``, or a random point of the
+    ball). ``labels`` has one entry per image along axis 0: class indices, per-example float
+    targets (feature matching), or (batch, num_models) targets. Results go to ``out`` (any
+    writable array, e.g. a float16 memmap) or a new float32 array.
+    """
+    _check_budget(eps, steps, step_size, random_start)
+    x = _check_images(x)
+    if x0 is not None:
+        x0 = _check_images(x0, "x0")
+        if x0.shape != x.shape:
+            raise ValueError(f"x0 must have the shape of x {x.shape}; got {x0.shape}")
+    labels = np.asarray(labels)
+    if labels.shape[:1] != x.shape[:1]:
+        raise ValueError(f"labels must have one entry per image ({len(x)}) along axis 0; got "
+                         f"shape {labels.shape}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    fn = (compile_attack(attack, random_start=random_start, jit_compile=jit_compile)
+          if isinstance(attack, Objective) else attack)
     n = len(x)
-    out = np.empty_like(x)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
     if n == 0:
         return out
     num_batches = -(-n // batch_size)
@@ -175,8 +306,9 @@ def _run_batched(fn, x: np.ndarray, labels: np.ndarray, label_axis: int, *, eps,
     steps_t = tf.constant(steps, tf.int32)
     for b in range(num_batches):
         sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-        lab = labels[sl] if label_axis == 0 else labels[:, sl]
-        out[sl] = fn(tf.constant(x[sl]), tf.constant(lab), eps_t, steps_t, step_t,
+        xb = tf.constant(x[sl], tf.float32)
+        start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
+        out[sl] = fn(xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t,
                      tf.constant([seed, b], tf.int32)).numpy()
         bar.update(sl.stop, finalize=sl.stop == n)
     return out
@@ -184,28 +316,31 @@ def _run_batched(fn, x: np.ndarray, labels: np.ndarray, label_axis: int, *, eps,
 
 def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
            targeted: bool = False, random_start: bool = False, batch_size: int = 256,
-           seed: int = 0, jit_compile: bool = False, verbose="auto") -> np.ndarray:
+           seed: int = 0, jit_compile: bool = False, verbose="auto",
+           out: np.ndarray | None = None) -> np.ndarray:
     """Madry's L2 PGD on [0, 1] images; returns the adversarial images (float32 numpy).
 
     Untargeted ascends CE(y); targeted (``y`` holds the targets) descends CE(y). Each step
     moves by ``step_size`` along the per-example L2-normalised gradient, clips to [0, 1] and
     projects the perturbation onto the L2 ball of radius ``eps`` (``float('inf')``: none).
+    A model ending in a softmax is attacked through its logits.
     """
     _check_budget(eps, steps, step_size, random_start)
     x = _check_images(x)
     y = _check_labels(y, "y", len(x), _num_classes(model))
-    objective = cross_entropy_objective(model, targeted)
-    fn = _compiled_attack(model, ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
-                          objective, random_start, jit_compile)
-    return _run_batched(fn, x, y, 0, eps=eps, steps=steps, step_size=step_size,
-                        batch_size=batch_size, seed=seed, verbose=verbose)
+    fn = _cached_attack([model], ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
+                        lambda: cross_entropy_objective(model, targeted), random_start,
+                        jit_compile)
+    return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
+                      random_start=random_start, batch_size=batch_size, seed=seed,
+                      verbose=verbose, out=out)
 
 
 def fgm_l2(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
            batch_size: int = 256, jit_compile: bool = False, verbose="auto") -> np.ndarray:
     """Fast gradient method, L2: one normalised gradient step of size eps, clipped to [0, 1]."""
     if eps == 0:
-        return _check_images(x).copy()
+        return _check_images(x).astype(np.float32)
     return pgd_l2(model, x, y, eps=eps, steps=1, step_size=eps, targeted=targeted,
                   batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
 
@@ -228,10 +363,9 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
         raise ValueError(f"targets_per_model must have shape (num_models={len(models)}, "
                          f"num_images={len(x)}); got {targets.shape}")
     targets = np.stack([_check_labels(t, f"targets_per_model[{i}]", len(x), _num_classes(m))
-                        for i, (t, m) in enumerate(zip(targets, models))])
-    objective = multi_model_objective(models)
-    fn = _compiled_attack(models[0], ("multi", tuple(id(m) for m in models),
-                                      bool(random_start), bool(jit_compile)),
-                          objective, random_start, jit_compile)
-    return _run_batched(fn, x, targets, 1, eps=eps, steps=steps, step_size=step_size,
-                        batch_size=batch_size, seed=seed, verbose=verbose)
+                        for i, (t, m) in enumerate(zip(targets, models))], axis=1)
+    fn = _cached_attack(models, ("multi", len(models), bool(random_start), bool(jit_compile)),
+                        lambda: multi_model_objective(models), random_start, jit_compile)
+    return run_attack(fn, x, targets, eps=eps, steps=steps, step_size=step_size,
+                      random_start=random_start, batch_size=batch_size, seed=seed,
+                      verbose=verbose)

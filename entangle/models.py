@@ -15,6 +15,10 @@ from keras import layers
 
 REPRESENTATION_LAYER = "representation"
 LOGITS_LAYER = "logits"
+# "keras_example": AveragePooling2D(8) + Flatten, as Keras' CIFAR ResNet v2 example (global
+# pooling at 32 px; at 64 px a 2x2x(16*width) = 1,024-d representation). "global": global
+# average pooling, a (16*width)-d representation at any size.
+POOLINGS = ("keras_example", "global")
 
 
 def _resnet_layer(x, filters, kernel_size=3, strides=1, activation=True, batch_norm=True,
@@ -44,13 +48,16 @@ def is_resnet_v2_depth(depth) -> bool:
 
 
 def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
-              *, width: int = 16, weight_decay: float = 1e-4, name: str | None = None) -> keras.Model:
+              *, width: int = 16, weight_decay: float = 1e-4, pooling: str = "global",
+              name: str | None = None) -> keras.Model:
     """CIFAR ResNet v2 (pre-activation bottleneck blocks, depth 9n+2) returning logits.
 
-    Follows Keras' classic CIFAR-10 example (ResNet20v2: depth 20, ResNet56v2: depth 56) with
-    global average pooling, so any input size from 8 px up works. The pooled features, rep(x)
-    in the paper, come from the layer named ``representation``; ``width`` (16 in the paper)
-    scales every stage, so tests can use a tiny variant (depth 11, width 4).
+    Follows Keras' classic CIFAR-10 example (ResNet20v2: depth 20, ResNet56v2: depth 56).
+    ``pooling`` (``POOLINGS``): the example's AveragePooling2D(8) + Flatten (inputs >= 32 px),
+    or global average pooling (any input from 8 px). The pooled features, rep(x) in the paper,
+    come from the layer named ``representation``; ``width`` (16 in the paper) scales every
+    stage, so tests can use a tiny variant (depth 11, width 4). Logits are float32 under any
+    mixed-precision policy.
     """
     if not is_resnet_v2_depth(depth):
         raise ValueError(f"depth must be 9n+2 with n >= 1 (11, 20, 29, 38, 47, 56, ..., e.g. "
@@ -63,6 +70,12 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
         raise ValueError(f"num_classes must be >= 2; got {num_classes}")
     if width < 1:
         raise ValueError(f"width must be >= 1; got {width}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+    if pooling == "keras_example" and min(input_shape[:2]) < 32:
+        raise ValueError(f"pooling='keras_example' (AveragePooling2D(8) on the 1/4-size final "
+                         f"feature map) needs inputs of at least 32 px; got {input_shape[:2]}. "
+                         f"Use pooling='global' (--pooling=global) for smaller images")
     n = (depth - 2) // 9
     kw = dict(weight_decay=weight_decay)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -93,20 +106,31 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
         filters_in = filters_out
     x = layers.BatchNormalization(name="final_bn")(x)
     x = layers.Activation("relu", name="final_relu")(x)
-    rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
-    logits = layers.Dense(num_classes, kernel_initializer="he_normal", name=LOGITS_LAYER)(rep)
+    if pooling == "global":
+        rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
+    else:
+        rep = layers.Flatten(name=REPRESENTATION_LAYER)(layers.AveragePooling2D(pool_size=8)(x))
+    logits = layers.Dense(num_classes, kernel_initializer="he_normal", name=LOGITS_LAYER,
+                          dtype="float32")(rep)
     return keras.Model(inputs, logits, name=name or f"resnet{depth}v2")
 
 
-def representation_model(model: keras.Model) -> keras.Model:
-    """The sub-model from ``model``'s input to its ``representation`` layer (rep(x))."""
+def representation_model(model: keras.Model, layer: str | int = REPRESENTATION_LAYER
+                         ) -> keras.Model:
+    """The sub-model from ``model``'s input to a layer's output: rep(x) for robustification.
+
+    ``layer`` is a layer name or an index into ``model.layers`` (e.g. -2 for the layer before
+    the logits of a plain classifier); the default is entangle's ``representation`` layer.
+    """
     try:
-        rep = model.get_layer(REPRESENTATION_LAYER)
-    except ValueError as e:
-        raise ValueError(f"model {model.name!r} has no layer named {REPRESENTATION_LAYER!r}; "
-                         "build it with entangle.models.resnet_v2 or victim") from e
+        target = model.layers[layer] if isinstance(layer, int) else model.get_layer(layer)
+    except (ValueError, IndexError) as e:
+        names = ", ".join(l.name for l in model.layers[-5:])
+        raise ValueError(f"model {model.name!r} has no layer {layer!r} (its last layers: "
+                         f"{names}); pass representation_model(model, layer=name_or_index)"
+                         ) from e
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, rep.output, name=f"{model.name}_representation")
+    return keras.Model(inputs, target.output, name=f"{model.name}_{target.name}")
 
 
 # name -> (keras.applications constructor, preprocess mode, minimum input size, weights file)
@@ -207,5 +231,5 @@ def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int
             f"offline. Original error: {msg}") from e
     x = backbone(x)
     rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
-    logits = layers.Dense(num_classes, name=LOGITS_LAYER)(rep)
+    logits = layers.Dense(num_classes, name=LOGITS_LAYER, dtype="float32")(rep)
     return keras.Model(inputs, logits, name=key)

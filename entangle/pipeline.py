@@ -3,12 +3,15 @@
 ``Experiment`` loads the data once, and fetches every model and constructed dataset from the
 artifact store, building (and storing) only what is missing: Table 1, Figure 3, Figure 4 and
 the transfer figures all share the same eps-robust models, which are never trained twice.
-``run_train`` is the typed entry point of ``python -m experiments.train``.
+Every artifact's key hashes exactly what determines it (``*_key`` methods compute them
+without building anything). ``run_train`` is the typed entry point of
+``python -m experiments.train``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -17,6 +20,8 @@ from entangle import attacks, construct, data, train
 from entangle.store import Store, fingerprint_arrays
 
 KINDS = ("standard", "robust", "zero_robust", "neg_robust")
+VALIDATION_SOURCES = ("constructed", "clean")
+DATASET_KIND = "datasets"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +31,25 @@ class DataConfig:
     download: bool = False
     train_limit: int | None = None
     test_limit: int | None = None
-    validation_fraction: float = 0.1    # held out of train for early stopping (all kinds)
+    # Held out of the training split, only for models that early-stop (zero-/neg-robust in
+    # the paper); the others train on every training image.
+    validation_fraction: float = 0.1
+    # What early-stopped constructed-set models validate on: "constructed" (a held-out part of
+    # the constructed set, labels = targets: unbiased for Table 1) or "clean" (held-out clean
+    # images with true labels: the very quantity Table 1 reports).
+    validation: str = "constructed"
+    balance: bool = False               # class-balanced subsample (ImageNet-9 is 58 % dogs)
     seed: int = 0
     cache_dir: str | None = None
     planted: data.PlantedConfig | None = None
+
+    def __post_init__(self):
+        if self.validation not in VALIDATION_SOURCES:
+            raise ValueError(f"validation must be one of {VALIDATION_SOURCES}; got "
+                             f"{self.validation!r}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1); got "
+                             f"{self.validation_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +82,28 @@ class TrainReport:
     key: str
     cached: bool
     test_accuracy: float
+    balanced_accuracy: float
+    majority_rate: float
     pgd_accuracy: float | None
     attack_eps: float
     num_test: int
     seconds: float
     store_path: str
+
+
+@dataclasses.dataclass
+class Splits:
+    """The training split, its early-stopping hold-out, and the test split."""
+
+    train: data.Dataset                 # every training image
+    holdout: np.ndarray                 # indices into train held out for early stopping
+    test: data.Dataset
+
+    def fit_part(self) -> data.Dataset:
+        return self.train.subset(np.setdiff1d(np.arange(len(self.train)), self.holdout))
+
+    def val_part(self) -> data.Dataset:
+        return self.train.subset(self.holdout)
 
 
 class Experiment:
@@ -75,11 +112,15 @@ class Experiment:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.store = Store(cfg.workdir)
-        self._splits = None
-        self._data_key = None
+        self._splits: Splits | None = None
+        self._train_key = None
 
-    def splits(self) -> tuple[data.Dataset, data.Dataset, data.Dataset]:
-        """(train minus validation, validation, test), loaded once."""
+    def _log(self, msg: str):
+        if self.cfg.runtime.verbose:
+            print(msg, flush=True)
+
+    def splits(self) -> Splits:
+        """The data, loaded once."""
         if self._splits is None:
             d = self.cfg.data
             kw = dict(data_dir=d.data_dir, download=d.download, seed=d.seed,
@@ -87,16 +128,23 @@ class Experiment:
                       verbose=self.cfg.runtime.verbose)
             full = data.load_dataset(d.dataset, "train", limit=d.train_limit, **kw)
             test = data.load_dataset(d.dataset, "test", limit=d.test_limit, **kw)
-            tr, val = data.split_validation(full, d.validation_fraction, d.seed)
-            self._splits = (tr, val, test)
+            if d.balance:
+                full, test = data.balance_classes(full, d.seed), data.balance_classes(test, d.seed)
+            holdout = data.stratified_indices(
+                full.y, max(1, int(round(d.validation_fraction * len(full)))), d.seed)
+            self._splits = Splits(full, holdout, test)
         return self._splits
 
-    def data_key(self) -> str:
-        """Content hash of the training and validation splits (part of every model key)."""
-        if self._data_key is None:
-            tr, val, _ = self.splits()
-            self._data_key = fingerprint_arrays(tr.x, tr.y, val.x, val.y)
-        return self._data_key
+    def train_data_key(self) -> str:
+        """Content hash of the training split (part of every model key)."""
+        if self._train_key is None:
+            tr = self.splits().train
+            self._train_key = fingerprint_arrays(tr.x, tr.y)
+        return self._train_key
+
+    def _holdout_spec(self) -> dict:
+        d = self.cfg.data
+        return {"fraction": d.validation_fraction, "seed": d.seed}
 
     def train_config(self, kind: str, eps: float = 0.0) -> train.TrainConfig:
         if kind not in KINDS:
@@ -108,58 +156,125 @@ class Experiment:
             raise ValueError(f"eps applies to robust models only; got eps={eps} for {kind}")
         return dataclasses.replace(self.cfg.hparams[kind], eps=float(eps))
 
+    @staticmethod
+    def model_name(kind: str, eps: float = 0.0) -> str:
+        return kind if kind != "robust" else f"robust{eps:g}"
+
+    def _model_data_key(self, kind: str, cfg: train.TrainConfig) -> str:
+        if kind in construct.KINDS:
+            return (f"{self.constructed_key(kind)}|val={self.cfg.data.validation}"
+                    if cfg.early_stopping else self.constructed_key(kind))
+        if cfg.early_stopping:
+            return f"{self.train_data_key()}|holdout={self._holdout_spec()}"
+        return self.train_data_key()
+
+    def model_key(self, kind: str, eps: float = 0.0) -> str:
+        """The store key of a model, computed without training anything."""
+        cfg = self.train_config(kind, eps)
+        return train.model_key(self.store, cfg, self._model_data_key(kind, cfg),
+                               self.splits().train.num_classes, self.model_name(kind, eps))
+
     def model(self, kind: str, eps: float = 0.0) -> train.TrainedModel:
         """The trained model of a kind (eps for robust ones), from the store or trained now."""
         cfg = self.train_config(kind, eps)
-        tr, val, _ = self.splits()
-        name = kind if kind != "robust" else f"robust{eps:g}"
+        sp = self.splits()
         if kind in construct.KINDS:
-            built, built_key = self.constructed(kind)
-            return train.train_classifier(cfg, built, val, self.store, name=name,
-                                          runtime=self.cfg.runtime,
-                                          data_key=f"{built_key}|{self.data_key()}")
-        return train.train_classifier(cfg, tr, val, self.store, name=name,
-                                      runtime=self.cfg.runtime, data_key=self.data_key())
+            if self.store.has(train.MODEL_KIND, self.model_key(kind, eps)):
+                fit, val = sp.train, None  # cache hit: the data is not needed
+            else:
+                fit, val = self.constructed(kind)
+                if cfg.early_stopping and self.cfg.data.validation == "clean":
+                    val = sp.val_part()
+        elif cfg.early_stopping:
+            fit, val = sp.fit_part(), sp.val_part()
+        else:
+            fit, val = sp.train, None
+        return train.train_classifier(cfg, fit, val, self.store,
+                                      name=self.model_name(kind, eps), runtime=self.cfg.runtime,
+                                      data_key=self._model_data_key(kind, cfg))
 
-    def constructed(self, kind: str) -> tuple[data.Dataset, str]:
-        """The zero-/negative-robust training set built on the standard model (cached)."""
-        source = self.model("standard")
-        tr, _, _ = self.splits()
+    def constructed_key(self, kind: str) -> str:
         ccfg = self.cfg.construct
-        key = self.store.key(kind, {"construct": ccfg, "source": source.key,
-                                    "data": self.data_key()})
-        if self.store.has("datasets", key):
-            arrays = self.store.load_arrays("datasets", key)
-            return data.Dataset(arrays["x"], arrays["y"], tr.class_names,
-                                f"{tr.name}:{kind}"), key
-        if self.cfg.runtime.verbose:
-            print(f"[{kind}] constructing {key}: targeted PGD (eps {ccfg.eps}, "
-                  f"{ccfg.steps} steps of {ccfg.step_size}) on {len(tr)} images")
+        return self.store.key(kind, {"construct": ccfg.key_fields(kind),
+                                     "source": self.model_key("standard"),
+                                     "images": self.train_data_key(),
+                                     "holdout": self._holdout_spec(),
+                                     "validation": self.cfg.data.validation})
+
+    def constructed(self, kind: str) -> tuple[data.Dataset, data.Dataset | None]:
+        """The zero-/negative-robust set built on the standard model: (train part, validation
+        part labelled with targets, or None when validating on clean images)."""
+        key = self.constructed_key(kind)
+        path = self.store.path(DATASET_KIND, key)
+        names = self.splits().train.class_names
+
+        def load():
+            parts = []
+            for part in ("train", "val"):
+                if os.path.exists(os.path.join(path, f"x_{part}.npy")):
+                    parts.append(data.Dataset(np.load(os.path.join(path, f"x_{part}.npy"),
+                                                      mmap_mode="r"),
+                                              np.load(os.path.join(path, f"y_{part}.npy")),
+                                              names, f"{kind}:{part}"))
+                else:
+                    parts.append(None)
+            return parts[0], parts[1]
+
+        return self.store.get_or_build(DATASET_KIND, key, lambda: self._construct(kind, key),
+                                       load, poll=self.cfg.runtime.lock_poll, log=self._log)
+
+    def _construct(self, kind: str, key: str):
+        source = self.model("standard")
+        sp = self.splits()
+        ccfg = self.cfg.construct
+        parts = {"train": sp.fit_part()}
+        if self.cfg.data.validation == "constructed":
+            parts["val"] = sp.val_part()
+        self._log(f"[{kind}] constructing {key}: targeted PGD (eps {ccfg.eps}, {ccfg.steps} "
+                  f"steps of {ccfg.step_size}) on {sum(len(p) for p in parts.values())} images")
         start = time.time()
+        partial = self.store.partial_path(DATASET_KIND, key)
         batch = self.cfg.runtime.eval_batch_size
-        built = construct.construct_dataset(kind, source.model, tr, ccfg, batch_size=batch,
-                                            jit_compile=self.cfg.runtime.jit_compile)
-        success = train.accuracy(source.model, built.x, built.y, batch)
-        self.store.save_arrays("datasets", key, {"construct": ccfg, "kind": kind,
-                                                 "source": source.key},
-                               {"x": built.x, "y": built.y},
-                               metrics={"targeted_success_on_source": success,
-                                        "size": len(built)},
-                               seconds=time.time() - start)
-        return built, key
+        metrics, built = {}, {}
+        with self.store.writing(DATASET_KIND, key, {"construct": ccfg.key_fields(kind),
+                                                    "kind": kind, "source": source.key,
+                                                    "validation": self.cfg.data.validation},
+                                metrics=metrics) as d:
+            for part, ds in parts.items():
+                pcfg = ccfg if part == "train" else dataclasses.replace(ccfg,
+                                                                        seed=ccfg.seed + 7919)
+                work = os.path.join(partial, part)
+                _, targets = construct.build_chunks(
+                    kind, source.model, ds, pcfg, work, batch_size=batch,
+                    jit_compile=self.cfg.runtime.jit_compile, verbose=self.cfg.runtime.verbose)
+                x = construct.assemble(work, os.path.join(d, f"x_{part}.npy"), len(targets),
+                                       ds.image_shape)
+                np.save(os.path.join(d, f"y_{part}.npy"), targets.astype(np.int64))
+                metrics[f"targeted_success_on_source_{part}"] = train.accuracy(
+                    source.model, x, targets, batch)
+                metrics[f"size_{part}"] = len(targets)
+                del x
+            metrics["seconds"] = time.time() - start
+        return self.constructed(kind)
 
     def evaluate(self, trained: train.TrainedModel, eps: float = 0.0) -> dict:
-        """Test accuracy and (eps > 0) PGD accuracy at eps, cached in the store."""
-        _, _, test = self.splits()
+        """Test accuracy (with balanced accuracy and the majority rate) and, for eps > 0, PGD
+        accuracy at eps; cached in the store."""
+        test = self.splits().test
         ecfg = self.cfg.eval
-        key = self.store.key("eval", {"model": trained.key, "eps": eps, "eval": ecfg,
-                                      "test": fingerprint_arrays(test.x, test.y)})
+        config = {"model": trained.key, "eps": eps,
+                  "eval": ecfg if eps > 0 else None,
+                  "test": fingerprint_arrays(test.x, test.y)}
+        key = self.store.key("eval", config)
         if self.store.has("evals", key):
             return self.store.manifest("evals", key)["metrics"]
         x = test.float_images()
         batch = self.cfg.runtime.eval_batch_size
-        metrics = {"test_accuracy": train.accuracy(trained.model, x, test.y, batch),
-                   "num_test": len(test)}
+        report = data.accuracy_report(train.predict(trained.model, x, batch), test.y,
+                                      test.num_classes)
+        metrics = {"test_accuracy": report["accuracy"],
+                   "balanced_accuracy": report["balanced_accuracy"],
+                   "majority_rate": report["majority_rate"], "num_test": len(test)}
         if eps > 0:
             adv = attacks.pgd_l2(trained.model, x, test.y, eps=eps, steps=ecfg.attack_steps,
                                  step_size=ecfg.step_size_factor * eps / ecfg.attack_steps,
@@ -167,8 +282,7 @@ class Experiment:
             metrics["pgd_accuracy"] = train.accuracy(trained.model, adv, test.y, batch)
             metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
                                                     .sum(1)).max())
-        self.store.record("evals", key, {"model": trained.key, "eps": eps, "eval": ecfg},
-                          metrics=metrics)
+        self.store.record("evals", key, config, metrics=metrics)
         return metrics
 
 
@@ -186,6 +300,8 @@ def run_train(cfg: ExperimentConfig, kind: str, eps: float = 0.0,
     metrics = exp.evaluate(trained, attack_eps)
     return TrainReport(kind=kind, eps=eps, key=trained.key, cached=trained.cached,
                        test_accuracy=metrics["test_accuracy"],
+                       balanced_accuracy=metrics["balanced_accuracy"],
+                       majority_rate=metrics["majority_rate"],
                        pgd_accuracy=metrics.get("pgd_accuracy"), attack_eps=attack_eps,
                        num_test=metrics["num_test"],
                        seconds=time.time() - start,

@@ -6,30 +6,44 @@ Layout under the work directory::
     <root>/<kind>/<key>/...             the artifact's files (model.keras, arrays.npz, ...)
     <root>/<kind>/<key>.partial/        resumable state of an artifact being built
 
-A key is ``<name>-<hash>`` where the hash covers the canonical JSON of the configuration and
-``CODE_VERSION``. An artifact directory is built under a temporary name and renamed into
-place in one step, so a killed process never leaves a half-written artifact that a later run
-trusts; an artifact counts as present only when its manifest is there.
+    <root>/<kind>/<key>.lock            held by the one process building it (see ``Lock``)
+
+A key is ``<name>-<hash>`` of the canonical JSON of exactly what determines the artifact;
+each kind puts its own algorithm version in that configuration (``train.VERSION``,
+``construct.VERSION``, ...), so changing how one kind is built invalidates that kind and what
+depends on it, and nothing else. An artifact directory is built under a temporary name and
+renamed into place in one step, so a killed process never leaves a half-written artifact that
+a later run trusts; an artifact counts as present only when its manifest is there, and a
+finished artifact is never deleted or overwritten.
+
+Processes sharing a store (several GPUs, a job array on a shared file system) coordinate
+through lock files: ``get_or_build`` builds an artifact in at most one process at a time; the
+others wait for it (or, with ``wait=False``, go on to other work). A lock whose holder died
+(same host and its pid gone, or no heartbeat for ``stale_after`` seconds) is taken over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import platform
 import shutil
+import socket
+import subprocess
 import tempfile
+import threading
 import time
-from typing import Any, Iterator
+import uuid
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-# Bump when a change alters what an artifact contains (so old artifacts are not reused).
-CODE_VERSION = "1"
 MANIFEST = "manifest.json"
+T = TypeVar("T")
 
 
 def default_workdir() -> str:
@@ -51,8 +65,7 @@ def _canonical(obj: Any) -> Any:
 
 
 def config_hash(config: Any) -> str:
-    text = json.dumps({"config": _canonical(config), "code_version": CODE_VERSION},
-                      sort_keys=True)
+    text = json.dumps(_canonical(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -66,13 +79,135 @@ def fingerprint_arrays(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the entangle source tree (with '-dirty' for local changes), if in git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def versions() -> dict:
     import keras
     import tensorflow as tf
 
-    return {"entangle_code": CODE_VERSION, "tensorflow": tf.__version__,
+    from entangle import __version__
+
+    return {"entangle": __version__, "git_commit": git_commit(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
+
+
+def builder_id() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+class ArtifactBusy(RuntimeError):
+    """Another live process holds the lock of the artifact (``get_or_build(wait=False)``)."""
+
+
+class Lock:
+    """An exclusive lock file that works on local disks and shared file systems.
+
+    Created with O_EXCL; holds the owner's host, pid and a token; a daemon thread refreshes its
+    mtime every ``heartbeat`` seconds. A lock counts as stale when its host is this host and
+    its pid is gone, or when it has not been refreshed for ``stale_after`` seconds; a stale
+    lock is renamed away (one winner) and acquisition retried.
+    """
+
+    def __init__(self, path: str, *, heartbeat: float = 30.0, stale_after: float = 600.0):
+        self.path, self.heartbeat, self.stale_after = path, heartbeat, stale_after
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def owner(self) -> dict | None:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, owner: dict | None) -> bool:
+        try:
+            age = time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return False
+        if owner is None:  # unreadable: being written, or garbage; judge by age alone
+            return age > max(self.stale_after, 5.0)
+        if owner.get("host") == socket.gethostname():
+            try:
+                os.kill(int(owner["pid"]), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError, KeyError):
+                pass
+        return age > self.stale_after
+
+    def try_acquire(self) -> bool:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner()
+                if not self._stale(owner):
+                    return False
+                self._break(owner)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({**builder_id(), "token": self.token, "since": time.time()}, f)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+            return True
+        return False
+
+    def _break(self, seen: dict | None) -> None:
+        aside = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # somebody else broke it first
+        try:
+            with open(aside) as f:
+                taken = json.load(f)
+        except (OSError, ValueError):
+            taken = None
+        if seen is not None and taken is not None and taken.get("token") != seen.get("token"):
+            try:  # we raced and took a fresh lock: put it back unless a newer one exists
+                os.link(aside, self.path)
+            except OSError:
+                pass
+        os.unlink(aside)
+
+    def _beat(self):
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        owner = self.owner()
+        if owner is not None and owner.get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 @contextlib.contextmanager
@@ -132,8 +267,9 @@ class Store:
     def writing(self, kind: str, key: str, config: Any, **manifest) -> Iterator[str]:
         """Yields a fresh directory to fill; on success it becomes the artifact atomically.
 
-        The manifest (config, the given fields, versions, creation time) is written last,
-        then the directory is renamed into place and any ``.partial`` state is removed.
+        The manifest (config, the given fields, versions, builder, creation time) is written
+        last, then the directory is renamed into place and any ``.partial`` state is removed.
+        A finished artifact already in place is kept and the new copy dropped.
         """
         final = self.path(kind, key)
         os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -141,17 +277,65 @@ class Store:
         try:
             yield tmp
             record = {"kind": kind, "key": key, "config": _canonical(config),
-                      **_canonical(manifest), "versions": versions(),
+                      **_canonical(manifest), "versions": versions(), "built_by": builder_id(),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             with atomic_file(os.path.join(tmp, MANIFEST), "w") as f:
                 json.dump(record, f, indent=1)
-            if os.path.exists(final):  # an older incomplete copy without manifest
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            self._install(tmp, final)
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final + ".partial", ignore_errors=True)
+
+    def _install(self, tmp: str, final: str) -> None:
+        """Renames ``tmp`` onto ``final`` unless a finished artifact is there already."""
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError:
+            if os.path.exists(os.path.join(final, MANIFEST)):
+                return  # finished by another process: never overwrite it
+        aside = f"{os.path.dirname(final)}/.{os.path.basename(final)}.incomplete-{uuid.uuid4().hex[:8]}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, aside)  # a copy without manifest, left by hand: move it aside
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.exists(os.path.join(final, MANIFEST)):
+                raise
+
+    def lock(self, kind: str, key: str, **kwargs) -> Lock:
+        return Lock(self.path(kind, key) + ".lock", **kwargs)
+
+    def get_or_build(self, kind: str, key: str, build: Callable[[], T], load: Callable[[], T],
+                     *, wait: bool = True, poll: float = 2.0, log: Callable[[str], None] | None
+                     = None, lock: bool = True) -> T:
+        """``load()`` the artifact if present, else ``build()`` it holding its lock.
+
+        While another live process holds the lock this waits for it to finish (then loads),
+        or raises ``ArtifactBusy`` when ``wait`` is False. ``lock=False`` builds without
+        locking (multi-worker non-chief tasks, which build alongside their chief).
+        """
+        announced = False
+        while True:
+            if self.has(kind, key):
+                return load()
+            if not lock:
+                return build()
+            held = self.lock(kind, key)
+            if held.try_acquire():
+                with held:
+                    if self.has(kind, key):
+                        return load()
+                    return build()
+            if not wait:
+                raise ArtifactBusy(f"{kind}/{key} is being built by {held.owner()}")
+            if log and not announced:
+                owner = held.owner() or {}
+                log(f"waiting for {owner.get('host')}:{owner.get('pid')} to finish {kind}/{key}")
+                announced = True
+            time.sleep(poll)
 
     def record(self, kind: str, key: str, config: Any, **manifest) -> None:
         """An artifact that is only its manifest (e.g. an evaluation's metrics)."""

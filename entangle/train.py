@@ -4,20 +4,22 @@
 compiled step per global batch through ``strategy.run`` (PGD on the batch first when
 eps > 0, with the model in inference mode), checkpoints every epoch into the artifact store
 so an interrupted run resumes where it stopped, keeps the best validation weights when early
-stopping is on, and stores the finished model under a key of its full configuration.
+stopping is on, and stores the finished model under a key of what determines it. Processes
+sharing a store train one model at a time: the others wait for it (``Store.get_or_build``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
+import random
 import time
 import weakref
-from typing import Callable
+from typing import Callable, Union
 
 import keras
 import numpy as np
@@ -30,6 +32,9 @@ LR_DECAYS = ("none", "step", "cosine")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODEL_KIND = "models"
+# Bump when a change to this module alters the model it trains from the same configuration
+# (2: index-permutation input pipeline, batched augmentation, float32 logits).
+VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +55,9 @@ class TrainConfig:
     early_stopping: bool = False
     patience: int = 10
     weight_decay: float = 1e-4
+    pooling: str = "global"           # ResNet v2: models.POOLINGS
     pretrained: bool = False          # victims: start from ImageNet weights
+    input_size: int = 0               # victims: resize inside the model to this (0: the data's)
     precision: str = "float32"
     seed: int = 0
 
@@ -65,18 +72,42 @@ class TrainConfig:
         _check(self.patience >= 1, "patience", self.patience, "an integer >= 1")
         _check(self.precision in PRECISIONS, "precision", self.precision,
                f"one of {PRECISIONS}")
+        _check(self.pooling in models.POOLINGS, "pooling", self.pooling,
+               f"one of {models.POOLINGS}")
+        _check(self.input_size >= 0, "input_size", self.input_size, "an integer >= 0")
         parse_arch(self.arch)
+
+    @property
+    def is_victim(self) -> bool:
+        return parse_arch(self.arch)[0] != "resnet_v2"
+
+    def key_fields(self) -> dict:
+        """The fields that determine the trained model: what its store key hashes.
+
+        The training attack matters only when eps > 0, patience only with early stopping,
+        width/weight decay/pooling only for ResNets, pretraining/input size only for victims.
+        """
+        fields = dataclasses.asdict(self)
+        drop = set()
+        if self.eps == 0:
+            drop |= {"attack_steps", "attack_step_size", "attack_random_start"}
+        if not self.early_stopping:
+            drop.add("patience")
+        drop |= ({"width", "weight_decay", "pooling"} if self.is_victim
+                 else {"pretrained", "input_size"})
+        return {k: v for k, v in fields.items() if k not in drop}
 
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeOptions:
     """How to run (not what to compute): excluded from store keys."""
 
-    strategy: str = "auto"
+    strategy: Union[str, tf.distribute.Strategy] = "auto"
     devices: tuple[str, ...] | None = None   # explicit devices for the mirrored strategy
     jit_compile: bool = False
     eval_batch_size: int = 500
     verbose: bool = True
+    lock_poll: float = 2.0                   # seconds between looks at a busy artifact
 
 
 @dataclasses.dataclass
@@ -103,18 +134,51 @@ def parse_arch(arch: str) -> tuple[str, int | None]:
                      f"...) or one of {', '.join(models.VICTIMS)}; got {arch!r}")
 
 
-def build_model(cfg: TrainConfig, input_shape, num_classes: int) -> keras.Model:
-    family, depth = parse_arch(cfg.arch)
+ModelFn = Callable[[], keras.Model]
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Sets Keras' global dtype policy inside the block only."""
     previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy(cfg.precision)
+    keras.mixed_precision.set_global_policy(name)
     try:
-        if family == "resnet_v2":
-            return models.resnet_v2(depth, input_shape, num_classes, width=cfg.width,
-                                    weight_decay=cfg.weight_decay)
-        return models.victim(family, input_shape, num_classes,
-                             weights="imagenet" if cfg.pretrained else None)
+        yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """``keras.utils.set_random_seed(seed)`` inside the block; the caller's Python, NumPy,
+    TensorFlow and Keras seed state is restored afterwards, so nothing leaks."""
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from tensorflow.python.eager import context
+
+    saved = (random.getstate(), np.random.get_state(), context.global_seed(),
+             global_state.get_global_attribute("global_random_seed"),
+             global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR))
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        tf.random.set_seed(saved[2])
+        global_state.set_global_attribute("global_random_seed", saved[3])
+        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, saved[4])
+
+
+def build_model(cfg: TrainConfig, input_shape, num_classes: int) -> keras.Model:
+    family, depth = parse_arch(cfg.arch)
+    with dtype_policy(cfg.precision):
+        if family == "resnet_v2":
+            return models.resnet_v2(depth, input_shape, num_classes, width=cfg.width,
+                                    weight_decay=cfg.weight_decay, pooling=cfg.pooling)
+        return models.victim(family, input_shape, num_classes,
+                             weights="imagenet" if cfg.pretrained else None,
+                             resize_to=cfg.input_size or None)
 
 
 def learning_rate_at(cfg: TrainConfig, epoch: int) -> float:
@@ -136,19 +200,41 @@ def learning_rate_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.learning_rate * factor
 
 
-def get_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
+_STRATEGIES: dict = {}
+
+
+def get_strategy(name="auto", devices=None) -> tf.distribute.Strategy:
     """default / mirrored (all visible GPUs, or ``devices``) / multi_worker (TF_CONFIG).
 
-    ``auto`` is mirrored when more than one GPU is visible, else the default strategy.
+    ``auto`` is mirrored when more than one GPU is visible, else the default strategy. A
+    strategy object passes through. Strategies are created once per process and reused:
+    MultiWorkerMirroredStrategy must be created at program start, before anything (tfds,
+    tf.data) initialises TensorFlow, so binaries call this first thing.
     """
+    if isinstance(name, tf.distribute.Strategy):
+        return name
     _check(name in STRATEGIES, "strategy", name, f"one of {STRATEGIES}")
-    if name == "auto":
-        name = "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
     if name == "default":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    cache_key = (name, tuple(devices) if devices else None)
+    if cache_key not in _STRATEGIES:
+        if name == "auto":
+            gpus = len(tf.config.list_logical_devices("GPU"))
+            strategy = (tf.distribute.MirroredStrategy() if gpus > 1
+                        else tf.distribute.get_strategy())
+        elif name == "mirrored":
+            strategy = tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
+        else:
+            try:
+                strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            except (RuntimeError, ValueError) as e:
+                raise RuntimeError(
+                    f"cannot create MultiWorkerMirroredStrategy ({e}). It must be created at "
+                    f"program start, before TensorFlow is initialised (binaries do this when "
+                    f"--strategy=multi_worker); in your own program call "
+                    f"entangle.train.get_strategy('multi_worker') first thing") from e
+        _STRATEGIES[cache_key] = strategy
+    return _STRATEGIES[cache_key]
 
 
 def is_chief(strategy) -> bool:
@@ -162,38 +248,68 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
+def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """float32 outputs of ``model`` (inference mode) on [0, 1] float or uint8 images."""
+    predict = _predictor(model)
+    out = [predict(tf.constant(data.to_float(x[i:i + batch_size]))).numpy()
+           for i in range(0, len(x), batch_size)]
+    return (np.concatenate(out).astype(np.float32) if out
+            else np.zeros((0, int(model.output_shape[-1])), np.float32))
+
+
+def predict(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Per-example predicted classes (int64) of ``model`` on [0, 1] float or uint8 images."""
+    return np.argmax(predict_logits(model, x, batch_size), -1).astype(np.int64)
+
+
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` (inference mode) on [0, 1] or uint8 images."""
     if len(y) == 0:
         return float("nan")
-    predict = _predictor(model)
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        logits = predict(tf.constant(data.to_float(x[i:i + batch_size])))
-        correct += int(np.sum(np.argmax(logits.numpy(), -1) == y[i:i + batch_size]))
-    return correct / len(y)
+    return float(np.mean(predict(model, x, batch_size) == np.asarray(y)))
 
 
 _PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _predictor(model):
-    """One traced inference function per model, reused across calls."""
+    """One traced inference function per model, reused across calls; holds the model weakly
+    so that ``del model`` frees it."""
     if model not in _PREDICTORS:
-        _PREDICTORS[model] = tf.function(lambda x: model(x, training=False),
-                                         reduce_retracing=True)
+        ref = weakref.ref(model)
+        _PREDICTORS[model] = tf.function(lambda x: tf.cast(ref()(x, training=False),
+                                                           tf.float32), reduce_retracing=True)
     return _PREDICTORS[model]
 
 
-def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int):
+def _user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model:
+    """A fresh model from a user's builder (or a clone of a user's model), checked."""
+    with dtype_policy(cfg.precision):
+        if isinstance(model_fn, keras.Model):
+            model = keras.models.clone_model(model_fn)
+            model.set_weights(model_fn.get_weights())
+        else:
+            model = model_fn()
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model_fn must return a keras.Model; got {type(model).__name__}")
+    if attacks.ends_in_softmax(model):
+        raise ValueError(f"model {model.name!r} ends in a softmax; train_classifier needs a model "
+                         f"that outputs logits (e.g. keras.applications.*(classifier_activation"
+                         f"=None), or drop the final softmax)")
+    return model
+
+
+def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
+                       model_fn: ModelFn | keras.Model | None = None):
     """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly.
 
     Building Adam eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
     value for placeholder" failure of custom steps under MirroredStrategy (keras issue 23085).
+    The seed is set for the build only; the caller's random state is left as it was.
     """
-    keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        model = build_model(cfg, input_shape, num_classes)
+    with seeded(cfg.seed), strategy.scope():
+        model = (build_model(cfg, input_shape, num_classes) if model_fn is None
+                 else _user_model(model_fn, cfg))
         optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
         if cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -255,62 +371,113 @@ def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], bat
     return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen}
 
 
-def _save_state(path: str, model, optimizer, epoch: int, history: list, best: dict):
+def _save_state(path: str, model, optimizer, epoch: int, history: list, best: dict,
+                best_weights: list | None):
     arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
+    arrays.update({f"b{i}": w for i, w in enumerate(best_weights or [])})
     arrays["meta"] = np.array(json.dumps({"epoch": epoch, "history": history, "best": best}))
     atomic_save_npz(os.path.join(path, "state.npz"), **arrays)
 
 
 def _load_state(path: str, model, optimizer):
+    """(meta, best weights or None) of a checkpoint, loaded into model and optimizer."""
     file = os.path.join(path, "state.npz")
     if not os.path.exists(file):
-        return None
+        return None, None
     with np.load(file) as z:
         n_w = sum(k.startswith("w") for k in z.files)
         model.set_weights([z[f"w{i}"] for i in range(n_w)])
         for i, v in enumerate(optimizer.variables):
             v.assign(z[f"o{i}"])
-        return json.loads(str(z["meta"]))
+        n_b = sum(k.startswith("b") for k in z.files)
+        best = [z[f"b{i}"] for i in range(n_b)] if n_b else None
+        return json.loads(str(z["meta"])), best
+
+
+def model_key(store: Store, cfg: TrainConfig, data_key: str, num_classes: int, name: str,
+              architecture: str | None = None) -> str:
+    """The store key of a trained model: exactly what determines it (``key_fields``)."""
+    fields = cfg.key_fields()
+    if architecture is not None:  # a user's model: its architecture replaces arch and friends
+        for k in ("arch", "width", "weight_decay", "pooling", "pretrained", "input_size"):
+            fields.pop(k, None)
+        fields["architecture"] = hashlib.sha256(architecture.encode()).hexdigest()[:16]
+    return store.key(name, {"train": fields, "data": data_key, "num_classes": num_classes,
+                            "version": VERSION})
+
+
+def _check_runtime(cfg: TrainConfig, strategy, runtime: RuntimeOptions, n_train: int):
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of "
+                         f"replicas ({replicas}) of the {runtime.strategy} strategy")
+    if runtime.jit_compile and replicas > 1:
+        raise ValueError(f"--jit_compile (jit_compile=True) is not supported for training with "
+                         f"{replicas} replicas: Keras turns XLA off under tf.distribute, and a "
+                         f"step whose optimizer all-reduces across replicas cannot be compiled "
+                         f"as one XLA cluster. Train without it (attacks and evaluation, which "
+                         f"run outside the strategy, still use it)")
+    if n_train // cfg.batch_size < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n_train} training images")
 
 
 def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | None = None,
                      store: Store | None = None, *, name: str = "model",
                      runtime: RuntimeOptions = RuntimeOptions(), data_key: str | None = None,
-                     on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainedModel:
+                     on_epoch_end: Callable[[int, dict], None] | None = None,
+                     model_fn: ModelFn | keras.Model | None = None) -> TrainedModel:
     """Trains (or fetches from ``store``) a classifier on ``train``; returns the model.
 
-    The store key covers ``cfg``, ``name`` and the data (``data_key``, or a content hash of
-    the arrays). ``val`` feeds early stopping and the per-epoch validation accuracy.
+    The store key covers ``cfg.key_fields()``, ``name`` and the data (``data_key``, or a content
+    hash of the arrays). ``val`` feeds early stopping and the per-epoch validation accuracy.
+    ``model_fn`` trains a user's Keras model (a builder, or a model to clone) instead of
+    ``cfg.arch``; it must output logits for images in [0, 1]. Among processes sharing the
+    store, one trains and the others wait for its result.
     """
     store = store or Store()
     if data_key is None:
         data_key = fingerprint_arrays(train.x, train.y, *((val.x, val.y) if val else ()))
-    key = store.key(name, {"train": cfg, "data": data_key, "num_classes": train.num_classes})
-    if store.has(MODEL_KIND, key):
+    architecture = None
+    if model_fn is not None:
+        with seeded(cfg.seed):
+            probe = _user_model(model_fn, cfg)
+        architecture = probe.to_json()
+        del probe
+    key = model_key(store, cfg, data_key, train.num_classes, name, architecture)
+    strategy = get_strategy(runtime.strategy, runtime.devices)
+    chief = is_chief(strategy)
+
+    def load():
         model = keras.models.load_model(os.path.join(store.path(MODEL_KIND, key), "model.keras"))
         return TrainedModel(model, key, store.manifest(MODEL_KIND, key), cached=True)
-    if cfg.early_stopping and not val:
-        raise ValueError("early_stopping needs a validation set (val=...)")
 
-    strategy = get_strategy(runtime.strategy, runtime.devices)
+    def build():
+        if cfg.early_stopping and not val:
+            raise ValueError("early_stopping needs a validation set (val=...)")
+        return _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key,
+                      on_epoch_end, model_fn)
+
+    log = (lambda msg: print(f"[{name}] {msg}", flush=True)) if runtime.verbose else None
+    return store.get_or_build(MODEL_KIND, key, build, load, poll=runtime.lock_poll, log=log,
+                              lock=chief)
+
+
+def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key, on_epoch_end,
+           model_fn) -> TrainedModel:
     replicas = strategy.num_replicas_in_sync
-    if cfg.batch_size % replicas:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of "
-                         f"replicas ({replicas}) of the {runtime.strategy} strategy")
+    _check_runtime(cfg, strategy, runtime, len(train))
     steps_per_epoch = len(train) // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
-
-    model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes)
+    model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes,
+                                          model_fn)
     step = make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
 
-    chief = is_chief(strategy)
-    state = _load_state(store.partial_path(MODEL_KIND, key), model, optimizer)
-    # Multi-worker: every worker resumes from the chief's state; only the chief writes to the
-    # store, the others checkpoint into a private temporary directory.
-    partial = store.partial_path(MODEL_KIND, key) if chief else tempfile.mkdtemp(
-        prefix="entangle-worker-")
+    # Every worker resumes from the chief's checkpoint (a shared file system under
+    # multi-worker); only the chief writes to the store. The best weights travel inside the
+    # checkpoint, so no worker needs a file of its own.
+    partial = store.partial_path(MODEL_KIND, key) if chief else store.path(MODEL_KIND, key) + \
+        ".partial"
+    state, best_weights = _load_state(partial, model, optimizer)
     start_epoch, history = (state["epoch"] + 1, state["history"]) if state else (0, [])
     best = state["best"] if state else {"val_accuracy": -1.0, "epoch": -1}
     if state and runtime.verbose:
@@ -341,8 +508,7 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
             if record["val_accuracy"] > best["val_accuracy"]:
                 best = {"val_accuracy": record["val_accuracy"], "epoch": epoch}
                 if cfg.early_stopping:
-                    atomic_save_npz(os.path.join(partial, "best.npz"),
-                                         **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+                    best_weights = model.get_weights()
         if runtime.verbose:
             print(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                            if k not in ("epoch", "lr")))
@@ -351,20 +517,21 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
             for k, v in record.items():
                 if k != "epoch":
                     tf.summary.scalar(k, v)
-        _save_state(partial, model, optimizer, epoch, history, best)
+        if chief:
+            _save_state(partial, model, optimizer, epoch, history, best,
+                        best_weights if cfg.early_stopping else None)
         if on_epoch_end:
             on_epoch_end(epoch, record)
 
-    if cfg.early_stopping and best["epoch"] >= 0:
-        with np.load(os.path.join(partial, "best.npz")) as z:
-            model.set_weights([z[f"w{i}"] for i in range(len(z.files))])
+    if cfg.early_stopping and best_weights is not None:
+        model.set_weights(best_weights)
     metrics = {"epochs_run": len(history), "final": history[-1] if history else {},
                "best_val": best, "train_seconds": sum(r["seconds"] for r in history)}
     tb.close()
-    config = {"train": cfg, "data": data_key, "name": name}
-    extra = dict(metrics=metrics, history=history, strategy=runtime.strategy, replicas=replicas)
+    config = {"train": cfg.key_fields(), "data": data_key, "name": name, "version": VERSION}
+    extra = dict(metrics=metrics, history=history, replicas=replicas,
+                 strategy=type(strategy).__name__)
     if not chief:
-        shutil.rmtree(partial, ignore_errors=True)
         return TrainedModel(model, key, {"config": config, **extra}, cached=False)
     with store.writing(MODEL_KIND, key, config, **extra) as d:
         model.save(os.path.join(d, "model.keras"))

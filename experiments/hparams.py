@@ -9,6 +9,7 @@ configure_environment()
 
 from absl import app  # noqa: E402
 
+import flags as entangle_flags  # noqa: E402
 from flags import hparams  # noqa: E402
 
 
@@ -21,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=entangle_flags.parse_flags)

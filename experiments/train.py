@@ -10,7 +10,7 @@ configure_environment()
 from absl import app  # noqa: E402
 
 import flags as entangle_flags  # noqa: E402
-from entangle import data, pipeline  # noqa: E402
+from entangle import data, pipeline, train  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -19,18 +19,20 @@ entangle_flags.define_all()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cfg = entangle_flags.experiment_config(FLAGS)
     try:
+        train.get_strategy(FLAGS.strategy)  # first: multi-worker must precede TF's start-up
+        cfg = entangle_flags.experiment_config(FLAGS)
         report = pipeline.run_train(cfg, FLAGS.kind, FLAGS.eps, FLAGS.attack_eps)
     except (ValueError, FileNotFoundError, data.DatasetUnavailableError) as e:
         raise app.UsageError(str(e))
     print(f"\n{report.kind} model (eps {report.eps:g}) {report.key}"
           f"{' [cache hit]' if report.cached else ''}")
-    print(f"  test accuracy: {report.test_accuracy:.4f} on {report.num_test} images")
+    print(f"  test accuracy: {report.test_accuracy:.4f} on {report.num_test} images "
+          f"(balanced {report.balanced_accuracy:.4f}, majority class {report.majority_rate:.4f})")
     if report.pgd_accuracy is not None:
         print(f"  PGD accuracy at eps {report.attack_eps:g}: {report.pgd_accuracy:.4f}")
     print(f"  stored in {report.store_path} ({report.seconds:.1f}s)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=entangle_flags.parse_flags)

@@ -6,11 +6,17 @@ model kind (Table 3) take a default plus per-kind overrides, e.g.
 ``--learning_rate=1e-3,zero_robust:1e-4,neg_robust:1e-4,victim:1e-4``; boolean per-kind
 settings take the list of kinds they are on for (``--augment=standard,robust,victim``).
 The paper's values live in the flagfiles beside this file (``*.cfg``), each with its source.
+
+Flagfiles are expanded here, not by absl (``expand_flagfiles``), so that a path inside a
+flagfile (a nested ``--flagfile``, ``--dataset=folder:PATH``, ``--data_dir``) is relative to
+that flagfile, and a shipped flagfile can be named from any directory
+(``--flagfile=cifar10_quick.cfg``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
@@ -21,9 +27,75 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_KINDS = pipeline.KINDS + ("victim",)
 
 
+PATH_FLAGS = ("data_dir", "workdir", "image_cache_dir")
+
+
 def flagfile(name: str) -> str:
     """Absolute path of a flagfile shipped in flags/ (e.g. 'cifar10_paper.cfg')."""
     return os.path.join(HERE, name)
+
+
+def _find_flagfile(path: str, base: str | None) -> str:
+    """A flagfile path: relative to ``base`` (the including flagfile's folder) or the working
+    directory, else a file shipped in flags/."""
+    path = os.path.expanduser(path)
+    candidates = [path] if os.path.isabs(path) else (
+        ([os.path.join(base, path)] if base else []) + [os.path.abspath(path),
+                                                        os.path.join(HERE, path),
+                                                        os.path.join(HERE, os.path.basename(path))])
+    for c in candidates:
+        if os.path.isfile(c):
+            return os.path.abspath(c)
+    raise flags.Error(f"--flagfile: cannot find {path!r} (looked in "
+                      f"{', '.join(dict.fromkeys(os.path.dirname(c) or '.' for c in candidates))}"
+                      f"); shipped flagfiles: {', '.join(sorted(f for f in os.listdir(HERE) if f.endswith('.cfg')))}")
+
+
+def _rebase(arg: str, base: str) -> str:
+    """Makes a relative path in a flagfile line relative to the flagfile's folder."""
+    name, _, value = arg.lstrip("-").partition("=")
+    if name == "dataset" and value.startswith("folder:"):
+        p = value[len("folder:"):]
+        return arg if os.path.isabs(os.path.expanduser(p)) else \
+            f"--dataset=folder:{os.path.normpath(os.path.join(base, p))}"
+    if name in PATH_FLAGS and value and not os.path.isabs(os.path.expanduser(value)):
+        return f"--{name}={os.path.normpath(os.path.join(base, value))}"
+    return arg
+
+
+def expand_flagfiles(argv: list[str], base: str | None = None, _depth: int = 0) -> list[str]:
+    """argv with every ``--flagfile=F`` replaced, in place, by F's flags (recursively)."""
+    if _depth > 10:
+        raise flags.Error("--flagfile: nesting deeper than 10 (a cycle?)")
+    out = []
+    for arg in argv:
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            path = _find_flagfile(arg.split("=", 1)[1], base)
+            folder = os.path.dirname(path)
+            with open(path) as f:
+                lines = [l.strip() for l in f]
+            lines = [l for l in lines if l and not l.startswith(("#", "//"))]
+            out += expand_flagfiles([_rebase(l, folder) for l in lines], folder, _depth + 1)
+        else:
+            out.append(arg)
+    return out
+
+
+def parse(args: list[str], fv=FLAGS) -> list[str]:
+    """Parses ``args`` (no program name) into ``fv`` with flagfiles expanded; raises
+    flags.Error on a bad value."""
+    return fv(["entangle"] + expand_flagfiles(list(args)))
+
+
+def parse_flags(argv: list[str], fv=FLAGS) -> list[str]:
+    """absl ``flags_parser`` for the binaries: expands flagfiles, parses, exits cleanly (no
+    traceback) with the flag's message on a bad value."""
+    try:
+        return fv(argv[:1] + expand_flagfiles(argv[1:]))
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+        print("Pass --helpfull to see help on flags.", file=sys.stderr)
+        sys.exit(1)
 
 
 def per_kind(text: str, kind: str, cast=str):
@@ -87,8 +159,16 @@ def define_data_flags(fv=FLAGS):
     flags.DEFINE_integer("test_limit", None, "Stratified subset of the test split.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_float("validation_fraction", 0.1,
-                       "Fraction of train held out for validation / early stopping.",
+                       "Fraction of train held out for early stopping (only models that "
+                       "early-stop lose it; the others train on every image).",
                        lower_bound=0.001, upper_bound=0.5, flag_values=fv)
+    flags.DEFINE_enum("validation_data", "constructed", list(pipeline.VALIDATION_SOURCES),
+                      "What early-stopped zero-/neg-robust models validate on: a held-out part "
+                      "of the constructed set (labels = targets; unbiased) or held-out clean "
+                      "images with true labels (what Table 1 reports).", flag_values=fv)
+    flags.DEFINE_bool("imagenet9_balance", False, "Class-balanced subsample of train and "
+                      "test (every class cut to the smallest; for ImageNet-9, 58 % dogs).",
+                      flag_values=fv)
     flags.DEFINE_integer("data_seed", 0, "Seed for subsets and the validation split.",
                          flag_values=fv)
     flags.DEFINE_string("image_cache_dir", None, "Cache of decoded image folders "
@@ -123,6 +203,12 @@ def define_model_flags(fv=FLAGS):
                         "victim name; 'default,kind:arch,...'.", flag_values=fv)
     flags.DEFINE_integer("width", 16, "ResNet v2 base width (16 in the paper).", lower_bound=1,
                          flag_values=fv)
+    flags.DEFINE_enum("pooling", "global", list(models.POOLINGS), "ResNet v2 pooling before "
+                      "the logits: keras_example = AveragePooling2D(8)+Flatten (>= 32 px), "
+                      "global = global average pooling.", flag_values=fv)
+    flags.DEFINE_integer("victim_input_size", 0, "Victims resize inputs to this size inside the "
+                         "model (0: the dataset's size, raised to the architecture's minimum).",
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_list("victims", list(models.VICTIMS), "Victim architectures for transfer.",
                       flag_values=fv)
 
@@ -238,8 +324,10 @@ def train_config(f, kind: str) -> train.TrainConfig:
         batch_size=per_kind(f.batch_size, kind, int), epochs=per_kind(f.epochs, kind, int),
         learning_rate=per_kind(f.learning_rate, kind, float), lr_decay=f.lr_decay,
         augment=kinds_on(f.augment, kind), early_stopping=kinds_on(f.early_stopping, kind),
-        patience=f.patience, weight_decay=f.weight_decay,
-        pretrained=kinds_on(f.pretrained, kind), precision=f.precision, seed=f.seed)
+        patience=f.patience, weight_decay=f.weight_decay, pooling=f.pooling,
+        pretrained=kinds_on(f.pretrained, kind),
+        input_size=f.victim_input_size if kind == "victim" else 0,
+        precision=f.precision, seed=f.seed)
 
 
 def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
@@ -255,7 +343,9 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
     return pipeline.ExperimentConfig(
         data=pipeline.DataConfig(dataset=f.dataset, data_dir=f.data_dir, download=f.download,
                                  train_limit=f.train_limit, test_limit=f.test_limit,
-                                 validation_fraction=f.validation_fraction, seed=f.data_seed,
+                                 validation_fraction=f.validation_fraction,
+                                 validation=f.validation_data, balance=f.imagenet9_balance,
+                                 seed=f.data_seed,
                                  cache_dir=f.image_cache_dir, planted=planted),
         hparams={k: train_config(f, k) for k in pipeline.KINDS},
         construct=construct.ConstructConfig(eps=f.construct_eps, steps=f.construct_steps,

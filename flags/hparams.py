@@ -21,7 +21,7 @@ def parse_flagfile(name: str) -> flags.FlagValues:
     """A fresh FlagValues holding every entangle flag, parsed from one shipped flagfile."""
     fv = flags.FlagValues()
     entangle_flags.define_all(fv)
-    fv(["hparams", f"--flagfile={entangle_flags.flagfile(name)}"])
+    fv(["hparams"] + entangle_flags.expand_flagfiles([f"--flagfile={entangle_flags.flagfile(name)}"]))
     return fv
 
 

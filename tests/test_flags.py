@@ -95,7 +95,7 @@ def test_per_kind_values():
 def _parse(*args):
     fv = flags.FlagValues()
     entangle_flags.define_all(fv)
-    fv(["prog", f"--flagfile={entangle_flags.flagfile('smoke.cfg')}", *args])
+    entangle_flags.parse([f"--flagfile={entangle_flags.flagfile('smoke.cfg')}", *args], fv)
     return fv
 
 

@@ -21,8 +21,8 @@ def smoke_config(tmp_path_factory):
     try:
         fv = flags.FlagValues()
         entangle_flags.define_all(fv)
-        fv(["prog", "--flagfile=flags/smoke.cfg", "--quiet",
-            f"--workdir={tmp_path_factory.mktemp('work')}"])
+        entangle_flags.parse(["--flagfile=flags/smoke.cfg", "--quiet",
+                              f"--workdir={tmp_path_factory.mktemp('work')}"], fv)
         return entangle_flags.experiment_config(fv)
     finally:
         os.chdir(cwd)
@@ -30,22 +30,28 @@ def smoke_config(tmp_path_factory):
 
 def test_constructed_datasets(smoke_config):
     exp = pipeline.Experiment(smoke_config)
-    tr, _, _ = exp.splits()
+    sp = exp.splits()
+    fit, val = sp.fit_part(), sp.val_part()
     ccfg = smoke_config.construct
     for kind in construct.KINDS:
-        built, key = exp.constructed(kind)
-        assert len(built) == len(tr) and built.x.dtype == np.float16
-        delta = built.x.astype(np.float32) - tr.float_images()
-        assert np.sqrt((delta.reshape(len(tr), -1) ** 2).sum(1)).max() <= ccfg.eps + 0.01
+        built, built_val = exp.constructed(kind)
+        assert len(built) == len(fit) and built.x.dtype == np.float16
+        assert len(built_val) == len(val)  # default: validate on a held-out constructed part
+        delta = built.x.astype(np.float32) - fit.float_images()
+        assert np.sqrt((delta.reshape(len(fit), -1) ** 2).sum(1)).max() <= ccfg.eps + 0.01
+        key = exp.constructed_key(kind)
         manifest = exp.store.manifest("datasets", key)
         # targeted PGD moves the standard source model towards the targets
-        before = train.accuracy(exp.model("standard").model, tr.x, built.y)
-        assert manifest["metrics"]["targeted_success_on_source"] > before + 0.1
+        before = train.accuracy(exp.model("standard").model, fit.x, built.y)
+        assert manifest["metrics"]["targeted_success_on_source_train"] > before + 0.1
         if kind == "neg_robust":
-            np.testing.assert_array_equal(built.y, (tr.y + 1) % tr.num_classes)
+            np.testing.assert_array_equal(built.y, (fit.y + 1) % fit.num_classes)
+            np.testing.assert_array_equal(built_val.y, (val.y + 1) % val.num_classes)
         else:
-            assert len(np.unique(built.y)) == tr.num_classes
-        assert exp.constructed(kind)[1] == key  # cached: same key, no rebuild
+            assert len(np.unique(built.y)) == fit.num_classes
+        again, _ = exp.constructed(kind)  # cached: same artifact, not rebuilt
+        assert exp.store.manifest("datasets", key)["created"] == manifest["created"]
+        np.testing.assert_array_equal(np.asarray(again.x), np.asarray(built.x))
 
 
 def test_zero_robust_all_targets_makes_one_example_per_class():
@@ -120,7 +126,9 @@ def test_train_binary_killed_then_resumed_matches_uninterrupted(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not [d for d in os.listdir(work / "models") if not d.endswith(".partial")]
+    left = os.listdir(work / "models")
+    assert not [d for d in left if not d.endswith((".partial", ".lock"))]  # nothing finished
+    assert [d for d in left if d.endswith(".lock")]  # the killed builder's lock: recovered below
     resumed = _run(*args, f"--workdir={work}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
