@@ -299,6 +299,21 @@ def _user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Mode
     return model
 
 
+def architecture_signature(model: keras.Model) -> str:
+    """The model's configuration as JSON with auto-generated names replaced by layer indices,
+    so two builds of one architecture match ('dense_3' vs 'dense_7')."""
+    index = {layer.name: f"#{i}" for i, layer in enumerate(model.layers)}
+
+    def clean(obj):
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if k != "name"}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return index.get(obj, obj) if isinstance(obj, str) else obj
+
+    return json.dumps(clean(model.get_config()), sort_keys=True, default=str)
+
+
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
                        model_fn: ModelFn | keras.Model | None = None):
     """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly.
@@ -442,7 +457,7 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
     if model_fn is not None:
         with seeded(cfg.seed):
             probe = _user_model(model_fn, cfg)
-        architecture = probe.to_json()
+        architecture = architecture_signature(probe)
         del probe
     key = model_key(store, cfg, data_key, train.num_classes, name, architecture)
     strategy = get_strategy(runtime.strategy, runtime.devices)

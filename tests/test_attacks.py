@@ -159,3 +159,82 @@ def test_compiles_under_xla(trained_tiny):
     ref = attacks.pgd_l2(model, x[:8], y[:8], eps=1.0, steps=3, step_size=0.4)
     xla = attacks.pgd_l2(model, x[:8], y[:8], eps=1.0, steps=3, step_size=0.4, jit_compile=True)
     np.testing.assert_allclose(xla, ref, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- issue 7
+
+
+def _confident_linear(policy):
+    """A linear model with margin ~25 on every input (softmax tail ~1e-11), under ``policy``."""
+    from entangle import train
+
+    with train.dtype_policy(policy):
+        inputs = keras.Input((4, 4, 1))
+        h = keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inputs))
+        logits = keras.layers.Activation("linear", dtype="float32")(h)
+        model = keras.Model(inputs, logits)
+    w = np.zeros((16, 2), np.float32)
+    w[:, 0] = 6.0  # class 0 wins by 6 * sum(x) = 6 * 16 * 0.3 ~ 29 logits
+    w[0, 1] = 1.0
+    model.layers[2].set_weights([w])
+    return model
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_confident_model_moves_every_example_the_full_step(policy):
+    model = _confident_linear(policy)
+    x = np.full((8, 4, 4, 1), 0.3, np.float32)
+    adv = attacks.pgd_l2(model, x, np.zeros(8, int), eps=0.5, steps=1, step_size=0.1)
+    np.testing.assert_allclose(_norms(adv - x), 0.1, rtol=1e-3)  # float16 used to give 0
+    ref = attacks.pgd_l2(_confident_linear("float32"), x, np.zeros(8, int), eps=0.5, steps=5,
+                         step_size=0.1)
+    out = attacks.pgd_l2(model, x, np.zeros(8, int), eps=0.5, steps=5, step_size=0.1)
+    np.testing.assert_allclose(out, ref, atol=2e-2)  # same direction under every policy
+
+
+def test_softmax_models_are_attacked_through_their_logits(trained_tiny):
+    model, x, y = trained_tiny
+    probs = keras.Model(model.inputs, keras.layers.Softmax()(model.outputs[0]))
+    assert attacks.ends_in_softmax(probs) and not attacks.ends_in_softmax(model)
+    np.testing.assert_allclose(attacks.pgd_l2(probs, x[:16], y[:16], **PGD),
+                               attacks.pgd_l2(model, x[:16], y[:16], **PGD), atol=1e-4)
+    dense = keras.Model(model.inputs, keras.layers.Dense(3, activation="softmax")(
+        model.get_layer("representation").output))
+    logits = attacks.logits_fn(dense)(x[:4])
+    np.testing.assert_allclose(keras.ops.softmax(logits), dense(x[:4]), atol=1e-5)
+
+
+def test_generic_runner_inverts_representations_from_an_explicit_start(trained_tiny):
+    from entangle import models
+
+    model, x, _ = trained_tiny
+    rep = models.representation_model(model)
+    target, x0 = x[:16], x[16:32]
+    goal = rep(target).numpy()
+    out = attacks.run_attack(attacks.feature_matching_objective(rep), x0, goal,
+                             eps=float("inf"), steps=60, step_size=0.05, batch_size=8)
+    before = np.linalg.norm(rep(x0).numpy() - goal, axis=1)
+    after = np.linalg.norm(rep(out).numpy() - goal, axis=1)
+    assert np.median(after / before) < 0.5
+    assert _norms(out - x0).mean() > 0.5  # unbounded: it moved far from its start
+    with pytest.raises(ValueError, match="x0"):
+        attacks.run_attack(attacks.feature_matching_objective(rep), x0, goal, x0=x0[:3],
+                           steps=1, step_size=0.1)
+
+
+def test_attacked_and_evaluated_models_are_freed():
+    import gc
+    import weakref
+
+    from entangle import models, train
+
+    model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
+    x = np.full((4, 16, 16, 3), 0.5, np.float32)
+    attacks.pgd_l2(model, x, [0, 1, 2, 0], eps=0.5, steps=2, step_size=0.2)
+    attacks.multi_targeted_pgd_l2([model, model], x, np.zeros((2, 4), int), eps=0.5, steps=2,
+                                  step_size=0.2)
+    train.accuracy(model, x, np.zeros(4, int))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

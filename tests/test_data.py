@@ -219,3 +219,28 @@ def test_augmentation_keeps_shape_and_range_and_is_seeded():
     np.testing.assert_allclose(plain[0][0].numpy(), x[:8] / 255.0, atol=1e-6)
     single = data.augment(tf.constant(x[0]), tf.constant([0, 0], tf.int64))
     assert single.shape == (16, 16, 3)
+
+
+def test_accuracy_report_and_class_balancing():
+    y = np.array([0] * 6 + [1] * 2 + [2] * 2)
+    rep = data.accuracy_report(np.zeros(10, int), y, 3)  # always predicts the majority
+    assert rep["accuracy"] == 0.6 and rep["majority_rate"] == 0.6
+    assert rep["balanced_accuracy"] == pytest.approx(1 / 3)
+    ds = data.Dataset(np.zeros((10, 8, 8, 3), np.uint8), y, ("a", "b", "c"))
+    bal = data.balance_classes(ds, seed=0)
+    assert np.bincount(bal.y).tolist() == [2, 2, 2]
+
+
+def test_pipeline_reads_memmaps_without_copying_them(tmp_path):
+    x = np.lib.format.open_memmap(str(tmp_path / "x.npy"), mode="w+", dtype=np.float16,
+                                  shape=(40, 8, 8, 3))
+    x[:] = np.random.default_rng(0).uniform(size=x.shape)
+    y = np.arange(40) % 4
+    pipe = data.EpochPipeline(np.load(str(tmp_path / "x.npy"), mmap_mode="r"), y, 16,
+                              shuffle=True, seed=3, drop_remainder=True)
+    got = list(pipe.epoch(0))
+    assert [b[0].shape[0] for b in got] == [16, 16]
+    seen = np.concatenate([b[1].numpy() for b in got])
+    assert len(seen) == 32 and set(seen) <= set(y)
+    again = list(pipe.epoch(0))
+    np.testing.assert_array_equal(got[0][0].numpy(), again[0][0].numpy())

@@ -83,3 +83,28 @@ def test_victim_offline_imagenet_weights_error(monkeypatch, tmp_path):
 def test_victim_unknown_name():
     with pytest.raises(ValueError, match="densenet121"):
         models.victim("alexnet", (32, 32, 3), 10, weights=None)
+
+
+def test_pooling_choices():
+    ex = models.resnet_v2(11, (64, 64, 3), 9, width=4, pooling="keras_example")
+    gl = models.resnet_v2(11, (64, 64, 3), 9, width=4, pooling="global")
+    assert ex.get_layer("representation").output.shape[-1] == 4 * 16 * 4  # 2x2x(16*width)
+    assert gl.get_layer("representation").output.shape[-1] == 16 * 4
+    at32 = models.resnet_v2(11, (32, 32, 3), 10, width=4, pooling="keras_example")
+    gl32 = models.resnet_v2(11, (32, 32, 3), 10, width=4, pooling="global")
+    gl32.set_weights(at32.get_weights())
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(at32(x), gl32(x), atol=1e-5)  # same thing at 32 px
+    with pytest.raises(ValueError, match="32 px"):
+        models.resnet_v2(11, (16, 16, 3), 4, pooling="keras_example")
+
+
+def test_representation_model_by_name_or_index():
+    m = models.resnet_v2(11, (16, 16, 3), 4, width=4)
+    by_default = models.representation_model(m)
+    by_index = models.representation_model(m, layer=-2)
+    by_name = models.representation_model(m, layer="final_relu")
+    assert by_default.output.shape == by_index.output.shape == (None, 64)
+    assert by_name.output.shape == (None, 4, 4, 64)
+    with pytest.raises(ValueError, match="no layer"):
+        models.representation_model(m, layer="nope")

@@ -134,3 +134,47 @@ def test_train_binary_killed_then_resumed_matches_uninterrupted(tmp_path):
     assert "resuming" in resumed.stdout
     pick = lambda out: [l for l in out.splitlines() if l.startswith("  test")]
     assert pick(resumed.stdout) == pick(straight.stdout)
+
+
+def test_validation_choices(smoke_config, tmp_path):
+    exp = pipeline.Experiment(smoke_config)
+    sp = exp.splits()
+    std = exp.model("standard")  # no early stopping: trains on every training image
+    assert std.manifest["config"]["data"] == exp.train_data_key()
+    assert "val_accuracy" not in std.manifest["history"][0]
+    zero = exp.model("zero_robust")  # early-stopped on held-out constructed images (targets)
+    assert zero.manifest["config"]["data"].endswith("val=constructed")
+    assert "val_accuracy" in zero.manifest["history"][0]
+    import dataclasses
+    clean_cfg = dataclasses.replace(smoke_config, workdir=str(tmp_path), data=dataclasses.replace(
+        smoke_config.data, validation="clean"))
+    clean = pipeline.Experiment(clean_cfg)
+    built, val = clean.constructed("neg_robust")
+    assert val is None and len(built) == len(sp.fit_part())  # hold-out images never attacked
+    assert clean.model_key("neg_robust") != exp.model_key("neg_robust")
+    assert clean.model_key("standard") == exp.model_key("standard")
+    with pytest.raises(ValueError, match="validation"):
+        pipeline.DataConfig(validation="test")
+
+
+def test_binaries_run_from_any_directory(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--flagfile=smoke.cfg",
+                           "--kind=standard", "--epochs=1", f"--workdir={tmp_path / 'w'}"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "experiments.train", "--flagfile=nope.cfg"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode != 0 and "nope.cfg" in bad.stderr and "smoke.cfg" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_flagfile_paths_are_relative_to_the_flagfile(tmp_path):
+    sub = tmp_path / "cfgs"
+    sub.mkdir()
+    (sub / "base.cfg").write_text("--dataset=folder:../images\n--epochs=7\n")
+    (sub / "top.cfg").write_text("# comment\n--flagfile=base.cfg\n--workdir=work\n")
+    args = entangle_flags.expand_flagfiles([f"--flagfile={sub / 'top.cfg'}", "--epochs=9"])
+    assert args == [f"--dataset=folder:{tmp_path / 'images'}", "--epochs=7",
+                    f"--workdir={sub / 'work'}", "--epochs=9"]

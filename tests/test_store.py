@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -71,3 +72,101 @@ def test_atomic_file_keeps_the_old_content_when_a_write_fails(tmp_path):
     with np.load(target) as z:
         np.testing.assert_array_equal(z["x"], np.arange(2))
     assert os.listdir(tmp_path) == ["f.npz"]
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_finished_artifact_is_never_overwritten(tmp_path):
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ds", {"n": 1})
+    s.save_arrays("datasets", key, {"n": 1}, {"x": np.zeros(2)})
+    first = s.manifest("datasets", key)["created"]
+    s.save_arrays("datasets", key, {"n": 1}, {"x": np.ones(2)})  # a second builder finishes
+    np.testing.assert_array_equal(s.load_arrays("datasets", key)["x"], np.zeros(2))
+    assert s.manifest("datasets", key)["created"] == first
+    assert sorted(os.listdir(tmp_path / "datasets")) == [key]  # no temporary left
+
+
+def test_lock_is_exclusive_and_a_dead_holders_lock_is_recovered(tmp_path):
+    import subprocess
+    import sys
+
+    s = store_lib.Store(str(tmp_path))
+    a, b = s.lock("models", "k"), s.lock("models", "k")
+    assert a.try_acquire() and not b.try_acquire()
+    a.release()
+    assert b.try_acquire()
+    b.release()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    with open(s.path("models", "k") + ".lock", "w") as f:  # left by a killed process
+        json.dump({"host": __import__("socket").gethostname(), "pid": int(dead),
+                   "token": "x"}, f)
+    c = s.lock("models", "k")
+    assert c.try_acquire() and c.owner()["pid"] == os.getpid()
+    c.release()
+    with open(s.path("models", "k") + ".lock", "w") as f:  # another host, heartbeat stopped
+        json.dump({"host": "elsewhere", "pid": 1, "token": "y"}, f)
+    old = time.time() - 3600
+    os.utime(s.path("models", "k") + ".lock", (old, old))
+    assert s.lock("models", "k").try_acquire()
+
+
+def test_get_or_build_waits_for_the_holder_or_reports_busy(tmp_path):
+    s = store_lib.Store(str(tmp_path))
+    held = s.lock("evals", "e")
+    assert held.try_acquire()
+    with pytest.raises(store_lib.ArtifactBusy):
+        s.get_or_build("evals", "e", lambda: 1, lambda: 2, wait=False)
+    import threading
+
+    def finish():
+        time.sleep(0.5)
+        s.record("evals", "e", {})
+        held.release()
+    threading.Thread(target=finish).start()
+    built = []
+    assert s.get_or_build("evals", "e", lambda: built.append(1), lambda: "loaded",
+                          poll=0.1) == "loaded"
+    assert not built
+
+
+TWO_PROCESSES = """
+import sys, json
+from entangle import data, train
+from entangle.store import Store
+cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
+tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=2,
+                       learning_rate=3e-3, lr_decay="none", augment=False)
+t = train.train_classifier(tc, data.make_planted("train", cfg), None, Store(sys.argv[1]),
+                           runtime=train.RuntimeOptions(verbose=False, lock_poll=0.2))
+w = t.model.get_weights()
+print("RESULT" + json.dumps({"cached": t.cached, "key": t.key,
+                             "w": float(sum(abs(x).sum() for x in w)),
+                             "built_by": t.manifest["built_by"]["pid"]}))
+"""
+
+
+def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(tmp_path)], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    results = []
+    for (out, err), p in zip(outs, procs):
+        line = [l for l in out.splitlines() if l.startswith("RESULT")]
+        assert p.returncode == 0 and line, err[-3000:]
+        results.append(json.loads(line[0][len("RESULT"):]))
+    assert sorted(r["cached"] for r in results) == [False, True]  # trained once
+    assert results[0]["key"] == results[1]["key"]
+    assert results[0]["w"] == pytest.approx(results[1]["w"], rel=1e-6)  # same weights
+    builder = [p.pid for p, r in zip(procs, results) if not r["cached"]][0]
+    assert all(r["built_by"] == builder for r in results)
+    assert not [f for f in os.listdir(tmp_path / "models") if f.endswith((".lock", ".partial"))]

@@ -143,6 +143,13 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                                                             devices=("/cpu:0", "/cpu:1")))
     except ValueError as e:
         out["odd_batch_error"] = str(e)
+    try:
+        train.train_classifier(tc, tr, te, Store(sys.argv[1] + "/jit"),
+                               runtime=train.RuntimeOptions(strategy="mirrored", verbose=False,
+                                                            devices=("/cpu:0", "/cpu:1"),
+                                                            jit_compile=True))
+    except ValueError as e:
+        out["jit_error"] = str(e)
     print("RESULT" + json.dumps(out))
 """)
 
@@ -162,6 +169,7 @@ def test_mirrored_strategy_on_two_cpus_matches_default(tmp_path, eps):
     assert mirrored[1] == pytest.approx(default[1], abs=0.1)
     assert out["mirrored"]["loss"][-1] < out["mirrored"]["loss"][0]
     assert "divisible" in out["odd_batch_error"] and "33" in out["odd_batch_error"]
+    assert "jit_compile" in out["jit_error"] and "2 replicas" in out["jit_error"]
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
@@ -192,3 +200,58 @@ def test_only_the_chief_writes_under_multi_worker():
     assert not train.is_chief(strategy("worker", 0, with_chief))
     import tensorflow as tf
     assert train.is_chief(tf.distribute.get_strategy())
+
+
+def test_user_model_builder_trains_and_is_keyed_by_its_architecture(planted, tmp_path):
+    import keras
+
+    tr, te = planted
+
+    def small_cnn(filters=8):
+        inputs = keras.Input(tr.image_shape)
+        h = keras.layers.Conv2D(filters, 3, activation="relu")(inputs)
+        h = keras.layers.GlobalAveragePooling2D(name="representation")(h)
+        return keras.Model(inputs, keras.layers.Dense(tr.num_classes)(h))
+
+    store = Store(str(tmp_path))
+    cfg = dataclasses.replace(TINY, epochs=3, learning_rate=1e-2)
+    a = train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn)
+    assert train.accuracy(a.model, te.x, te.y) > 0.5  # chance 0.25
+    assert train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn).cached
+    b = train.train_classifier(cfg, tr, None, store, runtime=QUIET,
+                               model_fn=lambda: small_cnn(4))
+    assert b.key != a.key and not b.cached
+    preds = train.predict(a.model, te.x)
+    assert preds.shape == (len(te),) and preds.dtype == np.int64
+    assert np.mean(preds == te.y) == train.accuracy(a.model, te.x, te.y)
+
+    def softmax_model():
+        m = small_cnn()
+        return keras.Model(m.inputs, keras.layers.Softmax()(m.outputs[0]))
+    with pytest.raises(ValueError, match="softmax"):
+        train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=softmax_model)
+
+
+def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
+    import gc
+    import random
+    import weakref
+
+    import keras
+
+    tr, _ = planted
+    np.random.seed(123)
+    random.seed(123)
+    expected_np, expected_py = np.random.get_state()[1].copy(), random.getstate()
+    keras.mixed_precision.set_global_policy("float32")
+    trained = train.train_classifier(dataclasses.replace(TINY, epochs=1,
+                                                         precision="mixed_bfloat16"),
+                                     tr, None, Store(str(tmp_path)), runtime=QUIET)
+    np.testing.assert_array_equal(np.random.get_state()[1], expected_np)
+    assert random.getstate() == expected_py
+    assert keras.mixed_precision.global_policy().name == "float32"
+    train.accuracy(trained.model, tr.x[:64], tr.y[:64])
+    ref = weakref.ref(trained.model)
+    del trained
+    gc.collect()
+    assert ref() is None

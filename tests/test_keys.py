@@ -1,0 +1,76 @@
+"""Store keys hash exactly what determines each artifact: a table of flag changes."""
+
+import os
+
+import pytest
+from absl import flags
+
+import flags as entangle_flags
+from entangle import pipeline, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust", "victim")
+RESNETS = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust")
+CONSTRUCTED = ("zero_set", "neg_set", "zero_robust", "neg_robust")
+
+# flag change -> the artifacts whose key must change (every other key must stay)
+TABLE = [
+    ("--train_attack_steps=5", {"robust"}),
+    ("--train_attack_step_size=0.3", {"robust"}),
+    ("--train_attack_random_start", {"robust"}),
+    ("--patience=5", {"zero_robust", "neg_robust"}),
+    ("--zero_robust_targets=all", {"zero_set", "zero_robust"}),
+    ("--construct_steps=7", set(CONSTRUCTED)),
+    ("--construct_eps=0.7", set(CONSTRUCTED)),
+    ("--validation_data=clean", set(CONSTRUCTED)),
+    ("--validation_fraction=0.25", set(CONSTRUCTED)),
+    ("--learning_rate=3e-3,zero_robust:5e-4,neg_robust:1e-3,victim:1e-3", {"zero_robust"}),
+    ("--width=8", set(RESNETS)),
+    ("--weight_decay=0", set(RESNETS)),
+    ("--epochs=5", set(ALL)),
+    ("--seed=1", set(ALL)),
+    ("--planted_train_size=600", set(ALL)),
+    ("--victim_input_size=48", {"victim"}),
+    ("--robustify_steps=3", set()),
+    ("--eval_attack_steps=3", set()),
+    ("--eval_batch_size=64", set()),
+    ("--transfer_steps=3", set()),
+    ("--quiet", set()),
+]
+
+
+def _keys(*args, workdir):
+    fv = flags.FlagValues()
+    entangle_flags.define_all(fv)
+    entangle_flags.parse(["--flagfile=" + entangle_flags.flagfile("smoke.cfg"),
+                          f"--workdir={workdir}", *args], fv)
+    cfg = entangle_flags.experiment_config(fv)
+    exp = pipeline.Experiment(cfg)
+    victim_cfg = entangle_flags.train_config(fv, "victim")
+    victim_cfg = train.TrainConfig(**{**victim_cfg.__dict__, "arch": "mobilenet_v2"})
+    return {
+        "standard": exp.model_key("standard"),
+        "robust": exp.model_key("robust", 1.0),
+        "zero_set": exp.constructed_key("zero_robust"),
+        "neg_set": exp.constructed_key("neg_robust"),
+        "zero_robust": exp.model_key("zero_robust"),
+        "neg_robust": exp.model_key("neg_robust"),
+        "victim": train.model_key(exp.store, victim_cfg, exp.train_data_key(), 4, "victim"),
+    }
+
+
+@pytest.fixture(scope="module")
+def base_keys(tmp_path_factory):
+    return _keys(workdir=tmp_path_factory.mktemp("keys"))
+
+
+@pytest.mark.parametrize("change,expected", TABLE, ids=[c for c, _ in TABLE])
+def test_flag_changes_change_exactly_the_dependent_keys(change, expected, base_keys, tmp_path):
+    changed = _keys(change, workdir=tmp_path)
+    differs = {k for k in ALL if changed[k] != base_keys[k]}
+    assert differs == expected
+
+
+def test_keys_do_not_depend_on_the_working_directory(base_keys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _keys(workdir=tmp_path / "w") == base_keys
