@@ -209,7 +209,7 @@ def compile_attack(objective: Objective, *, random_start: bool = False,
     return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
 
 
-def _cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
+def cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
                    random_start: bool, jit_compile: bool) -> Callable:
     """A compiled attack cached on ``owners[0]`` for as long as every owner lives.
 
@@ -328,7 +328,7 @@ def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float
     _check_budget(eps, steps, step_size, random_start)
     x = _check_images(x)
     y = _check_labels(y, "y", len(x), _num_classes(model))
-    fn = _cached_attack([model], ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
+    fn = cached_attack([model], ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
                         lambda: cross_entropy_objective(model, targeted), random_start,
                         jit_compile)
     return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
@@ -364,7 +364,7 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
                          f"num_images={len(x)}); got {targets.shape}")
     targets = np.stack([_check_labels(t, f"targets_per_model[{i}]", len(x), _num_classes(m))
                         for i, (t, m) in enumerate(zip(targets, models))], axis=1)
-    fn = _cached_attack(models, ("multi", len(models), bool(random_start), bool(jit_compile)),
+    fn = cached_attack(models, ("multi", len(models), bool(random_start), bool(jit_compile)),
                         lambda: multi_model_objective(models), random_start, jit_compile)
     return run_attack(fn, x, targets, eps=eps, steps=steps, step_size=step_size,
                       random_start=random_start, batch_size=batch_size, seed=seed,

@@ -20,16 +20,14 @@ whatever the size of the set (CIFAR's zero-robust set is 500,000 float16 images,
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from typing import Callable
 
 import keras
 import numpy as np
 
-from entangle import attacks, progress
+from entangle import attacks, progress, store
 from entangle.data import Dataset
-from entangle.store import atomic_file
 
 KINDS = ("zero_robust", "neg_robust")
 TARGET_MODES = ("all", "random")
@@ -80,44 +78,21 @@ def build_chunks(kind: str, source: keras.Model, ds: Dataset, cfg: ConstructConf
                  workdir: str, *, chunk_size: int = 4096, batch_size: int = 256,
                  jit_compile: bool = False, verbose: bool = True,
                  on_chunk: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Attacks ``ds`` chunk by chunk into ``workdir/chunk-NNNNN.npy`` (float16), skipping
-    chunks already there (resume). Returns (source indices, targets) of the whole set."""
+    """Attacks ``ds`` chunk by chunk into ``workdir`` (float16, ``store.build_chunks``:
+    resumable). Returns (source indices, targets) of the whole set."""
     index, targets = construct_targets(kind, ds.y, ds.num_classes, cfg)
-    os.makedirs(workdir, exist_ok=True)
-    n_chunks = -(-len(index) // chunk_size)
-    bar = progress.progbar(len(index), enabled=verbose, unit_name="image")
-    for c in range(n_chunks):
-        sl = slice(c * chunk_size, min(len(index), (c + 1) * chunk_size))
-        path = os.path.join(workdir, f"chunk-{c:05d}.npy")
-        if not os.path.exists(path):
-            x = ds.x[index[sl]]
-            x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-            adv = attacks.pgd_l2(source, x, targets[sl], eps=cfg.eps, steps=cfg.steps,
-                                 step_size=cfg.step_size, targeted=True, batch_size=batch_size,
-                                 jit_compile=jit_compile, verbose=False)
-            with atomic_file(path) as f:
-                np.save(f, adv.astype(np.float16))
-            del x, adv
-            if on_chunk:
-                on_chunk(c)
-        bar.update(sl.stop, finalize=sl.stop == len(index))
+
+    def make(rows):
+        x = ds.x[index[rows]]
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        adv = attacks.pgd_l2(source, x, targets[rows], eps=cfg.eps, steps=cfg.steps,
+                             step_size=cfg.step_size, targeted=True, batch_size=batch_size,
+                             jit_compile=jit_compile, verbose=False)
+        return {"x": adv.astype(np.float16)}
+
+    store.build_chunks(workdir, len(index), chunk_size, make, on_chunk=on_chunk,
+                       bar=progress.progbar(len(index), enabled=verbose, unit_name="image"))
     return index, targets
-
-
-def assemble(workdir: str, out_path: str, n: int, image_shape) -> np.ndarray:
-    """Concatenates the chunk files into one float16 ``.npy`` (streamed; returns a memmap)."""
-    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float16,
-                                    shape=(n,) + tuple(image_shape))
-    start = 0
-    for path in sorted(glob.glob(os.path.join(workdir, "chunk-*.npy"))):
-        part = np.load(path, mmap_mode="r")
-        out[start:start + len(part)] = part
-        start += len(part)
-    if start != n:
-        raise RuntimeError(f"chunks in {workdir} hold {start} images, expected {n}")
-    out.flush()
-    del out
-    return np.load(out_path, mmap_mode="r")
 
 
 def construct_dataset(kind: str, source: keras.Model, ds: Dataset, cfg: ConstructConfig,
@@ -137,6 +112,6 @@ def construct_dataset(kind: str, source: keras.Model, ds: Dataset, cfg: Construc
     _, targets = build_chunks(kind, source, ds, cfg, os.path.join(workdir, "chunks"),
                               chunk_size=chunk_size, batch_size=batch_size,
                               jit_compile=jit_compile, verbose=show)
-    x = assemble(os.path.join(workdir, "chunks"), os.path.join(workdir, "x.npy"), len(targets),
-                 ds.image_shape)
+    x = store.assemble_chunks(os.path.join(workdir, "chunks"), "x",
+                              os.path.join(workdir, "x.npy"))
     return Dataset(x, targets.astype(np.int64), ds.class_names, f"{ds.name}:{kind}")

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from entangle import attacks, construct, data, train
+from entangle import attacks, construct, data, robustify, train
+from entangle import store as store_lib
 from entangle.store import Store, fingerprint_arrays
 
 KINDS = ("standard", "robust", "zero_robust", "neg_robust")
@@ -65,6 +66,7 @@ class ExperimentConfig:
     data: DataConfig
     hparams: dict                       # kind -> train.TrainConfig (eps set per model)
     construct: construct.ConstructConfig = construct.ConstructConfig()
+    robustify: robustify.RobustifyConfig = robustify.RobustifyConfig()
     eval: EvalConfig = EvalConfig()
     runtime: train.RuntimeOptions = train.RuntimeOptions()
     workdir: str | None = None
@@ -146,7 +148,8 @@ class Experiment:
         d = self.cfg.data
         return {"fraction": d.validation_fraction, "seed": d.seed}
 
-    def train_config(self, kind: str, eps: float = 0.0) -> train.TrainConfig:
+    def train_config(self, kind: str, eps: float = 0.0, seed_offset: int = 0
+                     ) -> train.TrainConfig:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
         if kind == "robust" and not eps > 0:
@@ -154,7 +157,8 @@ class Experiment:
                              f"model); got {eps}")
         if kind != "robust" and eps:
             raise ValueError(f"eps applies to robust models only; got eps={eps} for {kind}")
-        return dataclasses.replace(self.cfg.hparams[kind], eps=float(eps))
+        cfg = self.cfg.hparams[kind]
+        return dataclasses.replace(cfg, eps=float(eps), seed=cfg.seed + seed_offset)
 
     @staticmethod
     def model_name(kind: str, eps: float = 0.0) -> str:
@@ -168,18 +172,22 @@ class Experiment:
             return f"{self.train_data_key()}|holdout={self._holdout_spec()}"
         return self.train_data_key()
 
-    def model_key(self, kind: str, eps: float = 0.0) -> str:
+    def model_key(self, kind: str, eps: float = 0.0, seed_offset: int = 0) -> str:
         """The store key of a model, computed without training anything."""
-        cfg = self.train_config(kind, eps)
+        cfg = self.train_config(kind, eps, seed_offset)
         return train.model_key(self.store, cfg, self._model_data_key(kind, cfg),
                                self.splits().train.num_classes, self.model_name(kind, eps))
 
-    def model(self, kind: str, eps: float = 0.0) -> train.TrainedModel:
-        """The trained model of a kind (eps for robust ones), from the store or trained now."""
-        cfg = self.train_config(kind, eps)
+    def model(self, kind: str, eps: float = 0.0, seed_offset: int = 0,
+              runtime: train.RuntimeOptions | None = None) -> train.TrainedModel:
+        """The trained model of a kind (eps for robust ones), from the store or trained now.
+
+        ``seed_offset`` > 0 gives an independently trained twin (same hyperparameters).
+        """
+        cfg = self.train_config(kind, eps, seed_offset)
         sp = self.splits()
         if kind in construct.KINDS:
-            if self.store.has(train.MODEL_KIND, self.model_key(kind, eps)):
+            if self.store.has(train.MODEL_KIND, self.model_key(kind, eps, seed_offset)):
                 fit, val = sp.train, None  # cache hit: the data is not needed
             else:
                 fit, val = self.constructed(kind)
@@ -190,7 +198,8 @@ class Experiment:
         else:
             fit, val = sp.train, None
         return train.train_classifier(cfg, fit, val, self.store,
-                                      name=self.model_name(kind, eps), runtime=self.cfg.runtime,
+                                      name=self.model_name(kind, eps),
+                                      runtime=runtime or self.cfg.runtime,
                                       data_key=self._model_data_key(kind, cfg))
 
     def constructed_key(self, kind: str) -> str:
@@ -201,7 +210,8 @@ class Experiment:
                                      "holdout": self._holdout_spec(),
                                      "validation": self.cfg.data.validation})
 
-    def constructed(self, kind: str) -> tuple[data.Dataset, data.Dataset | None]:
+    def constructed(self, kind: str, runtime: train.RuntimeOptions | None = None
+                    ) -> tuple[data.Dataset, data.Dataset | None]:
         """The zero-/negative-robust set built on the standard model: (train part, validation
         part labelled with targets, or None when validating on clean images)."""
         key = self.constructed_key(kind)
@@ -221,7 +231,8 @@ class Experiment:
             return parts[0], parts[1]
 
         return self.store.get_or_build(DATASET_KIND, key, lambda: self._construct(kind, key),
-                                       load, poll=self.cfg.runtime.lock_poll, log=self._log)
+                                       load, poll=self.cfg.runtime.lock_poll, log=self._log,
+                                       wait=(runtime or self.cfg.runtime).wait)
 
     def _construct(self, kind: str, key: str):
         source = self.model("standard")
@@ -247,8 +258,7 @@ class Experiment:
                 _, targets = construct.build_chunks(
                     kind, source.model, ds, pcfg, work, batch_size=batch,
                     jit_compile=self.cfg.runtime.jit_compile, verbose=self.cfg.runtime.verbose)
-                x = construct.assemble(work, os.path.join(d, f"x_{part}.npy"), len(targets),
-                                       ds.image_shape)
+                x = store_lib.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
                 np.save(os.path.join(d, f"y_{part}.npy"), targets.astype(np.int64))
                 metrics[f"targeted_success_on_source_{part}"] = train.accuracy(
                     source.model, x, targets, batch)
@@ -256,6 +266,81 @@ class Experiment:
                 del x
             metrics["seconds"] = time.time() - start
         return self.constructed(kind)
+
+    def generator(self, eps: float) -> tuple[str, float]:
+        """(kind, eps) of the model that generates R_eps: the standard model for eps 0."""
+        return ("standard", 0.0) if eps == 0 else ("robust", float(eps))
+
+    def robustified_key(self, eps: float) -> str:
+        test = self.splits().test
+        return self.store.key(f"R{eps:g}", {"generator": self.model_key(*self.generator(eps)),
+                                            "robustify": self.cfg.robustify.key_fields(),
+                                            "test": fingerprint_arrays(test.x, test.y)})
+
+    def robustified(self, eps: float, runtime: train.RuntimeOptions | None = None
+                    ) -> tuple[data.Dataset, dict]:
+        """R_eps: the test set robustified w.r.t. the eps-robust model (eps 0: standard), with
+        per-image seeds and relative representation distances; built in chunks (a kill loses
+        at most one) and stored as float16."""
+        key = self.robustified_key(eps)
+        path = self.store.path(DATASET_KIND, key)
+        test = self.splits().test
+
+        def load():
+            extra = {k: np.load(os.path.join(path, f"{k}.npy"))
+                     for k in ("seeds", "relative_distance")}
+            return data.Dataset(np.load(os.path.join(path, "x.npy"), mmap_mode="r"), test.y,
+                                test.class_names, f"R{eps:g}"), extra
+
+        def build():
+            gen = self.model(*self.generator(eps))
+            rcfg = self.cfg.robustify
+            seeds = robustify.seed_indices(len(test), rcfg.seed)
+            self._log(f"[R{eps:g}] robustifying {len(test)} test images w.r.t. {gen.key} "
+                      f"({rcfg.steps} steps of {rcfg.step_size})")
+            start = time.time()
+            batch = self.cfg.runtime.eval_batch_size
+            work = self.store.partial_path(DATASET_KIND, key)
+
+            def make(rows):
+                r = robustify.robustify(gen.model, test.x[rows], test.x[seeds[rows]], rcfg,
+                                        batch_size=batch,
+                                        jit_compile=self.cfg.runtime.jit_compile, verbose=False)
+                return {"x": r.x.astype(np.float16), "relative_distance": r.relative_distance}
+
+            store_lib.build_chunks(work, len(test), 1024, make, bar=self._bar(len(test)))
+            config = {"generator": gen.key, "robustify": rcfg.key_fields(), "eps": eps}
+            metrics = {}
+            with self.store.writing(DATASET_KIND, key, config, metrics=metrics) as d:
+                store_lib.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
+                rel = np.array(store_lib.assemble_chunks(work, "relative_distance",
+                                                         os.path.join(d, "rd.npy")))
+                os.replace(os.path.join(d, "rd.npy"), os.path.join(d, "relative_distance.npy"))
+                np.save(os.path.join(d, "seeds.npy"), seeds)
+                metrics.update(median_relative_distance=float(np.median(rel)),
+                               seconds=time.time() - start)
+            return load()
+
+        return self.store.get_or_build(DATASET_KIND, key, build, load,
+                                       poll=self.cfg.runtime.lock_poll, log=self._log,
+                                       wait=(runtime or self.cfg.runtime).wait)
+
+    def _bar(self, n: int):
+        from entangle import progress
+        return progress.progbar(n, enabled=self.cfg.runtime.verbose, unit_name="image")
+
+    def accuracy_on(self, trained: train.TrainedModel, ds: data.Dataset, name: str) -> dict:
+        """Accuracy report of a model on a named evaluation set (cached in the store)."""
+        config = {"model": trained.key, "set": name,
+                  "data": fingerprint_arrays(np.asarray(ds.x), ds.y)}
+        key = self.store.key("acc", config)
+        if self.store.has("evals", key):
+            return self.store.manifest("evals", key)["metrics"]
+        report = data.accuracy_report(train.predict(trained.model, ds.x,
+                                                    self.cfg.runtime.eval_batch_size),
+                                      ds.y, ds.num_classes)
+        self.store.record("evals", key, config, metrics=report)
+        return report
 
     def evaluate(self, trained: train.TrainedModel, eps: float = 0.0) -> dict:
         """Test accuracy (with balanced accuracy and the majority rate) and, for eps > 0, PGD

@@ -110,6 +110,48 @@ def builder_id() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+def build_chunks(workdir: str, n: int, chunk_size: int,
+                 make: Callable[[slice], dict[str, np.ndarray]], *,
+                 on_chunk: Callable[[int], None] | None = None,
+                 bar=None) -> None:
+    """Fills ``workdir/chunk-NNNNN.npz`` with ``make(rows)`` for consecutive row slices,
+    atomically, skipping chunks already there: a killed build resumes, losing at most one
+    chunk, and memory holds one chunk at a time."""
+    os.makedirs(workdir, exist_ok=True)
+    for c in range(-(-n // chunk_size)):
+        rows = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
+        path = os.path.join(workdir, f"chunk-{c:05d}.npz")
+        if not os.path.exists(path):
+            atomic_save_npz(path, **make(rows))
+            if on_chunk:
+                on_chunk(c)
+        if bar is not None:
+            bar.update(rows.stop, finalize=rows.stop == n)
+
+
+def assemble_chunks(workdir: str, name: str, out_path: str) -> np.ndarray:
+    """Concatenates array ``name`` of every chunk into one ``.npy`` file, streamed chunk by
+    chunk; returns it memory-mapped (read-only)."""
+    paths = sorted(p for p in os.listdir(workdir) if p.startswith("chunk-"))
+    if not paths:
+        raise RuntimeError(f"no chunks in {workdir}")
+    shapes = []
+    for p in paths:
+        with np.load(os.path.join(workdir, p)) as z:
+            shapes.append((z[name].shape, z[name].dtype))
+    n = sum(s[0][0] for s in shapes)
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=shapes[0][1],
+                                    shape=(n,) + shapes[0][0][1:])
+    start = 0
+    for p, (shape, _) in zip(paths, shapes):
+        with np.load(os.path.join(workdir, p)) as z:
+            out[start:start + shape[0]] = z[name]
+        start += shape[0]
+    out.flush()
+    del out
+    return np.load(out_path, mmap_mode="r")
+
+
 class ArtifactBusy(RuntimeError):
     """Another live process holds the lock of the artifact (``get_or_build(wait=False)``)."""
 

@@ -108,6 +108,7 @@ class RuntimeOptions:
     eval_batch_size: int = 500
     verbose: bool = True
     lock_poll: float = 2.0                   # seconds between looks at a busy artifact
+    wait: bool = True                        # busy artifact: wait for it, or raise ArtifactBusy
 
 
 @dataclasses.dataclass
@@ -475,7 +476,7 @@ def train_classifier(cfg: TrainConfig, train: data.Dataset, val: data.Dataset | 
 
     log = (lambda msg: print(f"[{name}] {msg}", flush=True)) if runtime.verbose else None
     return store.get_or_build(MODEL_KIND, key, build, load, poll=runtime.lock_poll, log=log,
-                              lock=chief)
+                              lock=chief, wait=runtime.wait)
 
 
 def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key, on_epoch_end,

@@ -20,7 +20,7 @@ import sys
 
 from absl import flags
 
-from entangle import construct, data, models, pipeline, train
+from entangle import construct, data, entanglement, models, paper, pipeline, robustify, train
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -309,9 +309,64 @@ def define_runtime_flags(fv=FLAGS):
     flags.DEFINE_bool("quiet", False, "No progress output.", flag_values=fv)
 
 
+def define_table_flags(fv=FLAGS):
+    flags.DEFINE_string("columns", "paper", "R_eps columns: paper (0,1/16,1/4,1/2,1), "
+                        "extended (Tables 5/6: eleven), or a comma list of eps.", flag_values=fv)
+    flags.DEFINE_list("rows", list(entanglement.ROWS), "Table rows (classifiers).",
+                      flag_values=fv)
+    flags.DEFINE_bool("evaluate_generators", False, "Evaluate the generators of R_eps "
+                      "themselves in every row, instead of independently trained twins.",
+                      flag_values=fv)
+    flags.DEFINE_enum("robust_row", "generator", list(entanglement.ROBUST_ROWS),
+                      "The robust row: the eps-robust generator itself (Table 5's R_1/2 cell "
+                      "equals its Test cell) or an independently trained twin.", flag_values=fv)
+    flags.DEFINE_integer("evaluator_seed_offset", 1, "Seed offset of the independently trained "
+                         "row classifiers.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("results_dir", None, "Where tables and figures go (default "
+                        "<workdir>/results/<name>).", flag_values=fv)
+    _validator("columns", _columns_ok, "must be paper, extended or a comma list of eps >= 0",
+               fv)
+    _validator("rows", lambda r: bool(r) and set(r) <= set(entanglement.ROWS),
+               f"must be a non-empty subset of {', '.join(entanglement.ROWS)}", fv)
+
+
+def parse_columns(text: str) -> tuple[float, ...]:
+    if text == "paper":
+        return paper.PAPER_COLUMNS
+    if text == "extended":
+        return paper.EXTENDED_COLUMNS
+    return tuple(_eps_value(t) for t in text.split(",") if t.strip())
+
+
+def _eps_value(text: str) -> float:
+    text = text.strip()
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def _columns_ok(text):
+    try:
+        cols = parse_columns(text)
+        return bool(cols) and all(c >= 0 for c in cols)
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def table_config(f=FLAGS) -> entanglement.TableConfig:
+    """The TableConfig of the parsed flags; --eps defaults to the paper's robust row."""
+    eps = f.eps or paper.ROBUST_ROW_EPS.get(f.dataset, 0.5)
+    return entanglement.TableConfig(eps=eps, columns=parse_columns(f.columns),
+                                    rows=tuple(f.rows),
+                                    evaluate_generators=f.evaluate_generators,
+                                    robust_row=f.robust_row,
+                                    evaluator_seed_offset=f.evaluator_seed_offset)
+
+
 def define_all(fv=FLAGS):
     for define in (define_data_flags, define_model_flags, define_train_flags,
-                   define_attack_flags, define_runtime_flags):
+                   define_attack_flags, define_runtime_flags, define_table_flags):
         define(fv)
 
 
@@ -351,6 +406,9 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
         construct=construct.ConstructConfig(eps=f.construct_eps, steps=f.construct_steps,
                                             step_size=f.construct_step_size,
                                             targets=f.zero_robust_targets, seed=f.data_seed),
+        robustify=robustify.RobustifyConfig(steps=f.robustify_steps,
+                                            step_size=f.robustify_step_size,
+                                            eps=f.robustify_eps, seed=f.data_seed),
         eval=pipeline.EvalConfig(attack_steps=f.eval_attack_steps,
                                  step_size_factor=f.eval_step_size_factor),
         runtime=train.RuntimeOptions(strategy=f.strategy, jit_compile=f.jit_compile,

@@ -6,7 +6,7 @@ import tracemalloc
 import keras
 import numpy as np
 
-from entangle import construct, data
+from entangle import construct, data, store
 
 
 def _linear(size, classes):
@@ -56,12 +56,12 @@ def test_construction_resumes_from_its_chunks(tmp_path):
                                on_chunk=stop_after_two)
     except KeyboardInterrupt:
         pass
-    assert sorted(os.listdir(work)) == ["chunk-00000.npy", "chunk-00001.npy"]
+    assert sorted(os.listdir(work)) == ["chunk-00000.npz", "chunk-00001.npz"]
     resumed = []
     construct.build_chunks("neg_robust", model, ds, cfg, work, chunk_size=20, verbose=False,
                            on_chunk=resumed.append)
     assert resumed == [2]
     full = construct.construct_dataset("neg_robust", model, ds, cfg, workdir=str(tmp_path / "b"),
                                        chunk_size=20, verbose=False)
-    again = construct.assemble(work, str(tmp_path / "x.npy"), 50, (8, 8, 3))
+    again = store.assemble_chunks(work, "x", str(tmp_path / "x.npy"))
     np.testing.assert_array_equal(np.asarray(again), np.asarray(full.x))

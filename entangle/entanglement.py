@@ -1,0 +1,302 @@
+"""The entanglement experiment (Springer et al. 2021, section 4): Tables 1/2/5/6, Figures 3/4.
+
+``run_table(exp_cfg, table_cfg) -> TableResult`` plans every artifact the table needs (the
+generators of each R_eps, the classifiers of each row, the constructed sets), prints what the
+store already holds and an estimate of the rest, builds what is missing with progress and an
+ETA, and evaluates every cell. N processes running the same table on one store cooperate:
+each builds the next artifact that nobody holds (the store's locks), and all print the table.
+
+Which classifiers are evaluated: the classifier C' of a row is trained independently of the
+generator C_eps of a column (same hyperparameters, seed + ``evaluator_seed_offset``), as the
+paper's text for Figure 3 says ("C_0's features ... tend not to be shared by C'"). The robust
+row is, by default, the generator itself (``robust_row="generator"``): its R_{1/2} cell (86.5)
+equals its Test cell in Table 5. ``evaluate_generators=True`` evaluates the generators for
+every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from entangle import paper, pipeline
+from entangle.store import ArtifactBusy
+
+ROWS = ("standard", "robust", "zero_robust", "neg_robust")
+ROBUST_ROWS = ("generator", "independent")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableConfig:
+    eps: float = 0.5                                # the robust row's eps
+    columns: tuple[float, ...] = paper.PAPER_COLUMNS  # eps of each R_eps column
+    rows: tuple[str, ...] = ROWS
+    evaluate_generators: bool = False
+    robust_row: str = "generator"
+    evaluator_seed_offset: int = 1
+    poll: float = 5.0                               # seconds between looks when all is busy
+
+    def __post_init__(self):
+        if not self.eps > 0:
+            raise ValueError(f"eps (the robust row's) must be > 0; got {self.eps}")
+        if any(e < 0 or not math.isfinite(e) for e in self.columns):
+            raise ValueError(f"columns must be eps values >= 0; got {self.columns}")
+        bad = set(self.rows) - set(ROWS)
+        if bad or not self.rows:
+            raise ValueError(f"rows must be a non-empty subset of {ROWS}; got {self.rows}")
+        if self.robust_row not in ROBUST_ROWS:
+            raise ValueError(f"robust_row must be one of {ROBUST_ROWS}; got {self.robust_row!r}")
+        if self.evaluator_seed_offset < 1:
+            raise ValueError(f"evaluator_seed_offset must be >= 1; got "
+                             f"{self.evaluator_seed_offset}")
+
+
+@dataclasses.dataclass
+class PlanItem:
+    label: str
+    kind: str                           # store kind: models / datasets
+    key: str
+    deps: tuple[str, ...]               # keys that must exist first
+    build: Callable[[], object]
+    passes: float                       # estimated forward+backward image passes
+    present: bool = False
+
+
+@dataclasses.dataclass
+class TableResult:
+    dataset: str
+    rows: list[str]                     # row labels
+    columns: list[str]                  # "Test", "R_0", "R_1/16", ...
+    cells: dict                         # row label -> column label -> accuracy report
+    paper: dict                         # row label -> column label -> paper's % (or None)
+    chance: float
+    majority_rate: dict                 # column label -> majority-class rate of that set
+    median_relative_distance: dict      # column label -> median over its images
+    models: dict                        # row label -> store key of the evaluated classifier
+    built: list[str]                    # artifacts this process built
+    seconds: float
+    files: dict = dataclasses.field(default_factory=dict)
+
+
+class Table:
+    """The plan and evaluation of one table on one Experiment."""
+
+    def __init__(self, exp: pipeline.Experiment, cfg: TableConfig):
+        self.exp, self.cfg = exp, cfg
+        self._nowait = dataclasses.replace(exp.cfg.runtime, wait=False)
+
+    # -------------------------------------------------------------- who is evaluated
+    def row_model(self, row: str) -> tuple[str, float, int]:
+        """(kind, eps, seed offset) of the classifier evaluated in a row."""
+        if row == "robust":
+            own = self.cfg.evaluate_generators or self.cfg.robust_row == "generator"
+            return "robust", self.cfg.eps, 0 if own else self.cfg.evaluator_seed_offset
+        if row == "standard":
+            return "standard", 0.0, 0 if self.cfg.evaluate_generators else \
+                self.cfg.evaluator_seed_offset
+        return row, 0.0, 0
+
+    def row_label(self, row: str) -> str:
+        return f"robust (eps {self.cfg.eps:g})" if row == "robust" else row
+
+    # -------------------------------------------------------------- plan
+    def plan(self) -> list[PlanItem]:
+        exp, store = self.exp, self.exp.store
+        sp = exp.splits()
+        n_fit, n_test = len(sp.train), len(sp.test)
+        items: dict[str, PlanItem] = {}
+
+        def train_passes(kind, eps, n):
+            h = exp.cfg.hparams[kind]
+            return h.epochs * n * (2.0 + (h.attack_steps if eps > 0 else 0))
+
+        def add_model(kind, eps, offset=0):
+            key = exp.model_key(kind, eps, offset)
+            if key in items:
+                return key
+            label = exp.model_name(kind, eps) + (f" (seed +{offset})" if offset else "")
+            deps = ()
+            n = n_fit
+            if kind in ("zero_robust", "neg_robust"):
+                deps = (add_constructed(kind),)
+                n = n_fit * (10 if kind == "zero_robust" and
+                             exp.cfg.construct.targets == "all" else 1)
+            items[key] = PlanItem(label, "models", key, deps,
+                                  lambda: exp.model(kind, eps, offset, runtime=self._nowait),
+                                  train_passes(kind, eps, n))
+            return key
+
+        def add_constructed(kind):
+            key = exp.constructed_key(kind)
+            if key not in items:
+                src = add_model("standard", 0.0)
+                mult = 10 if kind == "zero_robust" and exp.cfg.construct.targets == "all" else 1
+                items[key] = PlanItem(f"{kind} set", "datasets", key, (src,),
+                                      lambda: exp.constructed(kind, runtime=self._nowait),
+                                      n_fit * mult * (exp.cfg.construct.steps + 1))
+            return key
+
+        columns = sorted(set(self.cfg.columns))
+        for eps in columns:
+            add_model(*exp.generator(eps))
+        for row in self.cfg.rows:
+            add_model(*self.row_model(row))
+        for eps in columns:
+            key = exp.robustified_key(eps)
+            gen = exp.model_key(*exp.generator(eps))
+            items[key] = PlanItem(f"R_{paper.eps_label(eps)}", "datasets", key, (gen,),
+                                  lambda eps=eps: exp.robustified(eps, runtime=self._nowait),
+                                  n_test * (exp.cfg.robustify.steps + 3))
+        plan = list(items.values())
+        for it in plan:
+            it.present = store.has(it.kind, it.key)
+        return plan
+
+    def describe(self, plan: list[PlanItem], rate: float) -> str:
+        todo = [it for it in plan if not it.present]
+        lines = [f"Plan: {len(plan)} artifacts, {len(plan) - len(todo)} in the store "
+                 f"({self.exp.store.root}), {len(todo)} to build"]
+        for it in plan:
+            state = "stored" if it.present else f"build, ~{_fmt(it.passes / rate)}"
+            lines.append(f"  {it.label:<28} {state:<18} {it.key}")
+        if todo:
+            lines.append(f"Estimated time for this process alone: "
+                         f"{_fmt(sum(it.passes for it in todo) / rate)} (refined as it runs)")
+        return "\n".join(lines)
+
+    # -------------------------------------------------------------- build
+    def build(self, plan: list[PlanItem], rate: float, log=print) -> list[str]:
+        """Builds every missing item; with other processes, takes what nobody holds."""
+        store = self.exp.store
+        pending = [it for it in plan if not it.present]
+        total = sum(it.passes for it in pending) or 1.0
+        built, done_passes, spent, waiting_since = [], 0.0, 0.0, None
+        while pending:
+            progressed = False
+            for it in list(pending):
+                if store.has(it.kind, it.key):
+                    pending.remove(it)
+                    done_passes += it.passes
+                    progressed = True
+                    continue
+                if not all(store.has("models", d) or store.has("datasets", d) for d in it.deps):
+                    continue
+                start = time.time()
+                try:
+                    it.build()
+                except ArtifactBusy:
+                    continue
+                took = time.time() - start
+                pending.remove(it)
+                built.append(it.key)
+                done_passes += it.passes
+                spent += took
+                rate = (0.5 * rate + 0.5 * (sum(p.passes for p in plan if p.key in built)
+                                            / max(spent, 1e-9)))
+                left = sum(p.passes for p in pending) / rate
+                log(f"[table] {len(plan) - len(pending)}/{len(plan)} built {it.label} in "
+                    f"{_fmt(took)}; {100 * done_passes / total:.0f}% of the work, ETA "
+                    f"{_fmt(left)}")
+                progressed = True
+                waiting_since = None
+                break
+            if pending and not progressed:
+                if waiting_since is None:
+                    waiting_since = time.time()
+                    log(f"[table] {len(pending)} artifacts are being built by other "
+                        f"processes; waiting")
+                time.sleep(self.cfg.poll)
+        return built
+
+    # -------------------------------------------------------------- evaluate
+    def evaluate(self) -> tuple[dict, dict, dict, dict]:
+        exp = self.exp
+        test = exp.splits().test
+        sets = {"Test": test}
+        rel = {}
+        for eps in self.cfg.columns:
+            ds, extra = exp.robustified(eps)
+            label = f"R_{paper.eps_label(eps)}"
+            sets[label] = ds
+            rel[label] = float(np.median(extra["relative_distance"]))
+        cells, keys = {}, {}
+        for row in self.cfg.rows:
+            trained = exp.model(*self.row_model(row))
+            keys[self.row_label(row)] = trained.key
+            cells[self.row_label(row)] = {name: exp.accuracy_on(trained, ds, name)
+                                          for name, ds in sets.items()}
+            del trained
+        majority = {name: float(np.bincount(ds.y).max() / len(ds.y)) for name, ds in sets.items()}
+        return cells, keys, majority, rel
+
+
+def _fmt(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def default_rate(exp: pipeline.Experiment) -> float:
+    """A first guess of forward+backward image passes per second (refined while running):
+    ~600/s for ResNet20v2 at 32 px on a 2-core CPU, scaled by depth, width and image area."""
+    h = exp.cfg.hparams["standard"]
+    try:
+        depth = int(h.arch[6:-2])
+    except ValueError:
+        depth = 56
+    size = exp.splits().train.image_shape[0]
+    return 600.0 * (20 / depth) * (16 / h.width) ** 2 * (32 / size) ** 2
+
+
+def run_table(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
+              results_dir: str | None = None, title: str = "Table",
+              log: Callable[[str], None] = print) -> TableResult:
+    """Plans, builds (cooperating with other processes on the store) and evaluates a table;
+    with ``results_dir``, writes it there as Markdown, CSV, JSON and PNG."""
+    start = time.time()
+    exp = pipeline.Experiment(exp_cfg)
+    table = Table(exp, cfg)
+    plan = table.plan()
+    rate = default_rate(exp)
+    log(table.describe(plan, rate))
+    built = table.build(plan, rate, log)
+    cells, keys, majority, rel = table.evaluate()
+    dataset = exp_cfg.data.dataset
+    ref = paper.reference(dataset) or {}
+    columns = list(next(iter(cells.values())).keys())
+    col_eps = {"Test": None, **{f"R_{paper.eps_label(e)}": e for e in cfg.columns}}
+    paper_cells = {}
+    for row in cfg.rows:
+        kind, eps, _ = table.row_model(row)
+        same_row = row != "robust" or eps == paper.ROBUST_ROW_EPS.get(
+            "imagenet9" if dataset == "imagenet9" else "cifar10")
+        paper_cells[table.row_label(row)] = {
+            c: (ref.get(row, {}).get(_match(col_eps[c], ref.get(row, {})))
+                if same_row and ref else None) for c in columns}
+    result = TableResult(dataset=dataset, rows=[table.row_label(r) for r in cfg.rows],
+                         columns=columns, cells=cells, paper=paper_cells,
+                         chance=1.0 / exp.splits().test.num_classes, majority_rate=majority,
+                         median_relative_distance=rel, models=keys, built=built,
+                         seconds=time.time() - start)
+    if results_dir:
+        from entangle import report
+
+        result.files = report.write_table(result, results_dir, title)
+    return result
+
+
+def _match(eps, row: dict):
+    """The paper's column for an eps (exact up to float noise), or a key that is absent."""
+    if eps is None:
+        return None
+    for k in row:
+        if k is not None and abs(k - eps) < 1e-9:
+            return k
+    return "absent"

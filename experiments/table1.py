@@ -1,0 +1,54 @@
+"""Table 1 (and with --columns=extended, Table 5): classifiers on robustified CIFAR-10.
+
+    python -m experiments.table1 --eps=0.5 --flagfile=flags/cifar10_quick.cfg   # quick, offline
+    python -m experiments.table1 --data_dir=/data/tfds                          # paper scale
+"""
+
+from experiments.common import configure_environment
+
+configure_environment()
+
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+
+import flags as entangle_flags  # noqa: E402
+from entangle import data, entanglement, train  # noqa: E402
+from experiments import common  # noqa: E402
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+NAME, DEFAULT_FLAGFILE, TITLE = "table1", "cifar10_paper.cfg", "Table 1 (CIFAR-10)"
+QUICK = ("Without prepared data, run the quick scale on an image folder instead, e.g.\n"
+         "  python -m experiments.table1 --eps=0.5 --flagfile=flags/cifar10_quick.cfg\n"
+         "or the synthetic smoke scale, which needs no files:\n"
+         "  python -m experiments.table1 --flagfile=flags/smoke.cfg")
+
+
+def main(argv, name=NAME, title=TITLE, quick=QUICK):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        train.get_strategy(FLAGS.strategy)  # first: multi-worker must precede TF's start-up
+        exp_cfg = entangle_flags.experiment_config(FLAGS)
+        table_cfg = entangle_flags.table_config(FLAGS)
+        label = title + (" extended" if FLAGS.columns == "extended" else "")
+        result = entanglement.run_table(exp_cfg, table_cfg,
+                                        results_dir=common.results_dir(FLAGS, name),
+                                        title=label, log=print if not FLAGS.quiet else
+                                        (lambda m: None))
+    except data.DatasetUnavailableError as e:
+        common.fail(str(e), quick)
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e))
+    from entangle import report
+
+    print()
+    print(report.table_markdown(result, label))
+    print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
+          + ", ".join(result.files.values()))
+
+
+if __name__ == "__main__":
+    app.run(main, argv=common.with_default_flagfile(sys.argv, DEFAULT_FLAGFILE),
+            flags_parser=entangle_flags.parse_flags)
