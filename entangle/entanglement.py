@@ -46,8 +46,8 @@ class TableConfig:
         if any(e < 0 or not math.isfinite(e) for e in self.columns):
             raise ValueError(f"columns must be eps values >= 0; got {self.columns}")
         bad = set(self.rows) - set(ROWS)
-        if bad or not self.rows:
-            raise ValueError(f"rows must be a non-empty subset of {ROWS}; got {self.rows}")
+        if bad:
+            raise ValueError(f"rows must be a subset of {ROWS}; got {self.rows}")
         if self.robust_row not in ROBUST_ROWS:
             raise ValueError(f"robust_row must be one of {ROBUST_ROWS}; got {self.robust_row!r}")
         if self.evaluator_seed_offset < 1:
@@ -104,7 +104,7 @@ class Table:
         return f"robust (eps {self.cfg.eps:g})" if row == "robust" else row
 
     # -------------------------------------------------------------- plan
-    def plan(self) -> list[PlanItem]:
+    def plan(self, robustified: bool = True) -> list[PlanItem]:
         exp, store = self.exp, self.exp.store
         sp = exp.splits()
         n_fit, n_test = len(sp.train), len(sp.test)
@@ -145,7 +145,7 @@ class Table:
             add_model(*exp.generator(eps))
         for row in self.cfg.rows:
             add_model(*self.row_model(row))
-        for eps in columns:
+        for eps in columns if robustified else ():
             key = exp.robustified_key(eps)
             gen = exp.model_key(*exp.generator(eps))
             items[key] = PlanItem(f"R_{paper.eps_label(eps)}", "datasets", key, (gen,),
@@ -300,3 +300,119 @@ def _match(eps, row: dict):
         if k is not None and abs(k - eps) < 1e-9:
             return k
     return "absent"
+
+
+def _prepare(exp_cfg, cfg: TableConfig, robustified: bool, log) -> tuple[Table, list[str]]:
+    exp = pipeline.Experiment(exp_cfg)
+    table = Table(exp, cfg)
+    plan = table.plan(robustified)
+    rate = default_rate(exp)
+    log(table.describe(plan, rate))
+    return table, table.build(plan, rate, log)
+
+
+@dataclasses.dataclass
+class CurveResult:
+    """Accuracy against eps (Figures 3/4/7/10): one series per name, eps -> accuracy report."""
+
+    dataset: str
+    series: dict
+    paper: dict                         # eps -> the paper's % (or empty)
+    chance: float
+    built: list[str]
+    files: dict = dataclasses.field(default_factory=dict)
+
+
+def _write_curve(result: CurveResult, results_dir: str | None, title: str, ylabel: str):
+    if not results_dir:
+        return
+    import csv
+    import os
+
+    from entangle import report
+    from entangle.store import atomic_file
+
+    os.makedirs(results_dir, exist_ok=True)
+    files = {"png": os.path.join(results_dir, "figure.png"),
+             "csv": os.path.join(results_dir, "figure.csv")}
+    report.plot_vs_eps({k: {e: r["accuracy"] for e, r in v.items()}
+                        for k, v in result.series.items()}, files["png"], title, ylabel,
+                       chance=result.chance, paper=result.paper)
+    with atomic_file(files["csv"], "w") as f:
+        w = csv.writer(f)
+        w.writerow(["series", "eps", "accuracy", "balanced_accuracy", "majority_rate", "n",
+                    "paper_accuracy_percent"])
+        for name, values in result.series.items():
+            for e, r in sorted(values.items()):
+                w.writerow([name, e, r["accuracy"], r["balanced_accuracy"], r["majority_rate"],
+                            r["n"], result.paper.get(e)])
+    result.files = files
+
+
+def run_figure3(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
+                results_dir: str | None = None, log: Callable[[str], None] = print
+                ) -> CurveResult:
+    """Figure 3 (7 on ImageNet-9): the standard classifier's accuracy on every R_eps."""
+    cfg = dataclasses.replace(cfg, rows=("standard",))
+    table, built = _prepare(exp_cfg, cfg, True, log)
+    exp = table.exp
+    trained = exp.model(*table.row_model("standard"))
+    series = {"standard on R_eps": {eps: exp.accuracy_on(trained, exp.robustified(eps)[0],
+                                                         f"R_{paper.eps_label(eps)}")
+                                    for eps in cfg.columns}}
+    ref = (paper.reference(exp_cfg.data.dataset) or {}).get("standard", {})
+    result = CurveResult(exp_cfg.data.dataset, series,
+                         {e: v for e, v in ref.items() if e is not None},
+                         1.0 / exp.splits().test.num_classes, built)
+    _write_curve(result, results_dir, "Standard classifier on robustified test sets R_eps",
+                 "accuracy on R_eps (%)")
+    return result
+
+
+def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
+                results_dir: str | None = None, log: Callable[[str], None] = print
+                ) -> CurveResult:
+    """Figure 4 (10 on ImageNet-9): each eps-robust classifier on the original test set
+    (eps 0: the standard model); the store's generators, nothing robustified."""
+    cfg = dataclasses.replace(cfg, rows=())
+    table, built = _prepare(exp_cfg, cfg, False, log)
+    exp = table.exp
+    test = exp.splits().test
+    series = {"eps-robust on test": {}}
+    for eps in cfg.columns:
+        trained = exp.model(*exp.generator(eps))
+        series["eps-robust on test"][eps] = exp.accuracy_on(trained, test, "Test")
+        del trained
+    result = CurveResult(exp_cfg.data.dataset, series, {}, 1.0 / test.num_classes, built)
+    _write_curve(result, results_dir, "eps-robust classifiers on the original test set",
+                 "test accuracy (%)")
+    return result
+
+
+def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
+                results_dir: str | None = None, num_images: int = 8,
+                log: Callable[[str], None] = print) -> dict:
+    """Figures 2/11/12: seed images x0, their robustifications for each eps, the originals."""
+    import os
+
+    from entangle import report
+
+    cfg = dataclasses.replace(cfg, rows=())
+    table, _ = _prepare(exp_cfg, cfg, True, log)
+    exp = table.exp
+    test = exp.splits().test
+    pick = np.arange(min(num_images, len(test)))
+    seeds = None
+    rows = {}
+    for eps in sorted(cfg.columns):
+        ds, extra = exp.robustified(eps)
+        seeds = extra["seeds"]
+        rows[f"R_{paper.eps_label(eps)}"] = np.asarray(ds.x[pick], np.float32)
+    grid = {"seed x0": test.float_images()[seeds[pick]], **rows,
+            "original x": test.float_images()[pick]}
+    path = os.path.join(results_dir or ".", "figure2.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    report.image_grid(grid, path, "Robustified images: each column starts from the seed on "
+                      "top and matches the representation of the original at the bottom",
+                      class_names=test.class_names, labels=test.y[pick])
+    return {"png": path}

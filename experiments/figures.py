@@ -1,0 +1,45 @@
+"""Shared main of the figure binaries (figure2, figure3, figure4)."""
+
+import sys
+
+from absl import app
+
+import flags as entangle_flags
+from entangle import data, entanglement, train
+from experiments import common
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+RUNNERS = {"figure2": entanglement.run_figure2, "figure3": entanglement.run_figure3,
+           "figure4": entanglement.run_figure4}
+
+
+def main(argv, name):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        train.get_strategy(FLAGS.strategy)
+        exp_cfg = entangle_flags.experiment_config(FLAGS)
+        table_cfg = entangle_flags.table_config(FLAGS)
+        out = common.results_dir(FLAGS, name)
+        result = RUNNERS[name](exp_cfg, table_cfg, results_dir=out,
+                               log=print if not FLAGS.quiet else (lambda m: None))
+    except data.DatasetUnavailableError as e:
+        common.fail(str(e), "Try the quick scale: --flagfile=flags/cifar10_quick.cfg")
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e))
+    files = result if isinstance(result, dict) else result.files
+    if not isinstance(result, dict):
+        for series, values in result.series.items():
+            print(f"\n{series}:")
+            for eps, rep in sorted(values.items()):
+                ref = result.paper.get(eps)
+                print(f"  eps {eps:<8g} {100 * rep['accuracy']:5.1f} %"
+                      + (f"   (paper {ref:g} %)" if ref is not None else ""))
+    print("\nfiles: " + ", ".join(files.values()))
+
+
+def run(name):
+    default = "imagenet9_paper.cfg" if "--dataset=imagenet9" in sys.argv else "cifar10_paper.cfg"
+    app.run(lambda argv: main(argv, name), argv=common.with_default_flagfile(sys.argv, default),
+            flags_parser=entangle_flags.parse_flags)
