@@ -11,29 +11,15 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common import timed  # sets TensorFlow's environment first
 
-import argparse
-import statistics
-import time
+import argparse  # noqa: E402
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from entangle import attacks, data, models
-
-
-def timed(fn, repeats):
-    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up call."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def train_briefly(model, ds, steps, batch):

@@ -80,6 +80,7 @@ class TableResult:
     built: list[str]                    # artifacts this process built
     seconds: float
     files: dict = dataclasses.field(default_factory=dict)
+    findings: list = dataclasses.field(default_factory=list)
 
 
 class Table:
@@ -192,8 +193,11 @@ class Table:
                     continue
                 took = time.time() - start
                 pending.remove(it)
-                built.append(it.key)
                 done_passes += it.passes
+                if not _built_here(store, it):  # finished by another process meanwhile
+                    progressed = True
+                    break
+                built.append(it.key)
                 spent += took
                 rate = (0.5 * rate + 0.5 * (sum(p.passes for p in plan if p.key in built)
                                             / max(spent, 1e-9)))
@@ -232,6 +236,12 @@ class Table:
             del trained
         majority = {name: float(np.bincount(ds.y).max() / len(ds.y)) for name, ds in sets.items()}
         return cells, keys, majority, rel
+
+
+def _built_here(store, item: PlanItem) -> bool:
+    from entangle.store import builder_id
+
+    return store.manifest(item.kind, item.key).get("built_by") == builder_id()
 
 
 def _fmt(seconds: float) -> str:
@@ -285,6 +295,7 @@ def run_table(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
                          chance=1.0 / exp.splits().test.num_classes, majority_rate=majority,
                          median_relative_distance=rel, models=keys, built=built,
                          seconds=time.time() - start)
+    result.findings = findings(result)
     if results_dir:
         from entangle import report
 
@@ -416,3 +427,74 @@ def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
                       "top and matches the representation of the original at the bottom",
                       class_names=test.class_names, labels=test.y[pick])
     return {"png": path}
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a binomial proportion p observed over n trials."""
+    if n == 0:
+        return float("nan"), float("nan")
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+def findings(result: TableResult) -> list[dict]:
+    """The paper's four qualitative findings (section 4), checked on a measured table.
+
+    (a) the standard classifier does better on R_eps for some small eps > 0 (<= 1/4) than on
+    R_0; (b) the robust classifier is near chance on R_0 (below chance + 10 points) and clearly
+    higher (+10 points) on R_{its eps}; (c) the zero-robust classifier is above chance on every
+    R_eps (95 % Wilson lower bound); (d) the neg-robust classifier is above chance on the test
+    set (same bound). A finding whose rows or columns are absent is not reported.
+    """
+    out = []
+
+    def acc(row, col):
+        return result.cells[row][col]["accuracy"]
+
+    def lower(row, col):
+        rep = result.cells[row][col]
+        return wilson_interval(rep["accuracy"], rep["n"])[0]
+
+    cols = {c: e for c in result.columns if c.startswith("R_")
+            for e in [_col_eps(c)]}
+    robust = next((r for r in result.rows if r.startswith("robust")), None)
+    if "standard" in result.rows and "R_0" in cols:
+        small = [c for c, e in cols.items() if 0 < e <= 0.25]
+        best = max(small, key=lambda c: acc("standard", c)) if small else None
+        out.append({"finding": "a", "text": "standard does better on R_eps (small eps > 0) "
+                    "than on R_0", "held": bool(best and acc("standard", best) >
+                                                acc("standard", "R_0")),
+                    "detail": f"R_0 {100 * acc('standard', 'R_0'):.1f} %, best small "
+                    f"{best} {100 * acc('standard', best):.1f} %" if best else "no column"})
+    if robust and "R_0" in cols:
+        own = next((c for c, e in cols.items() if e > 0 and abs(
+            e - float(robust.split("eps ")[1].rstrip(")"))) < 1e-9), None)
+        if own:
+            r0, rown = acc(robust, "R_0"), acc(robust, own)
+            out.append({"finding": "b", "text": "robust is near chance on R_0 and high on "
+                        "R_{its eps}", "held": r0 < result.chance + 0.1 and rown > r0 + 0.1,
+                        "detail": f"R_0 {100 * r0:.1f} %, {own} {100 * rown:.1f} %, chance "
+                        f"{100 * result.chance:.1f} %"})
+    if "zero_robust" in result.rows and cols:
+        lows = {c: lower("zero_robust", c) for c in cols}
+        out.append({"finding": "c", "text": "zero-robust is above chance on every R_eps",
+                    "held": all(v > result.chance for v in lows.values()),
+                    "detail": "95 % lower bounds " + ", ".join(
+                        f"{c} {100 * v:.1f}" for c, v in lows.items()) + " %"})
+    if "neg_robust" in result.rows:
+        lo = lower("neg_robust", "Test")
+        out.append({"finding": "d", "text": "neg-robust is above chance on the test set",
+                    "held": lo > result.chance,
+                    "detail": f"{100 * acc('neg_robust', 'Test'):.1f} %, 95 % interval from "
+                    f"{100 * lo:.1f} %, chance {100 * result.chance:.1f} %"})
+    return out
+
+
+def _col_eps(label: str) -> float:
+    text = label[2:]
+    if "/" in text:
+        num, den = text.split("/")
+        return float(num) / float(den)
+    return float(text)

@@ -246,7 +246,7 @@ class Experiment:
         start = time.time()
         partial = self.store.partial_path(DATASET_KIND, key)
         batch = self.cfg.runtime.eval_batch_size
-        metrics, built = {}, {}
+        metrics = {}
         with self.store.writing(DATASET_KIND, key, {"construct": ccfg.key_fields(kind),
                                                     "kind": kind, "source": source.key,
                                                     "validation": self.cfg.data.validation},

@@ -43,6 +43,12 @@ def table_markdown(result, title: str) -> str:
         lines.append("Median relative representation distance of each R_eps "
                      "(||rep(x_r) - rep(x)|| / ||rep(x0) - rep(x)||): " + ", ".join(
                          f"{k} {v:.3f}" for k, v in result.median_relative_distance.items()) + ".")
+    if getattr(result, "findings", None):
+        lines.append("")
+        lines.append("The paper's findings on this table:")
+        for f in result.findings:
+            lines.append(f"- ({f['finding']}) {f['text']}: "
+                         f"{'held' if f['held'] else 'did NOT hold'} ({f['detail']})")
     return "\n".join(lines)
 
 
@@ -78,6 +84,18 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, ax, path: str, title: str, ylabel: str) -> None:
+    """Percent axis, title, legend; saved atomically as PNG."""
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
 def plot_table(result, path: str, title: str) -> None:
     """Accuracy vs column (Test, R_0, R_eps...), one line per classifier, chance dashed."""
     plt = _plt()
@@ -88,14 +106,7 @@ def plot_table(result, path: str, title: str) -> None:
                 label=row)
     ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(x, result.columns)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title, "accuracy (%)")
 
 
 def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float | None = None,
@@ -125,14 +136,7 @@ def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float 
     ax.minorticks_off()
     ax.axvline(zero_at * 1.6, color="lightgrey", lw=0.8)  # break between eps = 0 and the rest
     ax.set_xlabel("ε (log scale; 0 at the left)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title, ylabel)
 
 
 def _eps_tick(e: float) -> str:

@@ -64,24 +64,6 @@ def test_table1_smoke_writes_every_file_with_every_cell(smoke_table):
     assert data["models"]["standard"] in gens and len(gens) == 2
 
 
-def test_robustified_sets_keep_the_robust_pattern_of_their_target(smoke_table):
-    """Planted ground truth: R_1 (w.r.t. the eps-1 robust model) carries the class's robust
-    pattern A of the image it matches, not that of its seed."""
-    from entangle import data
-
-    work, _ = smoke_table
-    cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=640, test_size=128)
-    patterns = data.planted_patterns(cfg)["A"].reshape(4, -1)
-    test = data.make_planted("test", cfg)
-    rdir = [d for d in glob.glob(str(work / "datasets" / "R1-*")) if not d.endswith(".partial")]
-    x = np.load(os.path.join(rdir[0], "x.npy")).astype(np.float32).reshape(len(test), -1)
-    seeds = np.load(os.path.join(rdir[0], "seeds.npy"))
-    centred = x - x.mean(1, keepdims=True)
-    agree = np.mean(np.argmax(centred @ patterns.T, 1) == test.y)
-    agree_seed = np.mean(test.y[seeds] == test.y)
-    assert agree > 0.6 and agree > agree_seed + 0.3, (agree, agree_seed)
-
-
 def test_second_run_reuses_every_artifact(smoke_table):
     work, out = smoke_table
     again = _run(work)
@@ -157,3 +139,27 @@ def test_table2_on_mock_imagenet(tmp_path):
                for c in r.values())
     assert result.paper["standard"]["Test"] == 94.8
     assert os.path.exists(result.files["png"])
+
+
+def _cell(acc, n=500):
+    return {"accuracy": acc, "balanced_accuracy": acc, "majority_rate": 0.1, "n": n}
+
+
+def test_findings_on_a_hand_made_table():
+    from entangle import entanglement
+
+    cols = ["Test", "R_0", "R_1/16", "R_1/2"]
+    cells = {
+        "standard": dict(zip(cols, map(_cell, (0.9, 0.5, 0.7, 0.6)))),
+        "robust (eps 0.5)": dict(zip(cols, map(_cell, (0.8, 0.12, 0.2, 0.8)))),
+        "zero_robust": dict(zip(cols, map(_cell, (0.3, 0.2, 0.2, 0.12)))),  # 12 %: CI hits 10
+        "neg_robust": dict(zip(cols, map(_cell, (0.2, 0.2, 0.1, 0.1)))),
+    }
+    result = entanglement.TableResult(
+        dataset="x", rows=list(cells), columns=cols, cells=cells, paper={}, chance=0.1,
+        majority_rate={c: 0.1 for c in cols}, median_relative_distance={}, models={},
+        built=[], seconds=0)
+    got = {f["finding"]: f["held"] for f in entanglement.findings(result)}
+    assert got == {"a": True, "b": True, "c": False, "d": True}
+    lo, hi = entanglement.wilson_interval(0.12, 500)
+    assert lo < 0.1 < 0.12 < hi
