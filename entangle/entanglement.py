@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from entangle import paper, pipeline
-from entangle.store import ArtifactBusy
+from entangle import plan as plan_lib
+from entangle.plan import PlanItem
 
 ROWS = ("standard", "robust", "zero_robust", "neg_robust")
 ROBUST_ROWS = ("generator", "independent")
@@ -53,17 +54,6 @@ class TableConfig:
         if self.evaluator_seed_offset < 1:
             raise ValueError(f"evaluator_seed_offset must be >= 1; got "
                              f"{self.evaluator_seed_offset}")
-
-
-@dataclasses.dataclass
-class PlanItem:
-    label: str
-    kind: str                           # store kind: models / datasets
-    key: str
-    deps: tuple[str, ...]               # keys that must exist first
-    build: Callable[[], object]
-    passes: float                       # estimated forward+backward image passes
-    present: bool = False
 
 
 @dataclasses.dataclass
@@ -152,69 +142,7 @@ class Table:
             items[key] = PlanItem(f"R_{paper.eps_label(eps)}", "datasets", key, (gen,),
                                   lambda eps=eps: exp.robustified(eps, runtime=self._nowait),
                                   n_test * (exp.cfg.robustify.steps + 3))
-        plan = list(items.values())
-        for it in plan:
-            it.present = store.has(it.kind, it.key)
-        return plan
-
-    def describe(self, plan: list[PlanItem], rate: float) -> str:
-        todo = [it for it in plan if not it.present]
-        lines = [f"Plan: {len(plan)} artifacts, {len(plan) - len(todo)} in the store "
-                 f"({self.exp.store.root}), {len(todo)} to build"]
-        for it in plan:
-            state = "stored" if it.present else f"build, ~{_fmt(it.passes / rate)}"
-            lines.append(f"  {it.label:<28} {state:<18} {it.key}")
-        if todo:
-            lines.append(f"Estimated time for this process alone: "
-                         f"{_fmt(sum(it.passes for it in todo) / rate)} (refined as it runs)")
-        return "\n".join(lines)
-
-    # -------------------------------------------------------------- build
-    def build(self, plan: list[PlanItem], rate: float, log=print) -> list[str]:
-        """Builds every missing item; with other processes, takes what nobody holds."""
-        store = self.exp.store
-        pending = [it for it in plan if not it.present]
-        total = sum(it.passes for it in pending) or 1.0
-        built, done_passes, spent, waiting_since = [], 0.0, 0.0, None
-        while pending:
-            progressed = False
-            for it in list(pending):
-                if store.has(it.kind, it.key):
-                    pending.remove(it)
-                    done_passes += it.passes
-                    progressed = True
-                    continue
-                if not all(store.has("models", d) or store.has("datasets", d) for d in it.deps):
-                    continue
-                start = time.time()
-                try:
-                    it.build()
-                except ArtifactBusy:
-                    continue
-                took = time.time() - start
-                pending.remove(it)
-                done_passes += it.passes
-                if not _built_here(store, it):  # finished by another process meanwhile
-                    progressed = True
-                    break
-                built.append(it.key)
-                spent += took
-                rate = (0.5 * rate + 0.5 * (sum(p.passes for p in plan if p.key in built)
-                                            / max(spent, 1e-9)))
-                left = sum(p.passes for p in pending) / rate
-                log(f"[table] {len(plan) - len(pending)}/{len(plan)} built {it.label} in "
-                    f"{_fmt(took)}; {100 * done_passes / total:.0f}% of the work, ETA "
-                    f"{_fmt(left)}")
-                progressed = True
-                waiting_since = None
-                break
-            if pending and not progressed:
-                if waiting_since is None:
-                    waiting_since = time.time()
-                    log(f"[table] {len(pending)} artifacts are being built by other "
-                        f"processes; waiting")
-                time.sleep(self.cfg.poll)
-        return built
+        return plan_lib.mark_present(store, list(items.values()))
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self) -> tuple[dict, dict, dict, dict]:
@@ -236,21 +164,6 @@ class Table:
             del trained
         majority = {name: float(np.bincount(ds.y).max() / len(ds.y)) for name, ds in sets.items()}
         return cells, keys, majority, rel
-
-
-def _built_here(store, item: PlanItem) -> bool:
-    from entangle.store import builder_id
-
-    return store.manifest(item.kind, item.key).get("built_by") == builder_id()
-
-
-def _fmt(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def default_rate(exp: pipeline.Experiment) -> float:
@@ -275,8 +188,8 @@ def run_table(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
     table = Table(exp, cfg)
     plan = table.plan()
     rate = default_rate(exp)
-    log(table.describe(plan, rate))
-    built = table.build(plan, rate, log)
+    log(plan_lib.describe(exp.store, plan, rate))
+    built = plan_lib.build(exp.store, plan, rate, log, cfg.poll, "table")
     cells, keys, majority, rel = table.evaluate()
     dataset = exp_cfg.data.dataset
     ref = paper.reference(dataset) or {}
@@ -318,8 +231,8 @@ def _prepare(exp_cfg, cfg: TableConfig, robustified: bool, log) -> tuple[Table, 
     table = Table(exp, cfg)
     plan = table.plan(robustified)
     rate = default_rate(exp)
-    log(table.describe(plan, rate))
-    return table, table.build(plan, rate, log)
+    log(plan_lib.describe(exp.store, plan, rate))
+    return table, plan_lib.build(exp.store, plan, rate, log, cfg.poll, "table")
 
 
 @dataclasses.dataclass

@@ -147,6 +147,12 @@ _VICTIMS = {
     "xception": ("Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 VICTIMS = tuple(_VICTIMS)
+# Batch-norm momentum of victims built without pretrained weights. keras.applications uses
+# 0.99 (MobileNetV2: 0.999); from scratch, a few hundred steps leave those moving averages near
+# their initial values (0.999^234 = 0.79), so inference-mode accuracy sits at chance.
+SCRATCH_BN_MOMENTUM = 0.9
+# Bump when a change here alters a victim built from the same arguments (part of its key).
+VICTIM_VERSION = 2
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -192,6 +198,17 @@ def _keras_cache_dir() -> str:
                                                                   ".keras")), "models")
 
 
+def require_imagenet_weights(name: str) -> None:
+    """Fails fast (WeightsUnavailableError naming the file) unless a victim's ImageNet weights
+    are in the Keras cache or can be downloaded now; called before any work is planned."""
+    key = name.lower()
+    if key not in _VICTIMS:
+        raise ValueError(f"unknown victim {name!r}; choose one of {', '.join(VICTIMS)}")
+    if os.path.exists(os.path.join(_keras_cache_dir(), _VICTIMS[key][3])):
+        return
+    victim(key, (max(32, _VICTIMS[key][2]),) * 2 + (3,), 2, weights="imagenet")
+
+
 def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
            weights: str | None = "imagenet", *, resize_to: int | None = None) -> keras.Model:
     """A keras.applications backbone (include_top=False) + average pooling + Dense logits.
@@ -199,6 +216,7 @@ def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int
     The model takes [0, 1] images at ``input_shape``, resizes them inside the model to the
     architecture's minimum (InceptionV3 75 px, Xception 71 px) or to ``resize_to``, and applies
     that architecture's own preprocessing, so attacks live in the dataset's input space.
+    Without pretrained weights, batch norm uses momentum ``SCRATCH_BN_MOMENTUM`` (a choice).
     """
     key = name.lower()
     if key not in _VICTIMS:
@@ -229,6 +247,10 @@ def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int
             f"{fname!r} in the Keras cache directory {_keras_cache_dir()!r} "
             f"($KERAS_HOME/models), or build the victim with weights=None, which works "
             f"offline. Original error: {msg}") from e
+    if weights is None:
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
     x = backbone(x)
     rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
     logits = layers.Dense(num_classes, name=LOGITS_LAYER, dtype="float32")(rep)

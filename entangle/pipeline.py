@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 
-from entangle import attacks, construct, data, robustify, train
+from entangle import attacks, construct, data, models, robustify, train
 from entangle import store as store_lib
 from entangle.store import Store, fingerprint_arrays
 
 KINDS = ("standard", "robust", "zero_robust", "neg_robust")
 VALIDATION_SOURCES = ("constructed", "clean")
 DATASET_KIND = "datasets"
+PREDICTIONS_KIND = "predictions"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +202,46 @@ class Experiment:
                                       name=self.model_name(kind, eps),
                                       runtime=runtime or self.cfg.runtime,
                                       data_key=self._model_data_key(kind, cfg))
+
+    def victim_config(self, name: str) -> train.TrainConfig:
+        """Table 3's victim hyperparameters with ``name`` as the arch: ``hparams["victim:NAME"]``
+        where given (per-victim overrides), else ``hparams["victim"]``."""
+        if name not in models.VICTIMS:
+            raise ValueError(f"victim must be one of {', '.join(models.VICTIMS)}; got {name!r}")
+        cfg = self.cfg.hparams.get(f"victim:{name}", self.cfg.hparams.get("victim"))
+        if cfg is None:
+            raise ValueError("hparams has no 'victim' entry (Table 3's victim hyperparameters)")
+        return dataclasses.replace(cfg, arch=name, eps=0.0)
+
+    def victim_key(self, name: str) -> str:
+        cfg = self.victim_config(name)
+        return train.model_key(self.store, cfg, self._model_data_key("victim", cfg),
+                               self.splits().train.num_classes, name)
+
+    def victim(self, name: str, runtime: train.RuntimeOptions | None = None
+               ) -> train.TrainedModel:
+        """A keras.applications victim fine-tuned (or trained from scratch: ``pretrained``
+        False) on the training split, from the store or trained now."""
+        cfg = self.victim_config(name)
+        sp = self.splits()
+        fit, val = (sp.fit_part(), sp.val_part()) if cfg.early_stopping else (sp.train, None)
+        return train.train_classifier(cfg, fit, val, self.store, name=name,
+                                      runtime=runtime or self.cfg.runtime,
+                                      data_key=self._model_data_key("victim", cfg))
+
+    def predictions(self, trained: train.TrainedModel, ds: data.Dataset, name: str
+                    ) -> np.ndarray:
+        """A model's predicted classes on a named set (cached in the store as .npy)."""
+        config = {"model": trained.key, "set": name,
+                  "data": fingerprint_arrays(np.asarray(ds.x), ds.y)}
+        key = self.store.key("pred", config)
+        path = os.path.join(self.store.path(PREDICTIONS_KIND, key), "predictions.npy")
+        if self.store.has(PREDICTIONS_KIND, key):
+            return np.load(path)
+        pred = train.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
+        with self.store.writing(PREDICTIONS_KIND, key, config) as d:
+            np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
+        return pred
 
     def constructed_key(self, kind: str) -> str:
         ccfg = self.cfg.construct

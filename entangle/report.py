@@ -84,10 +84,11 @@ def _plt():
     return plt
 
 
-def _finish(plt, fig, ax, path: str, title: str, ylabel: str) -> None:
-    """Percent axis, title, legend; saved atomically as PNG."""
+def _finish(plt, fig, ax, path: str, title: str, ylabel: str, top: float | None = 100) -> None:
+    """Percent axis (0 to ``top``; None: fitted to the data), title, legend; saved atomically
+    as PNG."""
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, top)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -110,7 +111,7 @@ def plot_table(result, path: str, title: str) -> None:
 
 
 def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float | None = None,
-                paper: dict | None = None) -> None:
+                paper: dict | None = None, top: float | None = 100) -> None:
     """The paper's figure form: x = eps on a log axis, eps = 0 drawn at the left edge and
     marked; one line per series ({name: {eps: value in [0, 1]}}); the paper's values dotted."""
     plt = _plt()
@@ -136,7 +137,7 @@ def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float 
     ax.minorticks_off()
     ax.axvline(zero_at * 1.6, color="lightgrey", lw=0.8)  # break between eps = 0 and the rest
     ax.set_xlabel("ε (log scale; 0 at the left)")
-    _finish(plt, fig, ax, path, title, ylabel)
+    _finish(plt, fig, ax, path, title, ylabel, top)
 
 
 def _eps_tick(e: float) -> str:
@@ -168,3 +169,187 @@ def image_grid(rows: dict, path: str, title: str, class_names=None, labels=None,
     with atomic_file(path) as f:
         fig.savefig(f, format="png")
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ transfer
+
+CLASS_AWARE = (("unfooled", "un-fooled", "#4c9a2a"), ("different", "different mistake",
+                                                       "#f0a030"),
+               ("same", "same mistake", "#c0392b"))
+
+
+def _eps_col(e) -> str:
+    from entangle.paper import eps_label
+
+    return "all" if e is None else eps_label(e)
+
+
+def transfer_markdown(result, title: str) -> str:
+    """Figure 5/6 numbers (rows: models, columns: source eps), the class-aware ratios, the
+    clean accuracies and the paper's direction, as Markdown."""
+    lines = [f"**{title}**", ""]
+    if result.victim_weights == "none":
+        lines += ["Victims trained from scratch (`--victim_weights=none`), not fine-tuned "
+                  "from ImageNet weights as in the paper.", ""]
+    models_ = [r["model"] for r in result.records]
+    models_ = list(dict.fromkeys(models_))
+    eps = sorted({r["source_eps"] for r in result.records if r["source_eps"] is not None})
+
+    def grid(attack, field, caption):
+        rows = [m for m in models_ if any(r["attack"] == attack and r["model"] == m
+                                          and r.get(field) is not None for r in result.records)]
+        if not rows:
+            return
+        lines.extend([caption, "", "| model | " + " | ".join(f"ε {_eps_col(e)}" for e in eps)
+                      + " |", "|" + "---|" * (len(eps) + 1)])
+        for m in rows:
+            cells = []
+            for e in eps:
+                hit = [r for r in result.records if r["attack"] == attack and r["model"] == m
+                       and r["source_eps"] == e]
+                cells.append(_pct(hit[0][field]) if hit else "")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    if result.mode == "n_targeted":
+        grid("n_targeted", "target_hit_rate", "N-targeted attack: hit rate of each source's "
+             "target (%), per source ε (columns)")
+        both = [r for r in result.records if r["model"] == "all sources"]
+        if both:
+            lines += [f"All sources hit their own targets at once: "
+                      f"{_pct(both[0]['target_hit_rate'])} %.", ""]
+    else:
+        grid("untargeted", "error_rate", "Untargeted: error rate (%) on adversarial examples "
+             "of each source ε (Figure 5/8; higher = stronger transfer)")
+        grid("targeted", "target_hit_rate", "Targeted: target hit rate (%) (Figure 6/9; "
+             "higher = stronger transfer)")
+    for attack in dict.fromkeys(r["attack"] for r in result.records):
+        rows = [r for r in result.records if r["attack"] == attack and r["model"] not in
+                ("source (white-box)", "all sources")]
+        if not rows:
+            continue
+        lines.extend([f"Class-aware ({attack}; Waseda et al.): un-fooled / different mistake / "
+                      f"same mistake (%) over D'_F1 (n)", "",
+                      "| model | " + " | ".join(f"ε {_eps_col(e)}" for e in eps) + " |",
+                      "|" + "---|" * (len(eps) + 1)])
+        for m in dict.fromkeys(r["model"] for r in rows):
+            cells = []
+            for e in eps:
+                hit = [r for r in rows if r["model"] == m and r["source_eps"] == e]
+                cells.append(" / ".join(_pct(hit[0][f"class_aware_{k}"]) for k, _, _ in
+                                        CLASS_AWARE) + f" ({hit[0]['class_aware_n']})"
+                             if hit else "")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Clean test accuracy (%): " + ", ".join(
+        f"{k} {_pct(v)}" for k, v in result.clean_accuracy.items())
+        + f"; chance {100 * result.chance:.1f} %.")
+    for f in result.findings:
+        detail = "; ".join(f"{v}: ε 0 {_pct(d['eps0'])} vs ε {_eps_col(d['best_eps'])} "
+                           f"{_pct(d['best'])}{' (clear)' if d['clear'] else ''}"
+                           for v, d in f["per_victim"].items())
+        lines += ["", f"The paper's direction: {f['text']}: "
+                  f"{'held' if f['held'] else 'did NOT hold'} ({f['victims_clear']} of "
+                  f"{f['victims']} victims clearly). {detail}."]
+    return "\n".join(lines)
+
+
+def plot_class_aware(result, path: str, title: str) -> None:
+    """Stacked bars of Waseda's ratios: one panel per attack, a group of bars per victim, one
+    bar per source eps (un-fooled, different mistake, same mistake)."""
+    plt = _plt()
+    attacks = list(dict.fromkeys(r["attack"] for r in result.records
+                                 if r.get("class_aware_n") is not None))
+    victims = list(result.victims)
+    eps = sorted({r["source_eps"] for r in result.records if r["source_eps"] is not None})
+    fig, axes = plt.subplots(len(attacks), 1, figsize=(max(6, 1.1 * len(victims) * len(eps)
+                                                           / 2.5), 3.2 * len(attacks)),
+                             dpi=100, squeeze=False)
+    width = 0.8 / max(1, len(eps))
+    for ax, attack in zip(axes[:, 0], attacks):
+        for vi, v in enumerate(victims):
+            for ei, e in enumerate(eps):
+                hit = [r for r in result.records if r["attack"] == attack and r["model"] == v
+                       and r["source_eps"] == e]
+                if not hit or not hit[0]["class_aware_n"]:
+                    continue
+                x = vi + (ei - (len(eps) - 1) / 2) * width
+                bottom = 0.0
+                for k, label, color in CLASS_AWARE:
+                    h = 100 * hit[0][f"class_aware_{k}"]
+                    ax.bar(x, h, width * 0.9, bottom=bottom, color=color,
+                           label=label if vi == 0 and ei == 0 else None)
+                    bottom += h
+                ax.text(x, 101, _eps_col(e), ha="center", va="bottom", fontsize=6,
+                        rotation=90)
+        ax.set_xticks(range(len(victims)), victims, fontsize=8)
+        ax.set_ylim(0, 115)
+        ax.set_ylabel("% of D'_F1")
+        ax.set_title(f"{attack}: class-aware transfer by source ε (label above each bar)",
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def write_transfer(result, grids: dict, test, directory: str) -> dict:
+    """Writes transfer.md/.csv/.json, the paper's figures and the class-aware bars as PNG."""
+    from entangle.paper import eps_label
+
+    os.makedirs(directory, exist_ok=True)
+    ds = "ImageNet-9" if result.dataset == "imagenet9" else "CIFAR-10" \
+        if result.dataset in ("cifar10",) or result.dataset.startswith("folder:") else \
+        result.dataset
+    scratch = " (victims from scratch)" if result.victim_weights == "none" else ""
+    title = f"Transfer from robust sources, {ds}{scratch}"
+    files = {k: os.path.join(directory, f"transfer.{k}") for k in ("md", "csv", "json")}
+    with atomic_file(files["md"], "w") as f:
+        f.write(transfer_markdown(result, title) + "\n")
+    fields = list(dict.fromkeys(k for r in result.records for k in r))
+    with atomic_file(files["csv"], "w") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in result.records:
+            w.writerow(r)
+    with atomic_file(files["json"], "w") as f:
+        json.dump({k: v for k, v in dataclasses.asdict(result).items() if k != "files"}, f,
+                  indent=1, default=str)
+
+    def series(attack, field):
+        out = {}
+        for r in result.records:
+            if r["attack"] == attack and r.get(field) is not None and r["source_eps"] is not None \
+                    and r["model"] != "source (white-box)":
+                out.setdefault(r["model"], {})[r["source_eps"]] = r[field]
+        return out
+
+    if result.mode == "per_source":
+        figs = (("untargeted", "error_rate", "untargeted_error",
+                 "Untargeted transfer: victims' error rate" + scratch, "error rate (%)"),
+                ("targeted", "target_hit_rate", "targeted_hit_rate",
+                 "Targeted transfer: victims' target hit rate" + scratch,
+                 "target hit rate (%)"))
+        for attack, field, name, t, ylabel in figs:
+            files[name] = os.path.join(directory, f"{name}.png")
+            plot_vs_eps(series(attack, field), files[name], t, ylabel,
+                        chance=result.chance if attack == "targeted" else None, top=None)
+        original = grids.get("_original")
+        for attack in ("untargeted", "targeted"):
+            if attack not in grids:
+                continue
+            rows = {"original": original, **{f"source ε {eps_label(e)}": v
+                                             for e, v in sorted(grids[attack].items())}}
+            labels, head = test.y[:len(original)], "true class"
+            if attack == "targeted" and "_targets" in grids:
+                labels, head = grids["_targets"], "target class"
+            files[f"adversarial_{attack}"] = os.path.join(directory,
+                                                          f"adversarial_{attack}.png")
+            image_grid(rows, files[f"adversarial_{attack}"],
+                       f"{attack.capitalize()} adversarial examples by source ε (titles: "
+                       f"{head})", class_names=test.class_names, labels=labels)
+    files["class_aware"] = os.path.join(directory, "class_aware.png")
+    plot_class_aware(result, files["class_aware"], title)
+    return files

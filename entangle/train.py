@@ -95,7 +95,10 @@ class TrainConfig:
             drop.add("patience")
         drop |= ({"width", "weight_decay", "pooling"} if self.is_victim
                  else {"pretrained", "input_size"})
-        return {k: v for k, v in fields.items() if k not in drop}
+        fields = {k: v for k, v in fields.items() if k not in drop}
+        if self.is_victim:
+            fields["victim_version"] = models.VICTIM_VERSION
+        return fields
 
 
 @dataclasses.dataclass(frozen=True)

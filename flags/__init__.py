@@ -20,11 +20,13 @@ import sys
 
 from absl import flags
 
-from entangle import construct, data, entanglement, models, paper, pipeline, robustify, train
+from entangle import (construct, data, entanglement, models, paper, pipeline, robustify,
+                      train, transfer)
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_KINDS = pipeline.KINDS + ("victim",)
+VICTIM_WEIGHTS = ("imagenet", "none")
 
 
 PATH_FLAGS = ("data_dir", "workdir", "image_cache_dir")
@@ -99,17 +101,26 @@ def parse_flags(argv: list[str], fv=FLAGS) -> list[str]:
 
 
 def per_kind(text: str, kind: str, cast=str):
-    """The value for ``kind`` in 'default,kind:value,...' (ValueError on a bad entry)."""
+    """The value for ``kind`` in 'default,kind:value,...' (ValueError on a bad entry).
+
+    A victim architecture name (``xception``) is a kind of its own that falls back to
+    ``victim``: '--epochs=100,victim:6,xception:2'.
+    """
     default, overrides = None, {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         if ":" in item:
             k, v = item.split(":", 1)
-            if k not in MODEL_KINDS:
-                raise ValueError(f"unknown model kind {k!r} (allowed: {', '.join(MODEL_KINDS)})")
+            if k not in MODEL_KINDS + models.VICTIMS:
+                raise ValueError(f"unknown model kind {k!r} (allowed: {', '.join(MODEL_KINDS)}"
+                                 f", or a victim name)")
             overrides[k] = cast(v)
         else:
             default = cast(item)
-    value = overrides.get(kind, default)
+    value = overrides.get(kind)
+    if value is None and kind in models.VICTIMS:
+        value = overrides.get("victim")
+    if value is None:
+        value = default
     if value is None:
         raise ValueError(f"no value for model kind {kind!r} in {text!r}")
     return value
@@ -211,6 +222,9 @@ def define_model_flags(fv=FLAGS):
                          lower_bound=0, flag_values=fv)
     flags.DEFINE_list("victims", list(models.VICTIMS), "Victim architectures for transfer.",
                       flag_values=fv)
+    flags.DEFINE_enum("victim_weights", "imagenet", list(VICTIM_WEIGHTS),
+                      "Victims start from ImageNet weights (Table 3; the files must be in the "
+                      "Keras cache when offline) or from scratch (none).", flag_values=fv)
 
     def arch_ok(text):
         try:
@@ -244,8 +258,6 @@ def define_train_flags(fv=FLAGS):
                         "Kinds that keep their best validation checkpoint.", flag_values=fv)
     flags.DEFINE_integer("patience", 10, "Early stopping patience, epochs.", lower_bound=1,
                          flag_values=fv)
-    flags.DEFINE_string("pretrained", "victim", "Kinds initialised from ImageNet weights.",
-                        flag_values=fv)
     flags.DEFINE_float("weight_decay", 1e-4, "L2 kernel regularisation of the ResNet v2 convs.",
                        lower_bound=0.0, flag_values=fv)
     flags.DEFINE_enum("precision", "float32", list(train.PRECISIONS), "Keras dtype policy.",
@@ -255,7 +267,7 @@ def define_train_flags(fv=FLAGS):
     _validator("batch_size", _per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     _validator("epochs", _per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     _validator("learning_rate", _per_kind_ok(float), "must be a number > 0, optionally per kind ('1e-3,zero_robust:1e-4')", fv)
-    for name in ("augment", "early_stopping", "pretrained"):
+    for name in ("augment", "early_stopping"):
         _validator(name, _kinds_ok, f"must be all, none or a list of {', '.join(MODEL_KINDS)}",
                    fv)
 
@@ -364,24 +376,53 @@ def table_config(f=FLAGS) -> entanglement.TableConfig:
                                     evaluator_seed_offset=f.evaluator_seed_offset)
 
 
+def define_transfer_flags(fv=FLAGS):
+    flags.DEFINE_string("sources", "paper", "Source models of the transfer attacks, by eps (0: "
+                        "the standard model): paper (0,1/16,1/4,1/2,1), extended or a comma "
+                        "list.", flag_values=fv)
+    flags.DEFINE_enum("attack", "per_source", list(transfer.MODES), "per_source: untargeted "
+                      "and targeted PGD on each source alone (Figures 5/6); n_targeted: one "
+                      "attack on all --sources at once, each towards its own target (Waseda "
+                      "et al. 4.1).", flag_values=fv)
+    flags.DEFINE_integer("target_seed", 0, "Seed of the targets (uniform over wrong classes).",
+                         flag_values=fv)
+    flags.DEFINE_integer("grid_images", 8, "Images per row of the adversarial-example grids.",
+                         lower_bound=1, flag_values=fv)
+    _validator("sources", _columns_ok, "must be paper, extended or a comma list of eps >= 0",
+               fv)
+
+
+def transfer_config(f=FLAGS) -> transfer.TransferConfig:
+    """The TransferConfig of the parsed flags."""
+    return transfer.TransferConfig(sources=parse_columns(f.sources), victims=tuple(f.victims),
+                                   eps=f.transfer_eps, steps=f.transfer_steps,
+                                   step_size=f.transfer_step_size, mode=f.attack,
+                                   target_seed=f.target_seed, grid_images=f.grid_images)
+
+
 def define_all(fv=FLAGS):
     for define in (define_data_flags, define_model_flags, define_train_flags,
-                   define_attack_flags, define_runtime_flags, define_table_flags):
+                   define_attack_flags, define_runtime_flags, define_table_flags,
+                   define_transfer_flags):
         define(fv)
 
 
 def train_config(f, kind: str) -> train.TrainConfig:
-    """The TrainConfig of a model kind (eps 0; the pipeline sets a robust model's eps)."""
+    """The TrainConfig of a model kind (eps 0; the pipeline sets a robust model's eps), or of
+    one victim architecture (``kind`` a victim name: its overrides, else the victims')."""
+    victim = kind == "victim" or kind in models.VICTIMS
+    group = "victim" if victim else kind
     return train.TrainConfig(
-        arch=per_kind(f.arch, kind), width=f.width, eps=0.0,
+        arch=kind if kind in models.VICTIMS else per_kind(f.arch, kind), width=f.width,
+        eps=0.0,
         attack_steps=f.train_attack_steps, attack_step_size=f.train_attack_step_size,
         attack_random_start=f.train_attack_random_start,
         batch_size=per_kind(f.batch_size, kind, int), epochs=per_kind(f.epochs, kind, int),
         learning_rate=per_kind(f.learning_rate, kind, float), lr_decay=f.lr_decay,
-        augment=kinds_on(f.augment, kind), early_stopping=kinds_on(f.early_stopping, kind),
+        augment=kinds_on(f.augment, group), early_stopping=kinds_on(f.early_stopping, group),
         patience=f.patience, weight_decay=f.weight_decay, pooling=f.pooling,
-        pretrained=kinds_on(f.pretrained, kind),
-        input_size=f.victim_input_size if kind == "victim" else 0,
+        pretrained=victim and f.victim_weights == "imagenet",
+        input_size=f.victim_input_size if victim else 0,
         precision=f.precision, seed=f.seed)
 
 
@@ -402,7 +443,8 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
                                  validation=f.validation_data, balance=f.imagenet9_balance,
                                  seed=f.data_seed,
                                  cache_dir=f.image_cache_dir, planted=planted),
-        hparams={k: train_config(f, k) for k in pipeline.KINDS},
+        hparams={**{k: train_config(f, k) for k in MODEL_KINDS},
+                 **{f"victim:{v}": train_config(f, v) for v in f.victims}},
         construct=construct.ConstructConfig(eps=f.construct_eps, steps=f.construct_steps,
                                             step_size=f.construct_step_size,
                                             targets=f.zero_robust_targets, seed=f.data_seed),

@@ -55,7 +55,7 @@ def table3_rows() -> list[tuple[str, ...]]:
                          epochs, _num(per(fv.learning_rate, kind, float)),
                          _yes(fv.lr_decay != "none"),
                          _yes(entangle_flags.kinds_on(fv.augment, kind)),
-                         _yes(entangle_flags.kinds_on(fv.pretrained, kind))))
+                         _yes(kind == "victim" and fv.victim_weights == "imagenet")))
     return rows
 
 

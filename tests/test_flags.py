@@ -90,6 +90,30 @@ def test_per_kind_values():
     assert entangle_flags.kinds_on("standard,robust", "robust")
     assert not entangle_flags.kinds_on("none", "robust")
     assert entangle_flags.kinds_on("all", "victim")
+    # a victim name is a kind of its own that falls back to "victim", then the default
+    text = "100,victim:6,xception:2"
+    assert entangle_flags.per_kind(text, "xception", int) == 2
+    assert entangle_flags.per_kind(text, "vgg16", int) == 6
+    assert entangle_flags.per_kind("100", "vgg16", int) == 100
+
+
+def test_per_victim_overrides_and_victim_weights(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    from entangle import pipeline
+
+    fv = _parse("--epochs=3,victim:4,xception:2", "--victims=vgg16,xception",
+                "--victim_weights=imagenet")
+    cfg = entangle_flags.experiment_config(fv)
+    exp = pipeline.Experiment(cfg)
+    assert exp.victim_config("xception").epochs == 2
+    assert exp.victim_config("vgg16").epochs == 4
+    assert exp.victim_config("densenet121").epochs == 4   # not listed: the victims' value
+    assert exp.victim_config("vgg16").arch == "vgg16"
+    assert exp.victim_config("vgg16").pretrained and not cfg.hparams["standard"].pretrained
+    assert not entangle_flags.experiment_config(_parse("--victim_weights=none")).hparams[
+        "victim"].pretrained
+    with pytest.raises(ValueError, match="victim must be one of"):
+        exp.victim_config("alexnet")
 
 
 def _parse(*args):
@@ -108,6 +132,9 @@ def _parse(*args):
     ("--arch=resnet21v2", "--arch"),
     ("--augment=standard,sideways", "--augment"),
     ("--victims=alexnet", "--victims"),
+    ("--victim_weights=coco", "--victim_weights"),
+    ("--sources=0,-1", "--sources"),
+    ("--attack=both", "--attack"),
     ("--planted_features=XYZ", "--planted_features"),
 ])
 def test_bad_flags_are_rejected(arg, match, monkeypatch):

@@ -1,0 +1,113 @@
+"""Plans of store artifacts: what an experiment needs, what the store holds, and a cooperative
+build of the rest with progress and an ETA.
+
+An experiment (a table, a transfer study) lists ``PlanItem``s: each names a store artifact,
+the artifacts it depends on, how to build it, and its cost in forward+backward image passes.
+``build`` takes the next item whose dependencies exist and that no other process holds (the
+store's locks, without waiting), so N processes running the same plan on one store each
+build different artifacts and finish together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+from entangle.store import ArtifactBusy, Store, builder_id
+
+
+@dataclasses.dataclass
+class PlanItem:
+    label: str
+    kind: str                           # store kind: models / datasets / ...
+    key: str
+    deps: tuple[str, ...]               # keys that must exist first
+    build: Callable[[], object]
+    passes: float                       # estimated forward+backward image passes
+    present: bool = False
+
+
+def mark_present(store: Store, plan: list[PlanItem]) -> list[PlanItem]:
+    for it in plan:
+        it.present = store.has(it.kind, it.key)
+    return plan
+
+
+def describe(store: Store, plan: list[PlanItem], rate: float) -> str:
+    """The plan, one line per artifact: stored, or to build with an estimated time."""
+    todo = [it for it in plan if not it.present]
+    lines = [f"Plan: {len(plan)} artifacts, {len(plan) - len(todo)} in the store "
+             f"({store.root}), {len(todo)} to build"]
+    for it in plan:
+        state = "stored" if it.present else f"build, ~{fmt_seconds(it.passes / rate)}"
+        lines.append(f"  {it.label:<28} {state:<18} {it.key}")
+    if todo:
+        lines.append(f"Estimated time for this process alone: "
+                     f"{fmt_seconds(sum(it.passes for it in todo) / rate)} (refined as it runs)")
+    return "\n".join(lines)
+
+
+def _exists(store: Store, key: str, kinds: tuple[str, ...]) -> bool:
+    return any(store.has(k, key) for k in kinds)
+
+
+def build(store: Store, plan: list[PlanItem], rate: float, log=print, poll: float = 5.0,
+          name: str = "plan") -> list[str]:
+    """Builds every missing item; with other processes, takes what nobody holds.
+
+    Returns the keys this process built. ``rate`` (passes per second) seeds the ETA and is
+    refined from the items built here.
+    """
+    kinds = tuple(dict.fromkeys(it.kind for it in plan))
+    pending = [it for it in plan if not it.present]
+    total = sum(it.passes for it in pending) or 1.0
+    built, done_passes, spent, waiting_since = [], 0.0, 0.0, None
+    while pending:
+        progressed = False
+        for it in list(pending):
+            if store.has(it.kind, it.key):
+                pending.remove(it)
+                done_passes += it.passes
+                progressed = True
+                continue
+            if not all(_exists(store, d, kinds) for d in it.deps):
+                continue
+            start = time.time()
+            try:
+                it.build()
+            except ArtifactBusy:
+                continue
+            took = time.time() - start
+            pending.remove(it)
+            done_passes += it.passes
+            if store.manifest(it.kind, it.key).get("built_by") != builder_id():
+                progressed = True  # finished by another process meanwhile
+                break
+            built.append(it.key)
+            spent += took
+            rate = (0.5 * rate + 0.5 * (sum(p.passes for p in plan if p.key in built)
+                                        / max(spent, 1e-9)))
+            left = sum(p.passes for p in pending) / rate
+            log(f"[{name}] {len(plan) - len(pending)}/{len(plan)} built {it.label} in "
+                f"{fmt_seconds(took)}; {100 * done_passes / total:.0f}% of the work, ETA "
+                f"{fmt_seconds(left)}")
+            progressed = True
+            waiting_since = None
+            break
+        if pending and not progressed:
+            if waiting_since is None:
+                waiting_since = time.time()
+                log(f"[{name}] {len(pending)} artifacts are being built by other processes; "
+                    f"waiting")
+            time.sleep(poll)
+    return built
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

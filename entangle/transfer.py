@@ -1,0 +1,387 @@
+"""Transfer from robust sources (Springer et al. 2021, section 5.2: Figures 5/6, 8/9, 13/14) and
+the class-aware transfer metrics of Waseda et al. (2023, section 3.1).
+
+For each eps-robust source (eps 0: the standard model), L2 PGD attacks the test set,
+untargeted and targeted (Table 4: CIFAR eps 2.0, ImageNet-9 4.0; 100 steps of 0.1). Targets
+are drawn uniformly from the wrong classes, seeded, the same for every source. Each victim
+(keras.applications, fine-tuned through the same trainer and store) is scored by:
+
+- the error rate on untargeted examples (Figure 5) and the target hit rate on targeted ones
+  (Figure 6), beside the white-box numbers on the source itself;
+- Waseda's class-aware ratios over D'_F1, the examples that the source classifies correctly
+  and whose adversarial version it misclassifies (as y1 = F1(x') != y): un-fooled (victim
+  says y), different mistake (another wrong class), same mistake (y1). They sum to 1.
+
+``attack="n_targeted"`` attacks all sources at once, each towards its own target (Waseda et
+al., section 4.1), and reports each source's hit rate and the class-aware ratios with respect
+to each source. Adversarial sets, victims and predictions are store artifacts: built once,
+shared by every process on the store, reused when a victim or a source is added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from entangle import attacks, data, models, paper, pipeline
+from entangle import plan as plan_lib
+from entangle import store as store_lib
+from entangle.plan import PlanItem
+from entangle.store import fingerprint_arrays
+
+MODES = ("per_source", "n_targeted")
+ADVERSARIAL_KIND = pipeline.DATASET_KIND
+# Bump when a change here alters the adversarial sets built from the same configuration.
+VERSION = 1
+# Training throughput of each victim relative to ResNet20v2 (234 img/s) at 32 px, batch 128,
+# on the 2-core CPU of the README (InceptionV3, Xception: resized to 75, 71 px); ETAs only.
+VICTIM_COST = {"mobilenet_v2": 0.36, "densenet121": 0.96, "resnet50_v2": 1.26,
+               "vgg16": 2.05, "inception_v3": 2.15, "xception": 7.1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferConfig:
+    sources: tuple[float, ...] = paper.PAPER_COLUMNS   # eps of each source (0: standard)
+    victims: tuple[str, ...] = models.VICTIMS
+    eps: float = 2.0                                    # Table 4 (ImageNet-9: 4.0)
+    steps: int = 100
+    step_size: float = 0.1
+    mode: str = "per_source"                            # or "n_targeted" (Waseda 4.1)
+    target_seed: int = 0
+    grid_images: int = 8
+    poll: float = 5.0
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ValueError("sources must name at least one eps (0: the standard model)")
+        if any(e < 0 or not math.isfinite(e) for e in self.sources):
+            raise ValueError(f"sources must be eps values >= 0; got {self.sources}")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sources must be distinct; got {self.sources}")
+        bad = [v for v in self.victims if v not in models.VICTIMS]
+        if bad:
+            raise ValueError(f"victims must be among {', '.join(models.VICTIMS)}; got {bad}")
+        if self.mode not in MODES:
+            raise ValueError(f"attack mode must be one of {MODES}; got {self.mode!r}")
+        if self.mode == "n_targeted" and len(self.sources) < 2:
+            raise ValueError(f"the n_targeted attack needs two or more sources; got "
+                             f"{self.sources}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"transfer eps must be a finite number > 0; got {self.eps}")
+        if self.steps < 1 or not self.step_size > 0:
+            raise ValueError(f"transfer steps must be >= 1 and step_size > 0; got "
+                             f"{self.steps}, {self.step_size}")
+
+    def attack_fields(self) -> dict:
+        return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                "version": VERSION}
+
+
+def draw_targets(y: np.ndarray, num_classes: int, k: int = 1, seed: int = 0) -> np.ndarray:
+    """(k, n) targets: per image, k distinct classes drawn uniformly from the wrong ones.
+
+    Row 0 is the same for every k (same seed), so the targeted attack and the N-targeted
+    attack's first source share their targets.
+    """
+    y = np.asarray(y)
+    if not 1 <= k < num_classes:
+        raise ValueError(f"need 1 <= k < num_classes ({num_classes}) targets; got {k}")
+    keys = np.random.default_rng([seed, 9173]).random((len(y), num_classes))
+    keys[np.arange(len(y)), y] = np.inf
+    return np.argsort(keys, axis=1, kind="stable")[:, :k].T.astype(np.int64)
+
+
+def class_aware(y, source_clean, source_adv, victim_adv) -> dict:
+    """Waseda et al.'s ratios over D'_F1 = {source right on x, wrong on x' (as y1)}.
+
+    Returns un-fooled (victim says y), different (another wrong class), same (y1): they sum
+    to 1; n is |D'_F1| (ratios are NaN when it is empty).
+    """
+    y, sc, sa, va = (np.asarray(a) for a in (y, source_clean, source_adv, victim_adv))
+    mask = (sc == y) & (sa != y)
+    n = int(mask.sum())
+    if n == 0:
+        return {"unfooled": math.nan, "different": math.nan, "same": math.nan, "n": 0}
+    v, y1, yy = va[mask], sa[mask], y[mask]
+    unfooled, same = float(np.mean(v == yy)), float(np.mean(v == y1))
+    return {"unfooled": unfooled, "different": 1.0 - unfooled - same, "same": same, "n": n}
+
+
+@dataclasses.dataclass
+class TransferResult:
+    dataset: str
+    mode: str
+    sources: list[float]
+    victims: list[str]
+    victim_weights: str                 # "imagenet" or "none" (trained from scratch)
+    records: list[dict]                 # one per (attack, source eps, model): every number
+    clean_accuracy: dict                # model label -> test accuracy
+    chance: float
+    built: list[str]
+    seconds: float
+    findings: list = dataclasses.field(default_factory=list)
+    files: dict = dataclasses.field(default_factory=dict)
+
+    def value(self, attack: str, model: str, eps: float, field: str):
+        for r in self.records:
+            if r["attack"] == attack and r["model"] == model and r["source_eps"] == eps:
+                return r[field]
+        raise KeyError((attack, model, eps, field))
+
+
+SOURCE = "source (white-box)"
+
+
+class Transfer:
+    """The plan and evaluation of one transfer study on one Experiment."""
+
+    def __init__(self, exp: pipeline.Experiment, cfg: TransferConfig):
+        self.exp, self.cfg = exp, cfg
+        self._nowait = dataclasses.replace(exp.cfg.runtime, wait=False)
+
+    def attacks(self) -> list[str]:
+        return ["n_targeted"] if self.cfg.mode == "n_targeted" else ["untargeted", "targeted"]
+
+    def source_key(self, eps: float) -> str:
+        return self.exp.model_key(*self.exp.generator(eps))
+
+    def targets(self, k: int = 1) -> np.ndarray:
+        test = self.exp.splits().test
+        return draw_targets(test.y, test.num_classes, k, self.cfg.target_seed)
+
+    # -------------------------------------------------------------- adversarial sets
+    def _set_sources(self, attack: str, eps: float | None) -> list[float]:
+        return list(self.cfg.sources) if attack == "n_targeted" else [eps]
+
+    def adversarial_key(self, attack: str, eps: float | None = None) -> str:
+        test = self.exp.splits().test
+        sources = self._set_sources(attack, eps)
+        config = {"attack": attack, "sources": [self.source_key(e) for e in sources],
+                  "pgd": self.cfg.attack_fields(),
+                  "target_seed": self.cfg.target_seed if attack != "untargeted" else None,
+                  "test": fingerprint_arrays(test.x, test.y)}
+        label = "n" if attack == "n_targeted" else f"{attack[0]}{eps:g}"
+        return self.exp.store.key(f"adv-{label}", config)
+
+    def adversarial(self, attack: str, eps: float | None = None,
+                    runtime=None) -> tuple[data.Dataset, np.ndarray | None]:
+        """The test set attacked on the source(s): (images labelled with the true class,
+        targets (k, n) or None); built in chunks (a kill loses at most one), float16."""
+        import os
+
+        exp, cfg = self.exp, self.cfg
+        key = self.adversarial_key(attack, eps)
+        path = exp.store.path(ADVERSARIAL_KIND, key)
+        test = exp.splits().test
+        sources = self._set_sources(attack, eps)
+
+        def load():
+            t = os.path.join(path, "targets.npy")
+            return (data.Dataset(np.load(os.path.join(path, "x.npy"), mmap_mode="r"), test.y,
+                                 test.class_names, key),
+                    np.load(t) if os.path.exists(t) else None)
+
+        def build():
+            trained = [exp.model(*exp.generator(e)) for e in sources]
+            targets = None if attack == "untargeted" else self.targets(len(sources))
+            exp._log(f"[{key}] {attack} L2 PGD (eps {cfg.eps}, {cfg.steps} steps of "
+                     f"{cfg.step_size}) on {len(test)} test images against "
+                     f"{', '.join(t.key for t in trained)}")
+            start = time.time()
+            batch = exp.cfg.runtime.eval_batch_size
+            kw = dict(eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, batch_size=batch,
+                      jit_compile=exp.cfg.runtime.jit_compile, verbose=False)
+
+            def make(rows):
+                x = data.to_float(test.x[rows])
+                if attack == "n_targeted":
+                    adv = attacks.multi_targeted_pgd_l2([t.model for t in trained], x,
+                                                        targets[:, rows], **kw)
+                elif attack == "targeted":
+                    adv = attacks.pgd_l2(trained[0].model, x, targets[0, rows], targeted=True,
+                                         **kw)
+                else:
+                    adv = attacks.pgd_l2(trained[0].model, x, test.y[rows], **kw)
+                norm = np.sqrt(((adv - x) ** 2).reshape(len(x), -1).sum(1))
+                return {"x": adv.astype(np.float16), "norm": norm}
+
+            work = exp.store.partial_path(ADVERSARIAL_KIND, key)
+            store_lib.build_chunks(work, len(test), 1024, make, bar=exp._bar(len(test)))
+            config = {"attack": attack, "sources": [t.key for t in trained],
+                      "pgd": cfg.attack_fields(), "target_seed": cfg.target_seed}
+            metrics = {}
+            with exp.store.writing(ADVERSARIAL_KIND, key, config, metrics=metrics) as d:
+                store_lib.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
+                norms = np.array(store_lib.assemble_chunks(work, "norm",
+                                                           os.path.join(d, "n.npy")))
+                os.remove(os.path.join(d, "n.npy"))
+                if targets is not None:
+                    np.save(os.path.join(d, "targets.npy"), targets)
+                metrics.update(max_l2=float(norms.max()), mean_l2=float(norms.mean()),
+                               seconds=time.time() - start)
+            return load()
+
+        return exp.store.get_or_build(ADVERSARIAL_KIND, key, build, load,
+                                      poll=exp.cfg.runtime.lock_poll, log=exp._log,
+                                      wait=(runtime or exp.cfg.runtime).wait)
+
+    # -------------------------------------------------------------- plan
+    def plan(self) -> list[PlanItem]:
+        from entangle import entanglement
+
+        exp = self.exp
+        sp = exp.splits()
+        n_train, n_test = len(sp.train), len(sp.test)
+        size_factor = entanglement.default_rate(exp) / 600.0
+        items: dict[str, PlanItem] = {}
+        for e in self.cfg.sources:
+            kind, eps = exp.generator(e)
+            key = self.source_key(e)
+            h = exp.cfg.hparams[kind]
+            items[key] = PlanItem(
+                exp.model_name(kind, eps), "models", key, (),
+                lambda kind=kind, eps=eps: exp.model(kind, eps, runtime=self._nowait),
+                h.epochs * n_train * (2.0 + (h.attack_steps if eps > 0 else 0)))
+        for name in self.cfg.victims:
+            key = exp.victim_key(name)
+            h = exp.victim_config(name)
+            items[key] = PlanItem(f"victim {name}", "models", key, (),
+                                  lambda name=name: exp.victim(name, runtime=self._nowait),
+                                  h.epochs * n_train * 2.0 * VICTIM_COST[name] * size_factor)
+        for attack in self.attacks():
+            for e in ([None] if attack == "n_targeted" else self.cfg.sources):
+                key = self.adversarial_key(attack, e)
+                srcs = self._set_sources(attack, e)
+                items[key] = PlanItem(
+                    f"{attack} set" + ("" if e is None else f" eps {paper.eps_label(e)}"),
+                    ADVERSARIAL_KIND, key, tuple(self.source_key(s) for s in srcs),
+                    lambda attack=attack, e=e: self.adversarial(attack, e, runtime=self._nowait),
+                    n_test * (self.cfg.steps + 1) * len(srcs))
+        return plan_lib.mark_present(exp.store, list(items.values()))
+
+    # -------------------------------------------------------------- evaluate
+    def evaluate(self) -> tuple[list[dict], dict, dict]:
+        """Every record, clean accuracies, and the sample images for the grids."""
+        exp = self.exp
+        test = exp.splits().test
+        y = test.y
+        sources = {e: exp.model(*exp.generator(e)) for e in self.cfg.sources}
+        clean_pred = {e: exp.predictions(t, test, "Test") for e, t in sources.items()}
+        clean = {f"source eps {paper.eps_label(e)}": float(np.mean(p == y))
+                 for e, p in clean_pred.items()}
+        sets, grids = {}, {}
+        for attack in self.attacks():
+            for e in ([None] if attack == "n_targeted" else self.cfg.sources):
+                ds, targets = self.adversarial(attack, e)
+                sets[(attack, e)] = (ds, targets)
+                if attack != "n_targeted":
+                    grids.setdefault(attack, {})[e] = np.asarray(
+                        ds.x[:self.cfg.grid_images], np.float32)
+        records = []
+
+        def record(attack, eps, model, pred, src_clean, src_adv, target):
+            r = {"attack": attack, "source_eps": eps, "model": model,
+                 "error_rate": float(np.mean(pred != y)),
+                 "target_hit_rate": (float(np.mean(pred == target)) if target is not None
+                                     else None), "n": len(y)}
+            ca = class_aware(y, src_clean, src_adv, pred)
+            r.update({f"class_aware_{k}": v for k, v in ca.items()})
+            if target is not None:
+                mask = (src_clean == y) & (src_adv != y)
+                r["fooled_to_target"] = float(np.mean(src_adv[mask] == target[mask])) \
+                    if mask.any() else math.nan
+            records.append(r)
+
+        adv_pred = {}
+        for (attack, e), (ds, _) in sets.items():
+            srcs = self._set_sources(attack, e)
+            adv_pred[(attack, e)] = {s: exp.predictions(sources[s], ds, ds.name) for s in srcs}
+        for (attack, e), (ds, targets) in sets.items():
+            for i, s in enumerate(self._set_sources(attack, e)):
+                t = None if targets is None else targets[i]
+                record(attack, s, SOURCE, adv_pred[(attack, e)][s], clean_pred[s],
+                       adv_pred[(attack, e)][s], t)
+        for name in self.cfg.victims:
+            victim = exp.victim(name)
+            clean[name] = float(np.mean(exp.predictions(victim, test, "Test") == y))
+            for (attack, e), (ds, targets) in sets.items():
+                pred = exp.predictions(victim, ds, ds.name)
+                for i, s in enumerate(self._set_sources(attack, e)):
+                    t = None if targets is None else targets[i]
+                    record(attack, s, name, pred, clean_pred[s], adv_pred[(attack, e)][s], t)
+            del victim
+        if self.cfg.mode == "n_targeted":
+            ds, targets = sets[("n_targeted", None)]
+            hits = np.stack([adv_pred[("n_targeted", None)][s] == targets[i]
+                             for i, s in enumerate(self.cfg.sources)])
+            records.append({"attack": "n_targeted", "source_eps": None, "model": "all sources",
+                            "error_rate": None, "target_hit_rate": float(hits.all(0).mean()),
+                            "n": len(y)})
+        grids["_original"] = test.float_images()[:self.cfg.grid_images]
+        if sets and "targeted" in self.attacks():
+            grids["_targets"] = sets[("targeted", self.cfg.sources[0])][1][0][
+                :self.cfg.grid_images]
+        return records, clean, grids
+
+
+def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
+                 results_dir: str | None = None,
+                 log: Callable[[str], None] = print) -> TransferResult:
+    """Plans, builds (cooperating with other processes on the store) and evaluates a transfer
+    study; with ``results_dir``, writes Markdown, CSV, JSON and PNG figures there."""
+    from entangle import entanglement
+
+    start = time.time()
+    exp = pipeline.Experiment(exp_cfg)
+    study = Transfer(exp, cfg)
+    pretrained = exp.victim_config(cfg.victims[0]).pretrained if cfg.victims else False
+    plan = study.plan()
+    if pretrained:
+        for it in plan:
+            name = it.label.removeprefix("victim ")
+            if not it.present and name in models.VICTIMS:
+                models.require_imagenet_weights(name)
+    rate = entanglement.default_rate(exp)
+    log(plan_lib.describe(exp.store, plan, rate))
+    built = plan_lib.build(exp.store, plan, rate, log, cfg.poll, "transfer")
+    records, clean, grids = study.evaluate()
+    result = TransferResult(dataset=exp_cfg.data.dataset, mode=cfg.mode,
+                            sources=list(cfg.sources), victims=list(cfg.victims),
+                            victim_weights="imagenet" if pretrained else "none",
+                            records=records, clean_accuracy=clean,
+                            chance=1.0 / exp.splits().test.num_classes, built=built,
+                            seconds=time.time() - start)
+    result.findings = findings(result)
+    if results_dir:
+        from entangle import report
+
+        result.files = report.write_transfer(result, grids, exp.splits().test, results_dir)
+    return result
+
+
+def findings(result: TransferResult) -> list[dict]:
+    """The paper's direction (section 5.2): targeted transfer from some eps > 0 source is
+    clearly above the eps = 0 source's, for most victims. "Clearly": the gap exceeds two
+    standard errors of a difference of two proportions (pooled) over the test images."""
+    if result.mode != "per_source" or 0.0 not in result.sources or len(result.sources) < 2:
+        return []
+    per_victim, held = {}, 0
+    for v in result.victims:
+        p0 = result.value("targeted", v, 0.0, "target_hit_rate")
+        best_eps = max((e for e in result.sources if e > 0),
+                       key=lambda e: result.value("targeted", v, e, "target_hit_rate"))
+        pb = result.value("targeted", v, best_eps, "target_hit_rate")
+        n = next(r["n"] for r in result.records if r["model"] == v)
+        pool = (p0 + pb) / 2
+        se = math.sqrt(max(pool * (1 - pool), 1e-12) * 2 / n)
+        ok = pb - p0 > 2 * se
+        held += ok
+        per_victim[v] = {"eps0": p0, "best_eps": best_eps, "best": pb, "clear": ok}
+    return [{"finding": "targeted", "text": "targeted transfer from some eps > 0 source is "
+             "clearly above the eps = 0 source's, for most victims",
+             "held": held > len(result.victims) / 2, "victims_clear": held,
+             "victims": len(result.victims), "per_victim": per_victim}]

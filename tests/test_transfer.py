@@ -1,0 +1,216 @@
+"""Transfer from robust sources: targets, Waseda's class-aware ratios, victims, and the binary
+end to end at smoke scale (files, reuse, an added victim, the N-targeted attack, offline
+ImageNet weights)."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from entangle import transfer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+SMOKE = ["--flagfile=flags/smoke.cfg", "--sources=0,1"]
+
+
+def _run(workdir, *extra, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "experiments.transfer", *SMOKE,
+                           f"--workdir={workdir}", *extra], cwd=ROOT, capture_output=True,
+                          text=True, env=env or ENV, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _tables(out):
+    return [l for l in out.splitlines() if l.startswith("| ")]
+
+
+def _built(out):
+    return int(out.split("built here: ")[1].split()[0])
+
+
+# ------------------------------------------------------------------------------ pieces
+
+
+def test_targets_are_wrong_distinct_seeded_and_shared_across_k():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 4000)
+    t1 = transfer.draw_targets(y, 10, 1, seed=3)
+    t3 = transfer.draw_targets(y, 10, 3, seed=3)
+    assert t1.shape == (1, 4000) and t3.shape == (3, 4000)
+    assert np.array_equal(t1[0], t3[0])                       # same first target for every k
+    assert not (t3 == y).any()                                # never the true class
+    assert (t3[0] != t3[1]).all() and (t3[1] != t3[2]).all() and (t3[0] != t3[2]).all()
+    assert np.array_equal(t1, transfer.draw_targets(y, 10, 1, seed=3))
+    assert not np.array_equal(t1, transfer.draw_targets(y, 10, 1, seed=4))
+    # uniform over the 9 wrong classes: each offset (t - y) mod 10 appears ~1/9 of the time
+    offsets = np.bincount((t1[0] - y) % 10, minlength=10)
+    assert offsets[0] == 0 and np.all(np.abs(offsets[1:] / 4000 - 1 / 9) < 0.03)
+    with pytest.raises(ValueError, match="num_classes"):
+        transfer.draw_targets(y, 10, 10)
+
+
+def test_class_aware_ratios_on_hand_made_predictions():
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    source_clean = np.array([0, 1, 2, 3, 4, 5, 9, 7])   # image 6: source wrong -> excluded
+    source_adv = np.array([1, 2, 3, 4, 5, 0, 1, 7])     # image 7: not fooled -> excluded
+    victim_adv = np.array([0, 2, 9, 3, 5, 0, 6, 1])
+    # D'_F1 = images 0..5; victim: 0 un-fooled (says y), 1 same (y1 = 2), 2 different (9 vs 3),
+    # 3 un-fooled, 4 same (5), 5 same (0)
+    r = transfer.class_aware(y, source_clean, source_adv, victim_adv)
+    assert r["n"] == 6
+    assert r["unfooled"] == pytest.approx(2 / 6)
+    assert r["same"] == pytest.approx(3 / 6)
+    assert r["different"] == pytest.approx(1 / 6)
+    assert r["unfooled"] + r["different"] + r["same"] == pytest.approx(1.0)
+    # what the excluded images predict does not matter
+    other = victim_adv.copy()
+    other[6:] = [3, 3]
+    assert transfer.class_aware(y, source_clean, source_adv, other) == r
+    empty = transfer.class_aware(y, y, y, victim_adv)
+    assert empty["n"] == 0 and math.isnan(empty["same"])
+
+
+def test_config_errors_name_what_is_allowed():
+    with pytest.raises(ValueError, match="two or more sources"):
+        transfer.TransferConfig(sources=(0.0,), mode="n_targeted")
+    with pytest.raises(ValueError, match="victims must be among"):
+        transfer.TransferConfig(victims=("alexnet",))
+    with pytest.raises(ValueError, match="attack mode"):
+        transfer.TransferConfig(mode="both")
+    with pytest.raises(ValueError, match="distinct"):
+        transfer.TransferConfig(sources=(0.0, 0.0))
+
+
+def test_victim_trains_at_tiny_size_through_the_trainer_and_store(tmp_path):
+    from conftest import colour_dataset
+    from entangle import data, train
+    from entangle.store import Store
+
+    x, y = colour_dataset(384, size=16)
+    names = ("r", "g", "b")
+    ds = data.Dataset((x * 255).astype(np.uint8), y, names, "colour")
+    xt, yt = colour_dataset(192, size=16, seed=1)
+    cfg = train.TrainConfig(arch="mobilenet_v2", batch_size=32, epochs=4, learning_rate=1e-3,
+                            lr_decay="none", augment=False, pretrained=False, seed=0)
+    store = Store(str(tmp_path))
+    runtime = train.RuntimeOptions(verbose=False)
+    trained = train.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
+    assert not trained.cached
+    final = trained.manifest["metrics"]["final"]
+    assert final["train_accuracy"] > 0.8
+    # chance 1/3; 192 test images: 0.45 is more than 3 standard errors above it (MobileNetV2
+    # from scratch keeps a train/inference gap from batch norm after 48 steps)
+    assert train.accuracy(trained.model, xt, yt) > 0.45
+    again = train.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
+    assert again.cached and again.key == trained.key
+
+
+# ------------------------------------------------------------------------------ binary
+
+
+@pytest.fixture(scope="module")
+def smoke_transfer(tmp_path_factory):
+    work = tmp_path_factory.mktemp("transfer")
+    start = time.time()
+    out = _run(work).stdout
+    return work, out, time.time() - start
+
+
+def test_transfer_smoke_writes_every_file_with_every_cell(smoke_transfer):
+    from PIL import Image
+
+    work, out, _ = smoke_transfer
+    assert "Plan:" in out and "ETA" in out and "from scratch" in out
+    results = glob.glob(str(work / "results" / "transfer-planted-*"))[0]
+    data = json.load(open(os.path.join(results, "transfer.json")))
+    assert data["victim_weights"] == "none" and data["victims"] == ["mobilenet_v2"]
+    recs = data["records"]
+    # 2 attacks x 2 sources x (source + 1 victim)
+    assert len(recs) == 8
+    for r in recs:
+        assert 0 <= r["error_rate"] <= 1
+        if r["attack"] == "targeted":
+            assert 0 <= r["target_hit_rate"] <= 1
+        if r["class_aware_n"]:
+            total = r["class_aware_unfooled"] + r["class_aware_different"] + \
+                r["class_aware_same"]
+            assert total == pytest.approx(1.0)
+    white = [r for r in recs if r["model"] == "source (white-box)"]
+    # on the source itself every fooled example is, by definition, its own mistake
+    assert all(r["class_aware_same"] == 1.0 for r in white if r["class_aware_n"])
+    assert len(open(os.path.join(results, "transfer.csv")).read().splitlines()) == 1 + 8
+    sizes = {"untargeted_error": (600, 400), "targeted_hit_rate": (600, 400)}
+    for name in ("untargeted_error", "targeted_hit_rate", "class_aware",
+                 "adversarial_untargeted", "adversarial_targeted"):
+        with Image.open(os.path.join(results, f"{name}.png")) as im:
+            if name in sizes:
+                assert im.size == sizes[name]
+            else:
+                assert im.size[0] >= 400 and im.size[1] >= 300
+    tables = _tables(out)
+    assert any(l.startswith("| mobilenet_v2 |") for l in tables)
+    assert all("nan" not in l for l in tables)
+
+
+def test_untargeted_attack_fools_the_white_box_source_and_sets_are_bounded(smoke_transfer):
+    work, _, _ = smoke_transfer
+    results = glob.glob(str(work / "results" / "transfer-planted-*"))[0]
+    data = json.load(open(os.path.join(results, "transfer.json")))
+    std = next(r for r in data["records"] if r["model"] == "source (white-box)"
+               and r["attack"] == "untargeted" and r["source_eps"] == 0.0)
+    clean = data["clean_accuracy"]["source eps 0"]
+    assert std["error_rate"] > (1 - clean) + 0.1    # the attack lowers accuracy
+    for m in glob.glob(str(work / "datasets" / "adv-*" / "manifest.json")):
+        metrics = json.load(open(m))["metrics"]
+        assert metrics["max_l2"] <= 2.0 + 0.02      # eps 2.0, float16 storage
+
+
+def test_rerun_reuses_sets_and_victims_and_adding_a_victim_builds_only_it(smoke_transfer):
+    work, out, _ = smoke_transfer
+    again = _run(work).stdout
+    assert _built(again) == 0 and "0 to build" in again
+    assert _tables(again) == _tables(out)
+    sets = sorted(os.listdir(work / "datasets"))
+    more = _run(work, "--victims=mobilenet_v2,vgg16").stdout
+    assert "1 to build" in more and _built(more) == 1
+    assert sorted(os.listdir(work / "datasets")) == sets   # no adversarial set rebuilt
+    assert any(l.startswith("| vgg16 |") for l in _tables(more))
+
+
+def test_n_targeted_reports_each_source_and_all_at_once(smoke_transfer):
+    work, _, _ = smoke_transfer
+    out = _run(work, "--attack=n_targeted").stdout
+    assert _built(out) == 1                                # only the N-targeted set
+    results = glob.glob(str(work / "results" / "transfer-n_targeted-planted-*"))[0]
+    data = json.load(open(os.path.join(results, "transfer.json")))
+    recs = [r for r in data["records"] if r["attack"] == "n_targeted"]
+    white = {r["source_eps"]: r for r in recs if r["model"] == "source (white-box)"}
+    assert set(white) == {0.0, 1.0}
+    both = next(r for r in recs if r["model"] == "all sources")
+    assert both["target_hit_rate"] <= min(r["target_hit_rate"] for r in white.values())
+    victim = [r for r in recs if r["model"] == "mobilenet_v2"]
+    assert len(victim) == 2 and all(0 <= r["target_hit_rate"] <= 1 for r in victim)
+    assert os.path.exists(os.path.join(results, "class_aware.png"))
+    targets = np.load(glob.glob(str(work / "datasets" / "adv-n-*" / "targets.npy"))[0])
+    assert targets.shape[0] == 2 and (targets[0] != targets[1]).all()
+
+
+def test_imagenet_weights_offline_fail_fast_naming_the_file(tmp_path):
+    env = {**ENV, "KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    start = time.time()
+    proc = _run(tmp_path / "work", "--victim_weights=imagenet", env=env, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in proc.stderr
+    assert "Keras cache" in proc.stderr and "--victim_weights=none" in proc.stderr
+    assert time.time() - start < 60
+    assert not os.path.exists(tmp_path / "work" / "models")   # nothing was trained first
