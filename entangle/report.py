@@ -197,7 +197,9 @@ def transfer_markdown(result, title: str) -> str:
 
     def grid(attack, field, caption):
         rows = [m for m in models_ if any(r["attack"] == attack and r["model"] == m
-                                          and r.get(field) is not None for r in result.records)]
+                                          and r.get(field) is not None
+                                          and r["source_eps"] is not None
+                                          for r in result.records)]
         if not rows:
             return
         lines.extend([caption, "", "| model | " + " | ".join(f"ε {_eps_col(e)}" for e in eps)
