@@ -184,12 +184,8 @@ def run_table(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
     """Plans, builds (cooperating with other processes on the store) and evaluates a table;
     with ``results_dir``, writes it there as Markdown, CSV, JSON and PNG."""
     start = time.time()
-    exp = pipeline.Experiment(exp_cfg)
-    table = Table(exp, cfg)
-    plan = table.plan()
-    rate = default_rate(exp)
-    log(plan_lib.describe(exp.store, plan, rate))
-    built = plan_lib.build(exp.store, plan, rate, log, cfg.poll, "table")
+    table, built = _prepare(exp_cfg, cfg, True, log)
+    exp = table.exp
     cells, keys, majority, rel = table.evaluate()
     dataset = exp_cfg.data.dataset
     ref = paper.reference(dataset) or {}

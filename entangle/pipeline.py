@@ -117,6 +117,7 @@ class Experiment:
         self.store = Store(cfg.workdir)
         self._splits: Splits | None = None
         self._train_key = None
+        self._test_key = None
 
     def _log(self, msg: str):
         if self.cfg.runtime.verbose:
@@ -144,6 +145,13 @@ class Experiment:
             tr = self.splits().train
             self._train_key = fingerprint_arrays(tr.x, tr.y)
         return self._train_key
+
+    def test_data_key(self) -> str:
+        """Content hash of the test split (part of every key built on it)."""
+        if self._test_key is None:
+            test = self.splits().test
+            self._test_key = fingerprint_arrays(test.x, test.y)
+        return self._test_key
 
     def _holdout_spec(self) -> dict:
         d = self.cfg.data
@@ -313,10 +321,9 @@ class Experiment:
         return ("standard", 0.0) if eps == 0 else ("robust", float(eps))
 
     def robustified_key(self, eps: float) -> str:
-        test = self.splits().test
         return self.store.key(f"R{eps:g}", {"generator": self.model_key(*self.generator(eps)),
                                             "robustify": self.cfg.robustify.key_fields(),
-                                            "test": fingerprint_arrays(test.x, test.y)})
+                                            "test": self.test_data_key()})
 
     def robustified(self, eps: float, runtime: train.RuntimeOptions | None = None
                     ) -> tuple[data.Dataset, dict]:
@@ -354,9 +361,8 @@ class Experiment:
             metrics = {}
             with self.store.writing(DATASET_KIND, key, config, metrics=metrics) as d:
                 store_lib.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
-                rel = np.array(store_lib.assemble_chunks(work, "relative_distance",
-                                                         os.path.join(d, "rd.npy")))
-                os.replace(os.path.join(d, "rd.npy"), os.path.join(d, "relative_distance.npy"))
+                rel = store_lib.assemble_chunks(work, "relative_distance",
+                                                os.path.join(d, "relative_distance.npy"))
                 np.save(os.path.join(d, "seeds.npy"), seeds)
                 metrics.update(median_relative_distance=float(np.median(rel)),
                                seconds=time.time() - start)
@@ -390,7 +396,7 @@ class Experiment:
         ecfg = self.cfg.eval
         config = {"model": trained.key, "eps": eps,
                   "eval": ecfg if eps > 0 else None,
-                  "test": fingerprint_arrays(test.x, test.y)}
+                  "test": self.test_data_key()}
         key = self.store.key("eval", config)
         if self.store.has("evals", key):
             return self.store.manifest("evals", key)["metrics"]

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Callable
 
 import numpy as np
 
-from entangle import attacks, data, models, paper, pipeline
+from entangle import attacks, data, entanglement, models, paper, pipeline
 from entangle import plan as plan_lib
 from entangle import store as store_lib
 from entangle.plan import PlanItem
-from entangle.store import fingerprint_arrays
 
 MODES = ("per_source", "n_targeted")
 ADVERSARIAL_KIND = pipeline.DATASET_KIND
@@ -158,12 +158,11 @@ class Transfer:
         return list(self.cfg.sources) if attack == "n_targeted" else [eps]
 
     def adversarial_key(self, attack: str, eps: float | None = None) -> str:
-        test = self.exp.splits().test
         sources = self._set_sources(attack, eps)
         config = {"attack": attack, "sources": [self.source_key(e) for e in sources],
                   "pgd": self.cfg.attack_fields(),
                   "target_seed": self.cfg.target_seed if attack != "untargeted" else None,
-                  "test": fingerprint_arrays(test.x, test.y)}
+                  "test": self.exp.test_data_key()}
         label = "n" if attack == "n_targeted" else f"{attack[0]}{eps:g}"
         return self.exp.store.key(f"adv-{label}", config)
 
@@ -171,8 +170,6 @@ class Transfer:
                     runtime=None) -> tuple[data.Dataset, np.ndarray | None]:
         """The test set attacked on the source(s): (images labelled with the true class,
         targets (k, n) or None); built in chunks (a kill loses at most one), float16."""
-        import os
-
         exp, cfg = self.exp, self.cfg
         key = self.adversarial_key(attack, eps)
         path = exp.store.path(ADVERSARIAL_KIND, key)
@@ -216,9 +213,7 @@ class Transfer:
             metrics = {}
             with exp.store.writing(ADVERSARIAL_KIND, key, config, metrics=metrics) as d:
                 store_lib.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
-                norms = np.array(store_lib.assemble_chunks(work, "norm",
-                                                           os.path.join(d, "n.npy")))
-                os.remove(os.path.join(d, "n.npy"))
+                norms = store_lib.assemble_chunks(work, "norm", os.path.join(d, "l2.npy"))
                 if targets is not None:
                     np.save(os.path.join(d, "targets.npy"), targets)
                 metrics.update(max_l2=float(norms.max()), mean_l2=float(norms.mean()),
@@ -231,8 +226,6 @@ class Transfer:
 
     # -------------------------------------------------------------- plan
     def plan(self) -> list[PlanItem]:
-        from entangle import entanglement
-
         exp = self.exp
         sp = exp.splits()
         n_train, n_test = len(sp.train), len(sp.test)
@@ -333,18 +326,14 @@ def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
                  log: Callable[[str], None] = print) -> TransferResult:
     """Plans, builds (cooperating with other processes on the store) and evaluates a transfer
     study; with ``results_dir``, writes Markdown, CSV, JSON and PNG figures there."""
-    from entangle import entanglement
-
     start = time.time()
     exp = pipeline.Experiment(exp_cfg)
     study = Transfer(exp, cfg)
-    pretrained = exp.victim_config(cfg.victims[0]).pretrained if cfg.victims else False
     plan = study.plan()
-    if pretrained:
-        for it in plan:
-            name = it.label.removeprefix("victim ")
-            if not it.present and name in models.VICTIMS:
-                models.require_imagenet_weights(name)
+    pretrained = [v for v in cfg.victims if exp.victim_config(v).pretrained]
+    for name in pretrained:  # before any work: offline, fail fast naming the weights file
+        if not exp.store.has("models", exp.victim_key(name)):
+            models.require_imagenet_weights(name)
     rate = entanglement.default_rate(exp)
     log(plan_lib.describe(exp.store, plan, rate))
     built = plan_lib.build(exp.store, plan, rate, log, cfg.poll, "transfer")

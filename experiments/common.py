@@ -30,3 +30,25 @@ def fail(message: str, quick_hint: str):
     """Exit with a clear message (no traceback)."""
     print(f"error: {message}\n\n{quick_hint}", file=sys.stderr)
     sys.exit(2)
+
+
+def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ()):
+    """The binaries' shared main: no positional arguments; the distribution strategy first
+    (multi-worker must precede TensorFlow's start-up); then ``body()``. An exception of a type
+    in ``failures`` exits with its message and that hint; a bad value (ValueError,
+    FileNotFoundError, or ``usage_errors``) is a usage error."""
+    from absl import app
+
+    import flags as entangle_flags
+    from entangle import train
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    failures = failures or {}
+    try:
+        train.get_strategy(entangle_flags.FLAGS.strategy)
+        return body()
+    except tuple(failures) as e:
+        fail(str(e), next(h for t, h in failures.items() if isinstance(e, t)))
+    except (ValueError, FileNotFoundError, *usage_errors) as e:
+        raise app.UsageError(str(e))

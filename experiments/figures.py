@@ -5,7 +5,7 @@ import sys
 from absl import app
 
 import flags as entangle_flags
-from entangle import data, entanglement, train
+from entangle import data, entanglement
 from experiments import common
 
 FLAGS = entangle_flags.FLAGS
@@ -15,19 +15,15 @@ RUNNERS = {"figure2": entanglement.run_figure2, "figure3": entanglement.run_figu
 
 
 def main(argv, name):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        train.get_strategy(FLAGS.strategy)
-        exp_cfg = entangle_flags.experiment_config(FLAGS)
-        table_cfg = entangle_flags.table_config(FLAGS)
-        out = common.results_dir(FLAGS, name)
-        result = RUNNERS[name](exp_cfg, table_cfg, results_dir=out,
-                               log=print if not FLAGS.quiet else (lambda m: None))
-    except data.DatasetUnavailableError as e:
-        common.fail(str(e), "Try the quick scale: --flagfile=flags/cifar10_quick.cfg")
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e))
+    def body():
+        return RUNNERS[name](entangle_flags.experiment_config(FLAGS),
+                             entangle_flags.table_config(FLAGS),
+                             results_dir=common.results_dir(FLAGS, name),
+                             log=print if not FLAGS.quiet else (lambda m: None))
+
+    result = common.run_main(argv, body, {data.DatasetUnavailableError:
+                                          "Try the quick scale: "
+                                          "--flagfile=flags/cifar10_quick.cfg"})
     files = result if isinstance(result, dict) else result.files
     if not isinstance(result, dict):
         for series, values in result.series.items():

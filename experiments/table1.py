@@ -13,7 +13,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 
 import flags as entangle_flags  # noqa: E402
-from entangle import data, entanglement, train  # noqa: E402
+from entangle import data, entanglement  # noqa: E402
 from experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
@@ -26,21 +26,15 @@ QUICK = ("Without prepared data, run the quick scale on an image folder instead,
 
 
 def main(argv, name=NAME, title=TITLE, quick=QUICK):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        train.get_strategy(FLAGS.strategy)  # first: multi-worker must precede TF's start-up
-        exp_cfg = entangle_flags.experiment_config(FLAGS)
-        table_cfg = entangle_flags.table_config(FLAGS)
-        label = title + (" extended" if FLAGS.columns == "extended" else "")
-        result = entanglement.run_table(exp_cfg, table_cfg,
-                                        results_dir=common.results_dir(FLAGS, name),
-                                        title=label, log=print if not FLAGS.quiet else
-                                        (lambda m: None))
-    except data.DatasetUnavailableError as e:
-        common.fail(str(e), quick)
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e))
+    label = title + (" extended" if FLAGS.columns == "extended" else "")
+
+    def body():
+        return entanglement.run_table(entangle_flags.experiment_config(FLAGS),
+                                      entangle_flags.table_config(FLAGS),
+                                      results_dir=common.results_dir(FLAGS, name), title=label,
+                                      log=print if not FLAGS.quiet else (lambda m: None))
+
+    result = common.run_main(argv, body, {data.DatasetUnavailableError: quick})
     from entangle import report
 
     print()

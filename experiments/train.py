@@ -10,21 +10,18 @@ configure_environment()
 from absl import app  # noqa: E402
 
 import flags as entangle_flags  # noqa: E402
-from entangle import data, pipeline, train  # noqa: E402
+from entangle import data, pipeline  # noqa: E402
+from experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        train.get_strategy(FLAGS.strategy)  # first: multi-worker must precede TF's start-up
-        cfg = entangle_flags.experiment_config(FLAGS)
-        report = pipeline.run_train(cfg, FLAGS.kind, FLAGS.eps, FLAGS.attack_eps)
-    except (ValueError, FileNotFoundError, data.DatasetUnavailableError) as e:
-        raise app.UsageError(str(e))
+    report = common.run_main(
+        argv, lambda: pipeline.run_train(entangle_flags.experiment_config(FLAGS), FLAGS.kind,
+                                         FLAGS.eps, FLAGS.attack_eps),
+        usage_errors=(data.DatasetUnavailableError,))
     print(f"\n{report.kind} model (eps {report.eps:g}) {report.key}"
           f"{' [cache hit]' if report.cached else ''}")
     print(f"  test accuracy: {report.test_accuracy:.4f} on {report.num_test} images "

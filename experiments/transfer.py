@@ -16,7 +16,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 
 import flags as entangle_flags  # noqa: E402
-from entangle import data, models, train, transfer  # noqa: E402
+from entangle import data, models, transfer  # noqa: E402
 from experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
@@ -28,22 +28,18 @@ QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folde
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        train.get_strategy(FLAGS.strategy)  # first: multi-worker must precede TF's start-up
-        exp_cfg = entangle_flags.experiment_config(FLAGS)
+    def body():
         cfg = entangle_flags.transfer_config(FLAGS)
         name = "transfer" if cfg.mode == "per_source" else "transfer-n_targeted"
-        result = transfer.run_transfer(exp_cfg, cfg, results_dir=common.results_dir(FLAGS, name),
-                                       log=print if not FLAGS.quiet else (lambda m: None))
-    except data.DatasetUnavailableError as e:
-        common.fail(str(e), QUICK)
-    except models.WeightsUnavailableError as e:
-        common.fail(str(e), "Or train the victims from scratch: --victim_weights=none "
-                    "(every table and figure then says so).")
-    except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e))
+        return transfer.run_transfer(entangle_flags.experiment_config(FLAGS), cfg,
+                                     results_dir=common.results_dir(FLAGS, name),
+                                     log=print if not FLAGS.quiet else (lambda m: None))
+
+    result = common.run_main(argv, body, {
+        data.DatasetUnavailableError: QUICK,
+        models.WeightsUnavailableError: "Or train the victims from scratch: "
+                                        "--victim_weights=none (every table and figure then "
+                                        "says so)."})
     from entangle import report
 
     print()
