@@ -33,8 +33,8 @@ def fail(message: str, quick_hint: str):
 
 
 def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ()):
-    """The binaries' shared main: no positional arguments; the distribution strategy first
-    (multi-worker must precede TensorFlow's start-up); then ``body()``. An exception of a type
+    """The binaries' shared main: no positional arguments; threads and the distribution
+    strategy first (both must precede TensorFlow's start-up); then ``body()``. An exception of a type
     in ``failures`` exits with its message and that hint; a bad value (ValueError,
     FileNotFoundError, or ``usage_errors``) is a usage error."""
     from absl import app
@@ -46,6 +46,7 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     failures = failures or {}
     try:
+        train.configure_threads(entangle_flags.FLAGS.inter_op_threads)
         train.get_strategy(entangle_flags.FLAGS.strategy)
         return body()
     except tuple(failures) as e:

@@ -319,6 +319,9 @@ def define_runtime_flags(fv=FLAGS):
     flags.DEFINE_string("workdir", None, "Artifact store directory (default ./entangle_work or "
                         "$ENTANGLE_WORKDIR).", flag_values=fv)
     flags.DEFINE_bool("quiet", False, "No progress output.", flag_values=fv)
+    flags.DEFINE_string("inter_op_threads", "auto", "TensorFlow inter-op threads: auto (1 "
+                        "without a GPU, which makes CPU training bit-reproducible; TF's "
+                        "default with GPUs) or a number (0 = TF's default).", flag_values=fv)
 
 
 def define_table_flags(fv=FLAGS):
