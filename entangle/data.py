@@ -365,15 +365,66 @@ def make_planted(split: str, cfg: PlantedConfig = PlantedConfig()) -> Dataset:
     """Draws the planted dataset's ``split`` (deterministic for a given config)."""
     n = cfg.train_size if split == "train" else cfg.test_size
     rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1])
-    s = cfg.image_size
     y = np.arange(n) % cfg.num_classes
     rng.shuffle(y)
-    x = rng.uniform(0.35, 0.65, (n, 1, 1, 1)) + 0.03 * rng.standard_normal((n, s, s, 3))
+    x = _planted_background(rng, n, cfg.image_size)
     patterns = planted_patterns(cfg)
     for f in cfg.features:
         x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][y]
-    names = tuple(f"class{c}" for c in range(cfg.num_classes))
-    return Dataset(to_uint8(x), y.astype(np.int64), names, "planted")
+    return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg), "planted")
+
+
+PROBE_OTHERS = ("absent", "other")
+
+
+def make_planted_probe(cfg: PlantedConfig, feature: str, others: str = "absent",
+                       n: int | None = None) -> Dataset:
+    """Test images that carry one pattern type of their class only: ``feature`` (A, B or C)
+    of class y on the planted background, labelled y. The other types of ``cfg.features``
+    are absent (``others="absent"``) or present with another, random class each
+    (``"other"``: a conflict probe). A classifier scores above chance on the probe only if
+    it responds to that pattern type. ``n`` defaults to the test size."""
+    if feature not in ("A", "B", "C"):
+        raise ValueError(f"probe feature must be one of A, B, C; got {feature!r}")
+    if others not in PROBE_OTHERS:
+        raise ValueError(f"probe others must be one of {PROBE_OTHERS}; got {others!r}")
+    n = cfg.test_size if n is None else n
+    rng = np.random.default_rng([cfg.seed, 2, "ABC".index(feature), PROBE_OTHERS.index(others)])
+    y = np.arange(n) % cfg.num_classes
+    rng.shuffle(y)
+    x = _planted_background(rng, n, cfg.image_size)
+    patterns = planted_patterns(cfg)
+    x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[feature][y]
+    if others == "other":
+        for f in cfg.features.replace(feature, ""):
+            wrong = (y + rng.integers(1, cfg.num_classes, n)) % cfg.num_classes
+            x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][wrong]
+    return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg),
+                   f"planted-probe-{feature}-{others}")
+
+
+def pattern_presence(x: np.ndarray, y: np.ndarray, cfg: PlantedConfig) -> dict[str, float]:
+    """For each pattern type T, how often a matched filter finds T of the labelled class:
+    the fraction of images whose mean-removed pixels correlate most with T[y] among the
+    classes' T patterns (chance 1/num_classes when T of the label is absent)."""
+    x = to_float(np.asarray(x)).reshape(len(x), -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    out = {}
+    for t, pat in planted_patterns(cfg).items():
+        p = pat.reshape(cfg.num_classes, -1)
+        p = p - p.mean(axis=1, keepdims=True)
+        p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+        out[t] = float(np.mean(np.argmax(x @ p.T, axis=1) == np.asarray(y)))
+    return out
+
+
+def _planted_background(rng, n: int, s: int) -> np.ndarray:
+    """Grey images of random brightness with a little pixel noise."""
+    return rng.uniform(0.35, 0.65, (n, 1, 1, 1)) + 0.03 * rng.standard_normal((n, s, s, 3))
+
+
+def _planted_names(cfg: PlantedConfig) -> tuple[str, ...]:
+    return tuple(f"class{c}" for c in range(cfg.num_classes))
 
 
 # ---------------------------------------------------------------------------- augmentation and pipelines

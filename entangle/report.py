@@ -355,3 +355,175 @@ def write_transfer(result, grids: dict, test, directory: str) -> dict:
     files["class_aware"] = os.path.join(directory, "class_aware.png")
     plot_class_aware(result, files["class_aware"], title)
     return files
+
+
+def planted_study_markdown(result) -> str:
+    """One row per feature set and seed: the protocol's evidence, the probes, the truth; then
+    the verdict per feature set."""
+    chance = 100 * result.chance
+    lines = ["**Ground truth for the paper's test: planted features**", "",
+             "| Planted | Seed | Zero-robust on R_eps (95 % lower bound) | Neg-robust on R_eps "
+             "(lower bound) | Protocol says B | Zero-robust probes A/B/C | Robust probes A/B/C "
+             "| R_eps carries A/B/C |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result.runs:
+        cols = list(r.zero_lower)
+        own = cols[-1]
+
+        def cells(row):
+            return ", ".join(f"{c} {_pct(r.table.cells[row][c]['accuracy'])} "
+                             f"({_pct((r.zero_lower if row == 'zero_robust' else r.neg_lower)[c])})"
+                             for c in cols)
+
+        robust = next(k for k in r.probes if k.startswith("robust"))
+        probe = lambda row: "/".join(_pct(r.probes[row][f"{t}-absent"]) for t in "ABC")
+        lines.append(f"| {r.features} | {r.seed} | {cells('zero_robust')} | "
+                     f"{cells('neg_robust')} | {'yes' if r.says_b else 'no'} | "
+                     f"{probe('zero_robust')} | {probe(robust)} | {own}: "
+                     + "/".join(_pct(r.carries[own][t]) for t in "ABC") + " |")
+    lines += ["", f"Accuracy in %; chance {chance:.1f} %. 'Protocol says B': zero-robust above "
+              "chance (95 % Wilson lower bound) on every R_eps with eps > 0 and neg-robust on at "
+              "least one. Probes: test images that carry one pattern type of their class only "
+              "(the others absent). 'R_eps carries': how often a matched filter finds that "
+              "pattern type of the label in the robustified images (chance when absent).", "",
+              "| Planted | B planted | Protocol says B (per seed) | Outcome | Where it errs |",
+              "|---|---|---|---|---|"]
+    for features, v in result.verdict.items():
+        lines.append(f"| {features} | {'yes' if v['truth'] else 'no'} | "
+                     + ", ".join("yes" if s else "no" for s in v["says_b"])
+                     + f" | {v['outcome']} | {v['why'] or '-'} |")
+    lines += ["", f"**Verdict.** {result.summary}"]
+    return "\n".join(lines)
+
+
+def plot_planted_study(result, path: str) -> None:
+    """Left: zero-/neg-robust accuracy on R_eps (eps > 0, mean over those columns; one marker
+    per seed) for each planted feature set, B-planted sets shaded; right: what the zero-robust
+    classifier responds to (B-only, C-only probes) and what the last R_eps carries."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    sets = list(result.verdict)
+    x = np.arange(len(sets))
+    for i, s in enumerate(sets):
+        if result.verdict[s]["truth"]:
+            for ax in (ax1, ax2):
+                ax.axvspan(i - 0.45, i + 0.45, color="#fde7c8", zorder=0)
+    for j, (row, colour) in enumerate((("zero_robust", "C0"), ("neg_robust", "C3"))):
+        for k, r in enumerate(result.runs):
+            acc = np.mean([100 * r.table.cells[row][c]["accuracy"] for c in r.zero_lower])
+            ax1.plot(sets.index(r.features) + (j - 0.5) * 0.3, acc, "o", color=colour,
+                     label=row.replace("_", "-") if k == 0 else None)
+    ax1.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
+
+    def answer(s):
+        says = result.verdict[s]["says_b"]
+        return "says B" if all(says) else "no B" if not any(says) else "mixed"
+
+    ax1.set_xticks(x, [f"{s}\n(test: {answer(s)})" for s in sets])
+    ax1.set_xlabel("planted features (shaded: B planted)")
+    ax1.set_ylabel("accuracy on R_eps, eps > 0 (%)")
+    ax1.set_ylim(0, None)
+    ax1.set_title("The paper's test on planted data", fontsize=10)
+    ax1.legend(fontsize=8)
+    series = (("zero-robust on B-only probe", lambda r: r.probes["zero_robust"]["B-absent"]),
+              ("zero-robust on C-only probe", lambda r: r.probes["zero_robust"]["C-absent"]),
+              ("R_eps carries B", lambda r: r.carries[list(r.zero_lower)[-1]]["B"]),
+              ("R_eps carries C", lambda r: r.carries[list(r.zero_lower)[-1]]["C"]))
+    width = 0.2
+    for j, (name, get) in enumerate(series):
+        vals = [[100 * get(r) for r in result.runs if r.features == s] for s in sets]
+        mean = np.array([np.mean(v) for v in vals])
+        ax2.bar(x + (j - 1.5) * width, mean, width, label=name, capsize=2,
+                yerr=[mean - [min(v) for v in vals], [max(v) for v in vals] - mean])
+    ax2.axhline(100 * result.chance, color="grey", ls="--", lw=1)
+    ax2.set_xticks(x, sets)
+    ax2.set_xlabel("planted features (mean over seeds; whiskers: range)")
+    _finish(plt, fig, ax2, path, "What is really there: probes, matched filters on R_eps",
+            "%", top=105)
+
+
+def write_planted_study(result, directory: str) -> dict:
+    """Writes study.md, study.csv, study.json and study.png into ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    files = {k: os.path.join(directory, f"study.{k}") for k in ("md", "csv", "json", "png")}
+    with atomic_file(files["md"], "w") as f:
+        f.write(planted_study_markdown(result) + "\n")
+    with atomic_file(files["csv"], "w") as f:
+        w = csv.writer(f)
+        w.writerow(["features", "seed", "kind", "classifier_or_set", "column", "value"])
+        for r in result.runs:
+            for row in r.table.rows:
+                for c in r.table.columns:
+                    w.writerow([r.features, r.seed, "accuracy", row, c,
+                                r.table.cells[row][c]["accuracy"]])
+            for row, probes in r.probes.items():
+                for name, v in probes.items():
+                    w.writerow([r.features, r.seed, "probe_accuracy", row, name, v])
+            for name, carries in r.carries.items():
+                for t, v in carries.items():
+                    w.writerow([r.features, r.seed, "pattern_presence", name, t, v])
+            w.writerow([r.features, r.seed, "protocol_says_b", "", "", int(r.says_b)])
+    with atomic_file(files["json"], "w") as f:
+        json.dump({"chance": result.chance, "verdict": result.verdict, "summary": result.summary,
+                   "runs": [{**{k: v for k, v in dataclasses.asdict(r).items() if k != "table"},
+                             "table": {"cells": r.table.cells, "models": r.table.models}}
+                            for r in result.runs]}, f, indent=1, default=str)
+    plot_planted_study(result, files["png"])
+    return files
+
+
+def mistakes_markdown(result) -> str:
+    """Waseda et al.'s Tables 1 and 2 for one model pair, and the finding."""
+    second = ("standard, another seed" if result.config["second_model"] == "seed"
+              else result.config["second_model"])
+    c = result.config
+    lines = [f"**Different mistakes (Waseda et al. section 4): F1 standard, F2 {second}**", "",
+             f"N-targeted attack: L2 eps {c['eps']:g}, {c['steps']} steps of {c['step_size']:g}, "
+             f"targets {c['targets']}.", "",
+             "| Set | F1(X') = Y1 | F2(X') = Y2 | both | images |", "|---|---|---|---|---|"]
+    for part, s in result.success.items():
+        lines.append(f"| {part} | {_pct(s['F1 hits Y1'])} | {_pct(s['F2 hits Y2'])} | "
+                     f"{_pct(s['both'])} | {s['n']} |")
+    lines += ["", "| Trained on | Test accuracy | 95 % interval | Chance |", "|---|---|---|---|"]
+    for by, r in result.relabelled.items():
+        lines.append(f"| (X', {by}) | {_pct(r['accuracy'])} | {_pct(r['lower'])}-"
+                     f"{_pct(r['upper'])} | {100 * result.chance:.1f} |")
+    lines.append("")
+    for f in result.findings:
+        lines.append(f"- {f['text']}: {'held' if f['held'] else 'did NOT hold'} "
+                     f"({f['detail']})")
+    return "\n".join(lines)
+
+
+def write_mistakes(result, directory: str) -> dict:
+    """Writes mistakes.md, mistakes.csv, mistakes.json and mistakes.png into ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    files = {k: os.path.join(directory, f"mistakes.{k}") for k in ("md", "csv", "json", "png")}
+    with atomic_file(files["md"], "w") as f:
+        f.write(mistakes_markdown(result) + "\n")
+    with atomic_file(files["csv"], "w") as f:
+        w = csv.writer(f)
+        w.writerow(["table", "row", "column", "value"])
+        for part, s in result.success.items():
+            for k, v in s.items():
+                w.writerow(["success", part, k, v])
+        for by, r in result.relabelled.items():
+            for k in ("accuracy", "lower", "upper", "balanced_accuracy", "n"):
+                w.writerow(["relabelled_test", by, k, r[k]])
+    with atomic_file(files["json"], "w") as f:
+        json.dump({k: v for k, v in dataclasses.asdict(result).items() if k != "files"}, f,
+                  indent=1, default=str)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    names = list(result.success["train"])[:3] + [f"trained on {by}" for by in result.relabelled]
+    vals = [100 * result.success["train"][k] for k in list(result.success["train"])[:3]] + \
+        [100 * r["accuracy"] for r in result.relabelled.values()]
+    err = [[0, 0, 0] + [100 * (r["accuracy"] - r["lower"]) for r in result.relabelled.values()],
+           [0, 0, 0] + [100 * (r["upper"] - r["accuracy"]) for r in result.relabelled.values()]]
+    ax.bar(range(len(names)), vals, color=["C0", "C0", "C0", "C2", "C2"], yerr=err, capsize=3)
+    ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(names)), ["F1 hits Y1", "F2 hits Y2", "both", "test acc.\n(X', Y1)",
+                                      "test acc.\n(X', Y2)"], fontsize=8)
+    _finish(plt, fig, ax, files["png"], "Different mistakes: attack success (blue) and models "
+            "trained on relabelled examples (green)", "%", top=105)
+    return files

@@ -20,8 +20,8 @@ import sys
 
 from absl import flags
 
-from entangle import (construct, data, entanglement, models, paper, pipeline, robustify,
-                      train, transfer)
+from entangle import (construct, data, entanglement, mistakes, models, paper, pipeline,
+                      planted_study, robustify, train, transfer)
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -403,10 +403,58 @@ def transfer_config(f=FLAGS) -> transfer.TransferConfig:
                                    target_seed=f.target_seed, grid_images=f.grid_images)
 
 
+def define_study_flags(fv=FLAGS):
+    flags.DEFINE_list("feature_sets", ["ABC", "AB", "AC", "A"], "Planted study: the feature "
+                      "sets, each letters of ABC (A robust, B entangled, C artifact).",
+                      flag_values=fv)
+    flags.DEFINE_list("study_seeds", ["0", "1"], "Planted study: seeds (each a planted world, "
+                      "its data and models).", flag_values=fv)
+    flags.DEFINE_integer("probe_size", 1000, "Planted study: images per probe set.",
+                         lower_bound=1, flag_values=fv)
+    _validator("feature_sets", lambda v: bool(v) and all(
+        s and set(s) <= set("ABC") and len(set(s)) == len(s) for s in v),
+        "must be a comma list of distinct letters of ABC (e.g. ABC,AB,AC,A)", fv)
+    _validator("study_seeds", lambda v: bool(v) and all(t.strip().lstrip("-").isdigit()
+                                                         for t in v) and len(set(v)) == len(v),
+               "must be a comma list of distinct integers", fv)
+
+
+def study_config(f=FLAGS) -> planted_study.StudyConfig:
+    """The StudyConfig of the parsed flags (the table flags give eps, columns and rows)."""
+    return planted_study.StudyConfig(feature_sets=tuple(f.feature_sets),
+                                     seeds=tuple(int(t) for t in f.study_seeds),
+                                     table=table_config(f), probe_size=f.probe_size)
+
+
+def define_mistakes_flags(fv=FLAGS):
+    flags.DEFINE_string("second_model", "seed", "Different mistakes: F2 is the standard model "
+                        "with another seed ('seed') or a victim architecture trained from the "
+                        f"same data ({', '.join(models.VICTIMS)}).", flag_values=fv)
+    flags.DEFINE_float("mistakes_eps", 0.1, "Different mistakes: L2 budget of the N-targeted "
+                       "attack (Waseda et al. 4.2: 0.1).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("mistakes_steps", 100, "Different mistakes: PGD steps (4.2: 100).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("mistakes_step_size", 0.1, "Different mistakes: step size (4.2: 0.1).",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("mistakes_targets", "distinct", ["distinct", "independent"],
+                      "Different mistakes: Y1 uniform over all classes and Y2 uniform over the "
+                      "others (distinct), or Y1, Y2 independent and uniform (Waseda 4.2: they "
+                      "may coincide).", flag_values=fv)
+    _validator("second_model", lambda v: v == "seed" or v in models.VICTIMS,
+               f"must be 'seed' or one of {', '.join(models.VICTIMS)}", fv)
+
+
+def mistakes_config(f=FLAGS) -> mistakes.MistakesConfig:
+    """The MistakesConfig of the parsed flags."""
+    return mistakes.MistakesConfig(second_model=f.second_model, eps=f.mistakes_eps,
+                                   steps=f.mistakes_steps, step_size=f.mistakes_step_size,
+                                   targets=f.mistakes_targets, target_seed=f.target_seed)
+
+
 def define_all(fv=FLAGS):
     for define in (define_data_flags, define_model_flags, define_train_flags,
                    define_attack_flags, define_runtime_flags, define_table_flags,
-                   define_transfer_flags):
+                   define_transfer_flags, define_study_flags, define_mistakes_flags):
         define(fv)
 
 

@@ -1,0 +1,276 @@
+"""Waseda et al. (2023), section 4: do adversarial examples carry non-robust features of two
+classes at once?
+
+Two standard models F1 and F2 (one architecture with two seeds, or a second architecture)
+are attacked together on the training set with the N-targeted attack: F1 towards Y1, F2
+towards Y2, two random target sequences. The success table (their Table 1) says how often
+each model lands on its target. The examples are then relabelled once by Y1 and once by Y2;
+a fresh model is trained on each (the constructed-set rules of the zero-robust model: no
+augmentation, early stopping on a held-out part of the same construction) and scored on the
+original test set. Both above chance means the same images carry features of both classes.
+
+The targets are uniform over all classes (the original one included) so that, like the
+zero-robust labels, each sequence alone is independent of the true class; with
+``targets="distinct"`` Y2 is uniform over the classes other than Y1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from entangle import attacks, data, entanglement, pipeline, plan as plan_lib, progress, store
+from entangle import train
+from entangle.plan import PlanItem
+
+TARGET_MODES = ("distinct", "independent")
+KIND = "datasets"
+# Bump when a change here alters the adversarial set built from the same configuration.
+VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MistakesConfig:
+    second_model: str = "seed"          # "seed" (standard, seed + 1) or a victim name
+    eps: float = 0.1                    # Waseda 4.2: L2 0.1, 100 steps of 0.1
+    steps: int = 100
+    step_size: float = 0.1
+    targets: str = "distinct"
+    target_seed: int = 0
+    relabel_kind: str = "zero_robust"   # whose hyperparameters train the relabelled models
+
+    def __post_init__(self):
+        if self.targets not in TARGET_MODES:
+            raise ValueError(f"targets must be one of {TARGET_MODES}; got {self.targets!r}")
+        if not self.eps > 0 or self.steps < 1 or not self.step_size > 0:
+            raise ValueError(f"the attack needs eps > 0, steps >= 1 and step_size > 0; got "
+                             f"{self.eps}, {self.steps}, {self.step_size}")
+        if self.relabel_kind not in pipeline.KINDS:
+            raise ValueError(f"relabel_kind must be one of {pipeline.KINDS}; got "
+                             f"{self.relabel_kind!r}")
+
+
+def draw_target_pair(n: int, num_classes: int, mode: str = "distinct", seed: int = 0
+                     ) -> np.ndarray:
+    """(2, n) targets Y1, Y2, each uniform over all classes and independent of the images;
+    ``distinct``: Y2 != Y1 per image (Y2 uniform over the other classes)."""
+    if mode not in TARGET_MODES:
+        raise ValueError(f"targets must be one of {TARGET_MODES}; got {mode!r}")
+    rng = np.random.default_rng([seed, 4242])
+    y1 = rng.integers(0, num_classes, n)
+    if mode == "distinct":
+        y2 = (y1 + rng.integers(1, num_classes, n)) % num_classes
+    else:
+        y2 = rng.integers(0, num_classes, n)
+    return np.stack([y1, y2]).astype(np.int64)
+
+
+@dataclasses.dataclass
+class MistakesResult:
+    dataset: str
+    models: dict                # "F1"/"F2" -> store key
+    success: dict               # part -> {"F1 hits Y1", "F2 hits Y2", "both", "n"}
+    relabelled: dict            # "Y1"/"Y2" -> test accuracy report (+ "key", "lower")
+    chance: float
+    config: dict
+    built: list[str]
+    seconds: float
+    findings: list = dataclasses.field(default_factory=list)
+    files: dict = dataclasses.field(default_factory=dict)
+
+
+class Mistakes:
+    """The plan and evaluation of the different-mistakes experiment on one Experiment."""
+
+    def __init__(self, exp: pipeline.Experiment, cfg: MistakesConfig):
+        self.exp, self.cfg = exp, cfg
+        self._nowait = dataclasses.replace(exp.cfg.runtime, wait=False)
+
+    # -------------------------------------------------------------- the two attacked models
+    def model_key(self, which: str) -> str:
+        if which == "F1":
+            return self.exp.model_key("standard")
+        if self.cfg.second_model == "seed":
+            return self.exp.model_key("standard", 0.0, 1)
+        return self.exp.victim_key(self.cfg.second_model)
+
+    def model(self, which: str, runtime=None) -> train.TrainedModel:
+        if which == "F1":
+            return self.exp.model("standard", runtime=runtime)
+        if self.cfg.second_model == "seed":
+            return self.exp.model("standard", 0.0, 1, runtime=runtime)
+        return self.exp.victim(self.cfg.second_model, runtime=runtime)
+
+    # -------------------------------------------------------------- the adversarial set
+    def adversarial_key(self) -> str:
+        c = self.cfg
+        return self.exp.store.key("mistakes", {
+            "F1": self.model_key("F1"), "F2": self.model_key("F2"), "eps": c.eps,
+            "steps": c.steps, "step_size": c.step_size, "targets": c.targets,
+            "target_seed": c.target_seed, "images": self.exp.train_data_key(),
+            "holdout": self.exp._holdout_spec(), "version": VERSION})
+
+    def _parts(self) -> dict:
+        sp = self.exp.splits()
+        return {"train": sp.fit_part(), "val": sp.val_part()}
+
+    def adversarial(self, runtime=None) -> dict:
+        """part -> (x memory-mapped float16, targets (2, n), success dict) from the store."""
+        key = self.adversarial_key()
+        path = self.exp.store.path(KIND, key)
+
+        def load():
+            metrics = self.exp.store.manifest(KIND, key)["metrics"]
+            return {p: (np.load(os.path.join(path, f"x_{p}.npy"), mmap_mode="r"),
+                        np.load(os.path.join(path, f"targets_{p}.npy")), metrics[p])
+                    for p in ("train", "val")}
+
+        return self.exp.store.get_or_build(KIND, key, lambda: self._build(key), load,
+                                           poll=self.exp.cfg.runtime.lock_poll,
+                                           log=self.exp._log,
+                                           wait=(runtime or self.exp.cfg.runtime).wait)
+
+    def _build(self, key: str):
+        c, exp = self.cfg, self.exp
+        f1, f2 = self.model("F1").model, self.model("F2").model
+        partial = exp.store.partial_path(KIND, key)
+        batch = exp.cfg.runtime.eval_batch_size
+        metrics = {}
+        exp._log(f"[mistakes] N-targeted attack on F1 and F2 (eps {c.eps}, {c.steps} steps of "
+                 f"{c.step_size}): {sum(len(p) for p in self._parts().values())} images")
+        start = time.time()
+        with exp.store.writing(KIND, key, {"F1": self.model_key("F1"),
+                                           "F2": self.model_key("F2"),
+                                           **dataclasses.asdict(c)}, metrics=metrics) as d:
+            for i, (part, ds) in enumerate(self._parts().items()):
+                targets = draw_target_pair(len(ds), ds.num_classes, c.targets,
+                                           c.target_seed * 2 + i)
+
+                def make(rows, ds=ds, targets=targets):
+                    x = data.to_float(ds.x[rows])
+                    adv = attacks.multi_targeted_pgd_l2(
+                        [f1, f2], x, targets[:, rows], eps=c.eps, steps=c.steps,
+                        step_size=c.step_size, batch_size=batch,
+                        jit_compile=exp.cfg.runtime.jit_compile, verbose=False)
+                    return {"x": adv.astype(np.float16)}
+
+                work = os.path.join(partial, part)
+                store.build_chunks(work, len(ds), 4096, make, bar=progress.progbar(
+                    len(ds), enabled=exp.cfg.runtime.verbose, unit_name="image"))
+                x = store.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
+                np.save(os.path.join(d, f"targets_{part}.npy"), targets)
+                metrics[part] = success_table(train.predict(f1, x, batch),
+                                              train.predict(f2, x, batch), targets)
+                del x
+            metrics["seconds"] = time.time() - start
+        return self.adversarial()
+
+    # -------------------------------------------------------------- relabelled models
+    def relabelled_key(self, by: str) -> str:
+        cfg = self.exp.train_config(self.cfg.relabel_kind)
+        return train.model_key(self.exp.store, cfg, f"{self.adversarial_key()}|{by}",
+                               self.exp.splits().train.num_classes, f"mistakes-{by}")
+
+    def relabelled(self, by: str, runtime=None) -> train.TrainedModel:
+        """A fresh model trained on the adversarial set labelled by ``by`` (Y1 or Y2)."""
+        cfg = self.exp.train_config(self.cfg.relabel_kind)
+        names = self.exp.splits().train.class_names
+        row = {"Y1": 0, "Y2": 1}[by]
+        if self.exp.store.has(train.MODEL_KIND, self.relabelled_key(by)):
+            fit, val = self.exp.splits().train, None  # cache hit: the data is not needed
+        else:
+            adv = self.adversarial()
+            fit, val = (data.Dataset(adv[p][0], adv[p][1][row], names, f"mistakes:{p}:{by}")
+                        for p in ("train", "val"))
+        return train.train_classifier(cfg, fit, val if cfg.early_stopping else None,
+                                      self.exp.store, name=f"mistakes-{by}",
+                                      runtime=runtime or self.exp.cfg.runtime,
+                                      data_key=f"{self.adversarial_key()}|{by}")
+
+    # -------------------------------------------------------------- plan
+    def plan(self) -> list[PlanItem]:
+        exp = self.exp
+        n_fit = len(exp.splits().train)
+        items = []
+
+        def passes(cfg, n):
+            return cfg.epochs * n * 2.0
+
+        f1 = PlanItem("F1: standard", train.MODEL_KIND, self.model_key("F1"), (),
+                      lambda: self.model("F1", self._nowait),
+                      passes(exp.train_config("standard"), n_fit))
+        second = ("F2: standard (seed +1)" if self.cfg.second_model == "seed"
+                  else f"F2: {self.cfg.second_model}")
+        f2_cfg = (exp.train_config("standard") if self.cfg.second_model == "seed"
+                  else exp.victim_config(self.cfg.second_model))
+        f2 = PlanItem(second, train.MODEL_KIND, self.model_key("F2"), (),
+                      lambda: self.model("F2", self._nowait), passes(f2_cfg, n_fit))
+        adv = PlanItem("N-targeted set", KIND, self.adversarial_key(), (f1.key, f2.key),
+                       lambda: self.adversarial(self._nowait),
+                       n_fit * 2 * (self.cfg.steps + 1))
+        items += [f1, f2, adv]
+        rcfg = exp.train_config(self.cfg.relabel_kind)
+        for by in ("Y1", "Y2"):
+            items.append(PlanItem(f"model on (X', {by})", train.MODEL_KIND,
+                                  self.relabelled_key(by), (adv.key,),
+                                  lambda by=by: self.relabelled(by, self._nowait),
+                                  passes(rcfg, n_fit)))
+        return plan_lib.mark_present(exp.store, items)
+
+
+def success_table(pred1: np.ndarray, pred2: np.ndarray, targets: np.ndarray) -> dict:
+    """Waseda et al.'s Table 1: how often F1 lands on Y1, F2 on Y2, and both at once."""
+    hit1, hit2 = pred1 == targets[0], pred2 == targets[1]
+    return {"F1 hits Y1": float(hit1.mean()), "F2 hits Y2": float(hit2.mean()),
+            "both": float((hit1 & hit2).mean()), "n": int(len(pred1))}
+
+
+def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
+                 results_dir: str | None = None, poll: float = 5.0,
+                 log: Callable[[str], None] = print) -> MistakesResult:
+    """Plans, builds (cooperating with other processes on the store) and evaluates the
+    experiment; with ``results_dir``, writes Markdown, CSV, JSON and a PNG there."""
+    start = time.time()
+    exp = pipeline.Experiment(exp_cfg)
+    m = Mistakes(exp, cfg)
+    items = m.plan()
+    rate = entanglement.default_rate(exp)
+    log(plan_lib.describe(exp.store, items, rate))
+    built = plan_lib.build(exp.store, items, rate, log, poll, "mistakes")
+    test = exp.splits().test
+    adv = m.adversarial()
+    relabelled = {}
+    for by in ("Y1", "Y2"):
+        trained = m.relabelled(by)
+        rep = dict(exp.accuracy_on(trained, test, "Test"))
+        rep["lower"], rep["upper"] = entanglement.wilson_interval(rep["accuracy"], rep["n"])
+        rep["key"] = trained.key
+        relabelled[by] = rep
+        del trained
+    result = MistakesResult(
+        dataset=exp_cfg.data.dataset, models={w: m.model_key(w) for w in ("F1", "F2")},
+        success={p: adv[p][2] for p in ("train", "val")}, relabelled=relabelled,
+        chance=1.0 / test.num_classes, config=dataclasses.asdict(cfg), built=built,
+        seconds=time.time() - start)
+    result.findings = findings(result)
+    if results_dir:
+        from entangle import report
+
+        result.files = report.write_mistakes(result, results_dir)
+    return result
+
+
+def findings(result: MistakesResult) -> list[dict]:
+    """Waseda et al.'s conclusion, checked: both relabelled models above chance on the test
+    set (95 % Wilson lower bound), i.e. the same examples carry features of two classes."""
+    lows = {by: r["lower"] for by, r in result.relabelled.items()}
+    return [{"text": "both relabelled models are above chance on the original test set",
+             "held": all(v > result.chance for v in lows.values()),
+             "detail": ", ".join(f"trained on (X', {by}): "
+                                 f"{100 * result.relabelled[by]['accuracy']:.1f} % (95 % from "
+                                 f"{100 * v:.1f} %)" for by, v in lows.items())
+             + f"; chance {100 * result.chance:.1f} %"}]

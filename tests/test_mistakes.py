@@ -1,0 +1,103 @@
+"""Waseda et al.'s different-mistakes experiment: targets, success table, end to end at smoke
+scale (files, attack norms, success above the clean rate, relabelled models, cache)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+import flags as entangle_flags
+from entangle import mistakes, pipeline, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_target_pairs_are_uniform_distinct_and_seeded():
+    t = mistakes.draw_target_pair(20_000, 10, "distinct", seed=1)
+    assert t.shape == (2, 20_000) and (t[0] != t[1]).all()
+    for row in t:  # each sequence alone is uniform over all ten classes
+        freq = np.bincount(row, minlength=10) / 20_000
+        assert np.abs(freq - 0.1).max() < 0.01
+    np.testing.assert_array_equal(t, mistakes.draw_target_pair(20_000, 10, "distinct", seed=1))
+    assert not np.array_equal(t, mistakes.draw_target_pair(20_000, 10, "distinct", seed=2))
+    ind = mistakes.draw_target_pair(20_000, 10, "independent", seed=1)
+    assert abs(np.mean(ind[0] == ind[1]) - 0.1) < 0.01
+    with pytest.raises(ValueError, match="targets"):
+        mistakes.draw_target_pair(10, 10, "same")
+
+
+def test_success_table_counts_hits():
+    targets = np.array([[0, 1, 2, 3], [1, 2, 3, 0]])
+    s = mistakes.success_table(np.array([0, 1, 0, 3]), np.array([1, 0, 3, 0]), targets)
+    assert s == {"F1 hits Y1": 0.75, "F2 hits Y2": 0.75, "both": 0.5, "n": 4}
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="targets"):
+        mistakes.MistakesConfig(targets="random")
+    with pytest.raises(ValueError, match="eps > 0"):
+        mistakes.MistakesConfig(eps=0.0)
+
+
+def _config(workdir, *extra):
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        fv = flags.FlagValues()
+        entangle_flags.define_all(fv)
+        entangle_flags.parse(["--flagfile=flags/smoke.cfg", "--quiet", f"--workdir={workdir}",
+                              "--mistakes_eps=1.5", "--mistakes_steps=10",
+                              "--mistakes_step_size=0.3", *extra], fv)
+        return entangle_flags.experiment_config(fv), entangle_flags.mistakes_config(fv)
+    finally:
+        os.chdir(cwd)
+
+
+def test_mistakes_smoke_end_to_end(tmp_path):
+    exp_cfg, cfg = _config(tmp_path / "work")
+    out = tmp_path / "results"
+    result = mistakes.run_mistakes(exp_cfg, cfg, results_dir=str(out), log=lambda m: None)
+    assert len(result.built) == 5  # F1, F2, the N-targeted set, two relabelled models
+    assert set(result.files) == {"md", "csv", "json", "png"}
+    assert all(os.path.getsize(p) > 0 for p in result.files.values())
+    assert "F1(X') = Y1" in open(result.files["md"]).read()
+    js = json.load(open(result.files["json"]))
+    assert set(js["relabelled"]) == {"Y1", "Y2"} and js["findings"]
+
+    exp = pipeline.Experiment(exp_cfg)
+    m = mistakes.Mistakes(exp, cfg)
+    adv = m.adversarial()
+    fit = exp.splits().fit_part()
+    x, targets, success = adv["train"]
+    assert x.dtype == np.float16 and len(x) == len(fit) and (targets[0] != targets[1]).all()
+    delta = (np.asarray(x, np.float32) - fit.float_images()).reshape(len(x), -1)
+    assert np.sqrt((delta ** 2).sum(1)).max() <= cfg.eps + 0.01
+    # the attack moves each model towards its own targets, beyond what the clean images give
+    f1, f2 = m.model("F1").model, m.model("F2").model
+    clean = mistakes.success_table(train.predict(f1, fit.x), train.predict(f2, fit.x), targets)
+    assert success["F1 hits Y1"] > clean["F1 hits Y1"] + 0.2
+    assert success["F2 hits Y2"] > clean["F2 hits Y2"] + 0.2
+    assert success["both"] <= min(success["F1 hits Y1"], success["F2 hits Y2"])
+    # F2 is the standard model with another seed: a different model
+    assert m.model_key("F1") != m.model_key("F2")
+    # relabelled models: the constructed-set rules (no augmentation, early stopping)
+    for by in ("Y1", "Y2"):
+        trained = m.relabelled(by)
+        assert trained.cached and trained.key == result.relabelled[by]["key"]
+        assert not trained.manifest["config"]["train"]["augment"]
+        assert trained.manifest["config"]["train"]["early_stopping"]
+    again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None)
+    assert again.built == [] and again.relabelled == result.relabelled
+
+
+def test_mistakes_binary_bad_flag_fails_cleanly(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.different_mistakes",
+                           "--flagfile=flags/smoke.cfg", "--second_model=lenet",
+                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode != 0 and "second_model" in proc.stderr
+    assert "Traceback" not in proc.stderr
