@@ -21,7 +21,10 @@ The planted dataset. Each class c owns three patterns, added to a random backgro
 * ``C_c`` non-robust artifact independent of A_c: high-frequency +-1 pixel noise anywhere,
   L2 norm ``artifact_norm`` (default 1.0).
 
-Every image of class c carries each present pattern with an amplitude jitter U(0.8, 1.2).
+Every image of class c carries each present pattern with an amplitude jitter U(0.8, 1.2);
+with ``robust_reliability`` p < 1, a fraction 1 - p of the images carry A of another, random
+class instead, so that A alone predicts the label only for p of them and a standard model
+gains by also using B and C (as real non-robust features are useful beyond robust ones).
 An L2 adversary with budget eps >= 1.2 * norm(B) can erase or forge B (likewise C), so an
 eps-robust classifier cannot rely on them, while a standard classifier is free to; A needs a
 perturbation of norm about norm(A) / 2 to be confused with another class's shape.
@@ -328,6 +331,7 @@ class PlantedConfig:
     robust_norm: float = 6.0
     entangled_norm: float = 1.0
     artifact_norm: float = 1.0
+    robust_reliability: float = 1.0  # fraction of images whose A is their own class's
     seed: int = 0
 
     def __post_init__(self):
@@ -338,6 +342,9 @@ class PlantedConfig:
         for f in ("robust_norm", "entangled_norm", "artifact_norm"):
             if getattr(self, f) < 0:
                 raise ValueError(f"planted {f} must be >= 0; got {getattr(self, f)}")
+        if not 0 < self.robust_reliability <= 1:
+            raise ValueError("planted robust_reliability must be in (0, 1]; got "
+                             f"{self.robust_reliability}")
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -369,8 +376,14 @@ def make_planted(split: str, cfg: PlantedConfig = PlantedConfig()) -> Dataset:
     rng.shuffle(y)
     x = _planted_background(rng, n, cfg.image_size)
     patterns = planted_patterns(cfg)
+    owner = {f: y for f in cfg.features}
+    if cfg.robust_reliability < 1:
+        flip_rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1, 11])
+        flip = flip_rng.random(n) >= cfg.robust_reliability
+        owner["A"] = np.where(flip, (y + flip_rng.integers(1, cfg.num_classes, n))
+                              % cfg.num_classes, y)
     for f in cfg.features:
-        x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][y]
+        x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][owner[f]]
     return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg), "planted")
 
 

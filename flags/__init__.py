@@ -200,6 +200,9 @@ def define_data_flags(fv=FLAGS):
                        lower_bound=0, flag_values=fv)
     flags.DEFINE_float("planted_artifact_norm", 1.0, "L2 norm of the artifact pattern C.",
                        lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("planted_robust_reliability", 1.0,
+                       "Fraction of planted images whose robust pattern A is their own "
+                       "class's (the rest carry another class's A).", flag_values=fv)
 
     def dataset_ok(name):
         return name in ("cifar10", "imagenet9", "planted") or (
@@ -207,6 +210,7 @@ def define_data_flags(fv=FLAGS):
     _validator("dataset", dataset_ok, f"must be one of {data.dataset_names()}", fv)
     _validator("planted_features", lambda s: bool(s) and set(s) <= set("ABC"),
                "must be a non-empty subset of ABC", fv)
+    _validator("planted_robust_reliability", lambda v: 0 < v <= 1, "must be in (0, 1]", fv)
 
 
 def define_model_flags(fv=FLAGS):
@@ -486,7 +490,7 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
             train_size=f.planted_train_size, test_size=f.planted_test_size,
             features=f.planted_features, robust_norm=f.planted_robust_norm,
             entangled_norm=f.planted_entangled_norm, artifact_norm=f.planted_artifact_norm,
-            seed=f.data_seed)
+            robust_reliability=f.planted_robust_reliability, seed=f.data_seed)
     return pipeline.ExperimentConfig(
         data=pipeline.DataConfig(dataset=f.dataset, data_dir=f.data_dir, download=f.download,
                                  train_limit=f.train_limit, test_limit=f.test_limit,

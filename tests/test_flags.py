@@ -136,6 +136,7 @@ def _parse(*args):
     ("--sources=0,-1", "--sources"),
     ("--attack=both", "--attack"),
     ("--planted_features=XYZ", "--planted_features"),
+    ("--planted_robust_reliability=1.5", "--planted_robust_reliability"),
 ])
 def test_bad_flags_are_rejected(arg, match, monkeypatch):
     monkeypatch.chdir(ROOT)

@@ -163,6 +163,18 @@ def test_verdict_names_false_positives_and_negatives():
     assert "does not say" in summary and "AC: false positive" in summary
 
 
+def test_robust_reliability_moves_a_to_other_classes_only():
+    base = data.PlantedConfig(**{**CFG.__dict__, "test_size": 2000})
+    unreliable = data.PlantedConfig(**{**base.__dict__, "robust_reliability": 0.6})
+    ds, ds1 = data.make_planted("test", unreliable), data.make_planted("test", base)
+    found = data.pattern_presence(ds.x, ds.y, unreliable)
+    assert abs(found["A"] - 0.6) < 0.05  # A of the label in ~60 % of the images
+    assert found["B"] > 0.85 and found["C"] > 0.95  # the non-robust patterns stay reliable
+    np.testing.assert_array_equal(ds.y, ds1.y)  # same labels and backgrounds as p = 1
+    with pytest.raises(ValueError, match="robust_reliability"):
+        data.PlantedConfig(robust_reliability=0.0)
+
+
 def test_study_config_rejects_bad_values():
     with pytest.raises(ValueError, match="feature sets"):
         planted_study.StudyConfig(feature_sets=("ABD",))
