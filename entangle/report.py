@@ -52,12 +52,20 @@ def table_markdown(result, title: str) -> str:
     return "\n".join(lines)
 
 
+def _start_report(directory: str, stem: str, markdown: str,
+                  kinds=("md", "csv", "json", "png")) -> dict:
+    """Creates ``directory``, writes ``<stem>.md`` atomically and returns the paths of
+    ``<stem>.<kind>`` for every kind (the caller writes the rest)."""
+    os.makedirs(directory, exist_ok=True)
+    files = {k: os.path.join(directory, f"{stem}.{k}") for k in kinds}
+    with atomic_file(files["md"], "w") as f:
+        f.write(markdown + "\n")
+    return files
+
+
 def write_table(result, directory: str, title: str, plot_title: str | None = None) -> dict:
     """Writes table.md, table.csv, table.json and table.png into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    files = {k: os.path.join(directory, f"table.{k}") for k in ("md", "csv", "json", "png")}
-    with atomic_file(files["md"], "w") as f:
-        f.write(table_markdown(result, title) + "\n")
+    files = _start_report(directory, "table", table_markdown(result, title))
     with atomic_file(files["csv"], "w") as f:
         w = csv.writer(f)
         w.writerow(["classifier", "column", "accuracy", "balanced_accuracy", "majority_rate",
@@ -301,15 +309,13 @@ def write_transfer(result, grids: dict, test, directory: str) -> dict:
     """Writes transfer.md/.csv/.json, the paper's figures and the class-aware bars as PNG."""
     from entangle.paper import eps_label
 
-    os.makedirs(directory, exist_ok=True)
     ds = "ImageNet-9" if result.dataset == "imagenet9" else "CIFAR-10" \
         if result.dataset in ("cifar10",) or result.dataset.startswith("folder:") else \
         result.dataset
     scratch = " (victims from scratch)" if result.victim_weights == "none" else ""
     title = f"Transfer from robust sources, {ds}{scratch}"
-    files = {k: os.path.join(directory, f"transfer.{k}") for k in ("md", "csv", "json")}
-    with atomic_file(files["md"], "w") as f:
-        f.write(transfer_markdown(result, title) + "\n")
+    files = _start_report(directory, "transfer", transfer_markdown(result, title),
+                          ("md", "csv", "json"))
     fields = list(dict.fromkeys(k for r in result.records for k in r))
     with atomic_file(files["csv"], "w") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -399,7 +405,7 @@ def planted_study_markdown(result) -> str:
 def plot_planted_study(result, path: str) -> None:
     """Left: zero-/neg-robust accuracy on R_eps (eps > 0, mean over those columns; one marker
     per seed) for each planted feature set, B-planted sets shaded; right: what the zero-robust
-    classifier responds to (B-only, C-only probes) and what the last R_eps carries."""
+    classifier responds to (A-only, B-only, C-only probes) and what the last R_eps carries."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     sets = list(result.verdict)
@@ -425,29 +431,29 @@ def plot_planted_study(result, path: str) -> None:
     ax1.set_ylim(0, None)
     ax1.set_title("The paper's test on planted data", fontsize=10)
     ax1.legend(fontsize=8)
-    series = (("zero-robust on B-only probe", lambda r: r.probes["zero_robust"]["B-absent"]),
+    series = (("zero-robust on A-only probe (leakage)",
+               lambda r: r.probes["zero_robust"]["A-absent"]),
+              ("zero-robust on B-only probe", lambda r: r.probes["zero_robust"]["B-absent"]),
               ("zero-robust on C-only probe", lambda r: r.probes["zero_robust"]["C-absent"]),
-              ("R_eps carries B", lambda r: r.carries[list(r.zero_lower)[-1]]["B"]),
-              ("R_eps carries C", lambda r: r.carries[list(r.zero_lower)[-1]]["C"]))
-    width = 0.2
+              ("last R_eps carries B", lambda r: r.carries[list(r.zero_lower)[-1]]["B"]),
+              ("last R_eps carries C", lambda r: r.carries[list(r.zero_lower)[-1]]["C"]))
+    width, top = 0.16, 100 * result.chance
     for j, (name, get) in enumerate(series):
         vals = [[100 * get(r) for r in result.runs if r.features == s] for s in sets]
         mean = np.array([np.mean(v) for v in vals])
-        ax2.bar(x + (j - 1.5) * width, mean, width, label=name, capsize=2,
+        top = max(top, max(max(v) for v in vals))
+        ax2.bar(x + (j - 2) * width, mean, width, label=name, capsize=2,
                 yerr=[mean - [min(v) for v in vals], [max(v) for v in vals] - mean])
     ax2.axhline(100 * result.chance, color="grey", ls="--", lw=1)
     ax2.set_xticks(x, sets)
     ax2.set_xlabel("planted features (mean over seeds; whiskers: range)")
     _finish(plt, fig, ax2, path, "What is really there: probes, matched filters on R_eps",
-            "%", top=105)
+            "%", top=1.5 * top)  # headroom for the legend
 
 
 def write_planted_study(result, directory: str) -> dict:
     """Writes study.md, study.csv, study.json and study.png into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    files = {k: os.path.join(directory, f"study.{k}") for k in ("md", "csv", "json", "png")}
-    with atomic_file(files["md"], "w") as f:
-        f.write(planted_study_markdown(result) + "\n")
+    files = _start_report(directory, "study", planted_study_markdown(result))
     with atomic_file(files["csv"], "w") as f:
         w = csv.writer(f)
         w.writerow(["features", "seed", "kind", "classifier_or_set", "column", "value"])
@@ -497,10 +503,7 @@ def mistakes_markdown(result) -> str:
 
 def write_mistakes(result, directory: str) -> dict:
     """Writes mistakes.md, mistakes.csv, mistakes.json and mistakes.png into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    files = {k: os.path.join(directory, f"mistakes.{k}") for k in ("md", "csv", "json", "png")}
-    with atomic_file(files["md"], "w") as f:
-        f.write(mistakes_markdown(result) + "\n")
+    files = _start_report(directory, "mistakes", mistakes_markdown(result))
     with atomic_file(files["csv"], "w") as f:
         w = csv.writer(f)
         w.writerow(["table", "row", "column", "value"])
