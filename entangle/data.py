@@ -380,8 +380,7 @@ def make_planted(split: str, cfg: PlantedConfig = PlantedConfig()) -> Dataset:
     if cfg.robust_reliability < 1:
         flip_rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1, 11])
         flip = flip_rng.random(n) >= cfg.robust_reliability
-        owner["A"] = np.where(flip, (y + flip_rng.integers(1, cfg.num_classes, n))
-                              % cfg.num_classes, y)
+        owner["A"] = np.where(flip, other_class(flip_rng, y, cfg.num_classes), y)
     for f in cfg.features:
         x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][owner[f]]
     return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg), "planted")
@@ -410,7 +409,7 @@ def make_planted_probe(cfg: PlantedConfig, feature: str, others: str = "absent",
     x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[feature][y]
     if others == "other":
         for f in cfg.features.replace(feature, ""):
-            wrong = (y + rng.integers(1, cfg.num_classes, n)) % cfg.num_classes
+            wrong = other_class(rng, y, cfg.num_classes)  # drawn before the jitter
             x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][wrong]
     return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg),
                    f"planted-probe-{feature}-{others}")
@@ -429,6 +428,11 @@ def pattern_presence(x: np.ndarray, y: np.ndarray, cfg: PlantedConfig) -> dict[s
         p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
         out[t] = float(np.mean(np.argmax(x @ p.T, axis=1) == np.asarray(y)))
     return out
+
+
+def other_class(rng: np.random.Generator, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per label, a class drawn uniformly from the other ``num_classes - 1``."""
+    return (np.asarray(y) + rng.integers(1, num_classes, len(y))) % num_classes
 
 
 def _planted_background(rng, n: int, s: int) -> np.ndarray:

@@ -225,10 +225,16 @@ def _match(eps, row: dict):
 def _prepare(exp_cfg, cfg: TableConfig, robustified: bool, log) -> tuple[Table, list[str]]:
     exp = pipeline.Experiment(exp_cfg)
     table = Table(exp, cfg)
-    plan = table.plan(robustified)
+    return table, build_plan(exp, table.plan(robustified), log, cfg.poll, "table")
+
+
+def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None],
+               poll: float, name: str) -> list[str]:
+    """Prints the plan with time estimates, then builds what is missing, cooperating with
+    other processes on the store; returns the keys this process built."""
     rate = default_rate(exp)
-    log(plan_lib.describe(exp.store, plan, rate))
-    return table, plan_lib.build(exp.store, plan, rate, log, cfg.poll, "table")
+    log(plan_lib.describe(exp.store, items, rate))
+    return plan_lib.build(exp.store, items, rate, log, poll, name)
 
 
 @dataclasses.dataclass
@@ -348,6 +354,11 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def lower_bound(report: dict) -> float:
+    """The 95 % Wilson lower bound of an accuracy report (``accuracy`` over ``n`` images)."""
+    return wilson_interval(report["accuracy"], report["n"])[0]
+
+
 def findings(result: TableResult) -> list[dict]:
     """The paper's four qualitative findings (section 4), checked on a measured table.
 
@@ -363,11 +374,10 @@ def findings(result: TableResult) -> list[dict]:
         return result.cells[row][col]["accuracy"]
 
     def lower(row, col):
-        rep = result.cells[row][col]
-        return wilson_interval(rep["accuracy"], rep["n"])[0]
+        return lower_bound(result.cells[row][col])
 
     cols = {c: e for c in result.columns if c.startswith("R_")
-            for e in [_col_eps(c)]}
+            for e in [column_eps(c)]}
     robust = next((r for r in result.rows if r.startswith("robust")), None)
     if "standard" in result.rows and "R_0" in cols:
         small = [c for c, e in cols.items() if 0 < e <= 0.25]
@@ -401,7 +411,8 @@ def findings(result: TableResult) -> list[dict]:
     return out
 
 
-def _col_eps(label: str) -> float:
+def column_eps(label: str) -> float:
+    """The eps of a column label such as R_1/4 (0.25) or R_1 (1.0)."""
     text = label[2:]
     if "/" in text:
         num, den = text.split("/")

@@ -63,7 +63,7 @@ def draw_target_pair(n: int, num_classes: int, mode: str = "distinct", seed: int
     rng = np.random.default_rng([seed, 4242])
     y1 = rng.integers(0, num_classes, n)
     if mode == "distinct":
-        y2 = (y1 + rng.integers(1, num_classes, n)) % num_classes
+        y2 = data.other_class(rng, y1, num_classes)
     else:
         y2 = rng.integers(0, num_classes, n)
     return np.stack([y1, y2]).astype(np.int64)
@@ -139,14 +139,14 @@ class Mistakes:
         f1, f2 = self.model("F1").model, self.model("F2").model
         partial = exp.store.partial_path(KIND, key)
         batch = exp.cfg.runtime.eval_batch_size
-        metrics = {}
+        metrics, parts = {}, self._parts()
         exp._log(f"[mistakes] N-targeted attack on F1 and F2 (eps {c.eps}, {c.steps} steps of "
-                 f"{c.step_size}): {sum(len(p) for p in self._parts().values())} images")
+                 f"{c.step_size}): {sum(len(p) for p in parts.values())} images")
         start = time.time()
         with exp.store.writing(KIND, key, {"F1": self.model_key("F1"),
                                            "F2": self.model_key("F2"),
                                            **dataclasses.asdict(c)}, metrics=metrics) as d:
-            for i, (part, ds) in enumerate(self._parts().items()):
+            for i, (part, ds) in enumerate(parts.items()):
                 targets = draw_target_pair(len(ds), ds.num_classes, c.targets,
                                            c.target_seed * 2 + i)
 
@@ -237,10 +237,7 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
     start = time.time()
     exp = pipeline.Experiment(exp_cfg)
     m = Mistakes(exp, cfg)
-    items = m.plan()
-    rate = entanglement.default_rate(exp)
-    log(plan_lib.describe(exp.store, items, rate))
-    built = plan_lib.build(exp.store, items, rate, log, poll, "mistakes")
+    built = entanglement.build_plan(exp, m.plan(), log, poll, "mistakes")
     test = exp.splits().test
     adv = m.adversarial()
     relabelled = {}

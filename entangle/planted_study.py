@@ -64,6 +64,11 @@ class RunResult:
     says_b: bool          # zero-robust above chance on every R_eps and neg-robust on one
     zero_says_b: bool     # zero-robust above chance on every R_eps (the control ignored)
 
+    @property
+    def largest_column(self) -> str:
+        """The R_eps column of the largest eps, whose contents the report probes."""
+        return max(self.zero_lower, key=entanglement.column_eps)
+
 
 @dataclasses.dataclass
 class StudyResult:
@@ -87,10 +92,6 @@ def planted_config(exp_cfg: pipeline.ExperimentConfig, features: str, seed: int
                  for k, h in exp_cfg.hparams.items()},
         construct=dataclasses.replace(exp_cfg.construct, seed=seed),
         robustify=dataclasses.replace(exp_cfg.robustify, seed=seed))
-
-
-def _lower(report: dict) -> float:
-    return entanglement.wilson_interval(report["accuracy"], report["n"])[0]
 
 
 def study_run(exp_cfg: pipeline.ExperimentConfig, cfg: StudyConfig, features: str, seed: int,
@@ -117,8 +118,8 @@ def study_run(exp_cfg: pipeline.ExperimentConfig, cfg: StudyConfig, features: st
         ds, _ = exp.robustified(eps)
         carries[f"R_{paper.eps_label(eps)}"] = data.pattern_presence(ds.x, ds.y, planted)
     cols = [f"R_{paper.eps_label(e)}" for e in cfg.table.columns if e > 0]
-    zero = {c: _lower(table.cells["zero_robust"][c]) for c in cols}
-    neg = {c: _lower(table.cells["neg_robust"][c]) for c in cols}
+    zero = {c: entanglement.lower_bound(table.cells["zero_robust"][c]) for c in cols}
+    neg = {c: entanglement.lower_bound(table.cells["neg_robust"][c]) for c in cols}
     zero_all = all(v > table.chance for v in zero.values())
     return RunResult(features, seed, table, probes, carries, zero, neg,
                      says_b=zero_all and any(v > table.chance for v in neg.values()),
@@ -143,8 +144,7 @@ def verdict(runs: list[RunResult], chance: float) -> tuple[dict, str]:
         for r in rs:
             if r.says_b == truth:
                 continue
-            own = max((c for c in r.carries if c.startswith("R_") and c != "R_0"),
-                      key=lambda c: entanglement._col_eps(c))
+            own = r.largest_column
             zr = r.probes["zero_robust"]
             if r.says_b:
                 why.append(

@@ -373,8 +373,7 @@ def planted_study_markdown(result) -> str:
              "| R_eps carries A/B/C |",
              "|---|---|---|---|---|---|---|---|"]
     for r in result.runs:
-        cols = list(r.zero_lower)
-        own = cols[-1]
+        cols, own = list(r.zero_lower), r.largest_column
 
         def cells(row):
             return ", ".join(f"{c} {_pct(r.table.cells[row][c]['accuracy'])} "
@@ -405,7 +404,8 @@ def planted_study_markdown(result) -> str:
 def plot_planted_study(result, path: str) -> None:
     """Left: zero-/neg-robust accuracy on R_eps (eps > 0, mean over those columns; one marker
     per seed) for each planted feature set, B-planted sets shaded; right: what the zero-robust
-    classifier responds to (A-only, B-only, C-only probes) and what the last R_eps carries."""
+    classifier responds to (A-only, B-only, C-only probes) and what the largest-eps R_eps
+    carries."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     sets = list(result.verdict)
@@ -435,8 +435,8 @@ def plot_planted_study(result, path: str) -> None:
                lambda r: r.probes["zero_robust"]["A-absent"]),
               ("zero-robust on B-only probe", lambda r: r.probes["zero_robust"]["B-absent"]),
               ("zero-robust on C-only probe", lambda r: r.probes["zero_robust"]["C-absent"]),
-              ("last R_eps carries B", lambda r: r.carries[list(r.zero_lower)[-1]]["B"]),
-              ("last R_eps carries C", lambda r: r.carries[list(r.zero_lower)[-1]]["C"]))
+              ("largest-eps R_eps carries B", lambda r: r.carries[r.largest_column]["B"]),
+              ("largest-eps R_eps carries C", lambda r: r.carries[r.largest_column]["C"]))
     width, top = 0.16, 100 * result.chance
     for j, (name, get) in enumerate(series):
         vals = [[100 * get(r) for r in result.runs if r.features == s] for s in sets]
@@ -518,15 +518,15 @@ def write_mistakes(result, directory: str) -> dict:
                   indent=1, default=str)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    names = list(result.success["train"])[:3] + [f"trained on {by}" for by in result.relabelled]
-    vals = [100 * result.success["train"][k] for k in list(result.success["train"])[:3]] + \
+    hits = ("F1 hits Y1", "F2 hits Y2", "both")
+    vals = [100 * result.success["train"][k] for k in hits] + \
         [100 * r["accuracy"] for r in result.relabelled.values()]
     err = [[0, 0, 0] + [100 * (r["accuracy"] - r["lower"]) for r in result.relabelled.values()],
            [0, 0, 0] + [100 * (r["upper"] - r["accuracy"]) for r in result.relabelled.values()]]
-    ax.bar(range(len(names)), vals, color=["C0", "C0", "C0", "C2", "C2"], yerr=err, capsize=3)
+    ax.bar(range(len(vals)), vals, color=["C0", "C0", "C0", "C2", "C2"], yerr=err, capsize=3)
     ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(range(len(names)), ["F1 hits Y1", "F2 hits Y2", "both", "test acc.\n(X', Y1)",
-                                      "test acc.\n(X', Y2)"], fontsize=8)
+    ax.set_xticks(range(len(vals)), [*hits, *(f"test acc.\n(X', {by})"
+                                             for by in result.relabelled)], fontsize=8)
     _finish(plt, fig, ax, files["png"], "Different mistakes: attack success (blue) and models "
             "trained on relabelled examples (green)", "%", top=105)
     return files

@@ -334,9 +334,7 @@ def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
     for name in pretrained:  # before any work: offline, fail fast naming the weights file
         if not exp.store.has("models", exp.victim_key(name)):
             models.require_imagenet_weights(name)
-    rate = entanglement.default_rate(exp)
-    log(plan_lib.describe(exp.store, plan, rate))
-    built = plan_lib.build(exp.store, plan, rate, log, cfg.poll, "transfer")
+    built = entanglement.build_plan(exp, plan, log, cfg.poll, "transfer")
     records, clean, grids = study.evaluate()
     result = TransferResult(dataset=exp_cfg.data.dataset, mode=cfg.mode,
                             sources=list(cfg.sources), victims=list(cfg.victims),
