@@ -105,7 +105,8 @@ def dataset_names() -> str:
 
 def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: int | None = None,
                  seed: int = 0, download: bool = False, cache_dir: str | None = None,
-                 planted: "PlantedConfig | None" = None, verbose: bool = True) -> Dataset:
+                 planted: "PlantedConfig | None" = None, verbose: bool = True,
+                 allow_empty_classes: bool = False) -> Dataset:
     """Loads ``split`` ('train' or 'test') of a named dataset as uint8 arrays.
 
     ``limit`` keeps a seeded, class-stratified subset of that many images. tfds datasets are
@@ -122,7 +123,8 @@ def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: i
     elif name == "imagenet9":
         ds = _load_imagenet9(split, data_dir, download)
     elif name.startswith("folder:"):
-        ds = load_folder(name[len("folder:"):], split, cache_dir=cache_dir, verbose=verbose)
+        ds = load_folder(name[len("folder:"):], split, cache_dir=cache_dir, verbose=verbose,
+                         allow_empty_classes=allow_empty_classes)
     elif name == "planted":
         ds = make_planted(split, planted or PlantedConfig(seed=seed))
     else:
@@ -255,21 +257,46 @@ def default_cache_dir() -> str:
                                                          "entangle"))
 
 
-def _folder_listing(root: str, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+def _class_dirs(split_dir: str) -> list[str]:
+    return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+
+
+def _folder_listing(root: str, split: str, allow_empty_classes: bool = False
+                    ) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(file, label)]) of ``root/split``. Labels number the classes of both
+    splits alike: the train and test class lists must match, or this names the difference;
+    an empty class folder (which would add a class and change chance) is an error unless
+    ``allow_empty_classes``."""
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
         raise FileNotFoundError(f"image folder {split_dir!r} does not exist; folder:PATH needs "
                                 f"PATH/train/<class>/ and PATH/test/<class>/ sub-folders")
-    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    classes = _class_dirs(split_dir)
     if not classes:
         raise ValueError(f"image folder {split_dir!r} has no class sub-folders")
-    files = []
+    for other in SPLITS:
+        other_dir = os.path.join(root, other)
+        if other != split and os.path.isdir(other_dir) and _class_dirs(other_dir) != classes:
+            theirs = _class_dirs(other_dir)
+            raise ValueError(
+                f"the class folders of {split_dir!r} and {other_dir!r} differ (labels would "
+                f"mean different classes): only in {split}: {sorted(set(classes) - set(theirs))}"
+                f", only in {other}: {sorted(set(theirs) - set(classes))}. Both splits need "
+                f"the same class sub-folders")
+    files, empty = [], []
     for label, c in enumerate(classes):
-        for f in sorted(os.listdir(os.path.join(split_dir, c))):
-            if f.lower().endswith(_IMAGE_EXTENSIONS):
-                files.append((os.path.join(split_dir, c, f), label))
+        found = [f for f in sorted(os.listdir(os.path.join(split_dir, c)))
+                 if f.lower().endswith(_IMAGE_EXTENSIONS)]
+        if not found:
+            empty.append(c)
+        files += [(os.path.join(split_dir, c, f), label) for f in found]
     if not files:
         raise ValueError(f"image folder {split_dir!r} holds no images ({', '.join(_IMAGE_EXTENSIONS)})")
+    if empty and not allow_empty_classes:
+        raise ValueError(f"image folder {split_dir!r} has class folders without images: "
+                         f"{empty}. An empty class still counts as a class (chance 1/"
+                         f"{len(classes)} instead of 1/{len(classes) - len(empty)}); remove "
+                         f"them, or pass --allow_empty_classes to keep them")
     return classes, files
 
 
@@ -284,10 +311,10 @@ def _decode(path: str) -> np.ndarray:
 
 
 def load_folder(root: str, split: str, *, cache_dir: str | None = None,
-                verbose: bool = True) -> Dataset:
+                verbose: bool = True, allow_empty_classes: bool = False) -> Dataset:
     """Reads ``root/split/<class>/*`` (decoded once, then served from an .npz cache)."""
     root = os.path.abspath(os.path.expanduser(root))
-    classes, files = _folder_listing(root, split)
+    classes, files = _folder_listing(root, split, allow_empty_classes)
     h = hashlib.sha256(f"{root}|{split}".encode())
     for path, label in files:
         st = os.stat(path)

@@ -22,7 +22,7 @@ POOLINGS = ("keras_example", "global")
 
 
 def _resnet_layer(x, filters, kernel_size=3, strides=1, activation=True, batch_norm=True,
-                  conv_first=True, weight_decay=1e-4, name=None):
+                  conv_first=True, weight_decay=1e-4, bn_momentum=0.99, name=None):
     """Conv-BN-ReLU (conv_first) or BN-ReLU-Conv (pre-activation), as in the Keras example."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
@@ -31,12 +31,13 @@ def _resnet_layer(x, filters, kernel_size=3, strides=1, activation=True, batch_n
     if conv_first:
         x = conv(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn" if name else None)(x)
+            x = layers.BatchNormalization(momentum=bn_momentum,
+                                          name=f"{name}_bn" if name else None)(x)
         if activation:
             x = layers.Activation("relu")(x)
         return x
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_bn" if name else None)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn" if name else None)(x)
     if activation:
         x = layers.Activation("relu")(x)
     return conv(x)
@@ -49,14 +50,15 @@ def is_resnet_v2_depth(depth) -> bool:
 
 def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10,
               *, width: int = 16, weight_decay: float = 1e-4, pooling: str = "global",
-              name: str | None = None) -> keras.Model:
+              bn_momentum: float = 0.99, name: str | None = None) -> keras.Model:
     """CIFAR ResNet v2 (pre-activation bottleneck blocks, depth 9n+2) returning logits.
 
     Follows Keras' classic CIFAR-10 example (ResNet20v2: depth 20, ResNet56v2: depth 56).
     ``pooling`` (``POOLINGS``): the example's AveragePooling2D(8) + Flatten (inputs >= 32 px),
     or global average pooling (any input from 8 px). The pooled features, rep(x) in the paper,
     come from the layer named ``representation``; ``width`` (16 in the paper) scales every
-    stage, so tests can use a tiny variant (depth 11, width 4). Logits are float32 under any
+    stage, so tests can use a tiny variant (depth 11, width 4). ``bn_momentum`` is every batch
+    norm's moving-average momentum (Keras' 0.99 by default). Logits are float32 under any
     mixed-precision policy.
     """
     if not is_resnet_v2_depth(depth):
@@ -72,12 +74,14 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
         raise ValueError(f"width must be >= 1; got {width}")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1); got {bn_momentum!r}")
     if pooling == "keras_example" and min(input_shape[:2]) < 32:
         raise ValueError(f"pooling='keras_example' (AveragePooling2D(8) on the 1/4-size final "
                          f"feature map) needs inputs of at least 32 px; got {input_shape[:2]}. "
                          f"Use pooling='global' (--pooling=global) for smaller images")
     n = (depth - 2) // 9
-    kw = dict(weight_decay=weight_decay)
+    kw = dict(weight_decay=weight_decay, bn_momentum=bn_momentum)
     inputs = keras.Input(shape=input_shape, name="image")
     x = _resnet_layer(inputs, width, conv_first=True, name="stem", **kw)
     filters_in = width
@@ -104,7 +108,7 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
                                   **kw)
             x = layers.Add(name=f"{prefix}_add")([x, y])
         filters_in = filters_out
-    x = layers.BatchNormalization(name="final_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="final_bn")(x)
     x = layers.Activation("relu", name="final_relu")(x)
     if pooling == "global":
         rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)

@@ -24,6 +24,8 @@ KINDS = ("standard", "robust", "zero_robust", "neg_robust")
 VALIDATION_SOURCES = ("constructed", "clean")
 DATASET_KIND = "datasets"
 PREDICTIONS_KIND = "predictions"
+# Bump when a change alters what Experiment.evaluate computes (2: per-image outcomes kept).
+EVAL_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,7 @@ class DataConfig:
     seed: int = 0
     cache_dir: str | None = None
     planted: data.PlantedConfig | None = None
+    allow_empty_classes: bool = False   # folder datasets: keep class folders without images
 
     def __post_init__(self):
         if self.validation not in VALIDATION_SOURCES:
@@ -129,7 +132,8 @@ class Experiment:
             d = self.cfg.data
             kw = dict(data_dir=d.data_dir, download=d.download, seed=d.seed,
                       cache_dir=d.cache_dir, planted=d.planted,
-                      verbose=self.cfg.runtime.verbose)
+                      verbose=self.cfg.runtime.verbose,
+                      allow_empty_classes=d.allow_empty_classes)
             full = data.load_dataset(d.dataset, "train", limit=d.train_limit, **kw)
             test = data.load_dataset(d.dataset, "test", limit=d.test_limit, **kw)
             if d.balance:
@@ -389,32 +393,41 @@ class Experiment:
         self.store.record("evals", key, config, metrics=report)
         return report
 
-    def evaluate(self, trained: train.TrainedModel, eps: float = 0.0) -> dict:
+    def evaluate(self, trained: train.TrainedModel, eps: float = 0.0,
+                 outcomes: bool = False) -> dict:
         """Test accuracy (with balanced accuracy and the majority rate) and, for eps > 0, PGD
-        accuracy at eps; cached in the store."""
+        accuracy at eps; cached in the store with the per-image outcomes, which
+        ``outcomes=True`` adds as ``clean_correct`` / ``pgd_correct`` boolean arrays."""
         test = self.splits().test
         ecfg = self.cfg.eval
         config = {"model": trained.key, "eps": eps,
                   "eval": ecfg if eps > 0 else None,
-                  "test": self.test_data_key()}
+                  "test": self.test_data_key(), "version": EVAL_VERSION}
         key = self.store.key("eval", config)
-        if self.store.has("evals", key):
-            return self.store.manifest("evals", key)["metrics"]
-        x = test.float_images()
-        batch = self.cfg.runtime.eval_batch_size
-        report = data.accuracy_report(train.predict(trained.model, x, batch), test.y,
-                                      test.num_classes)
-        metrics = {"test_accuracy": report["accuracy"],
-                   "balanced_accuracy": report["balanced_accuracy"],
-                   "majority_rate": report["majority_rate"], "num_test": len(test)}
-        if eps > 0:
-            adv = attacks.pgd_l2(trained.model, x, test.y, eps=eps, steps=ecfg.attack_steps,
-                                 step_size=ecfg.step_size_factor * eps / ecfg.attack_steps,
-                                 batch_size=batch, jit_compile=self.cfg.runtime.jit_compile)
-            metrics["pgd_accuracy"] = train.accuracy(trained.model, adv, test.y, batch)
-            metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
-                                                    .sum(1)).max())
-        self.store.record("evals", key, config, metrics=metrics)
+        path = os.path.join(self.store.path("evals", key), "outcomes.npz")
+        if not self.store.has("evals", key):
+            x = test.float_images()
+            batch = self.cfg.runtime.eval_batch_size
+            pred = train.predict(trained.model, x, batch)
+            report = data.accuracy_report(pred, test.y, test.num_classes)
+            metrics = {"test_accuracy": report["accuracy"],
+                       "balanced_accuracy": report["balanced_accuracy"],
+                       "majority_rate": report["majority_rate"], "num_test": len(test)}
+            arrays = {"clean_correct": pred == test.y}
+            if eps > 0:
+                adv = attacks.pgd_l2(trained.model, x, test.y, eps=eps, steps=ecfg.attack_steps,
+                                     step_size=ecfg.step_size_factor * eps / ecfg.attack_steps,
+                                     batch_size=batch, jit_compile=self.cfg.runtime.jit_compile)
+                arrays["pgd_correct"] = train.predict(trained.model, adv, batch) == test.y
+                metrics["pgd_accuracy"] = float(arrays["pgd_correct"].mean())
+                metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
+                                                        .sum(1)).max())
+            with self.store.writing("evals", key, config, metrics=metrics) as d:
+                np.savez(os.path.join(d, "outcomes.npz"), **arrays)
+        metrics = dict(self.store.manifest("evals", key)["metrics"])
+        if outcomes:
+            with np.load(path) as z:
+                metrics.update({k: z[k] for k in z.files})
         return metrics
 
 

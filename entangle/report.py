@@ -35,7 +35,10 @@ def table_markdown(result, title: str) -> str:
             cells.append(text)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Accuracy in % (the paper's in brackets). Chance {100 * result.chance:.1f} %; "
+    bracket = any(v is not None for r in result.paper.values() for v in r.values())
+    note = " (the paper's in brackets)" if bracket else ""
+    lines.append(f"Accuracy in %{note} over n = {result.cells[result.rows[0]]['Test']['n']} images. "
+                 f"Chance {100 * result.chance:.1f} %; "
                  f"majority-class rate of the test set {100 * result.majority_rate['Test']:.1f} %"
                  + ("; 'bal' = balanced accuracy (mean per-class recall, chance "
                     f"{100 * result.chance:.1f} %)" if unbalanced else "") + ".")
@@ -43,13 +46,37 @@ def table_markdown(result, title: str) -> str:
         lines.append("Median relative representation distance of each R_eps "
                      "(||rep(x_r) - rep(x)|| / ||rep(x0) - rep(x)||): " + ", ".join(
                          f"{k} {v:.3f}" for k, v in result.median_relative_distance.items()) + ".")
-    if getattr(result, "findings", None):
-        lines.append("")
-        lines.append("The paper's findings on this table:")
-        for f in result.findings:
-            lines.append(f"- ({f['finding']}) {f['text']}: "
-                         f"{'held' if f['held'] else 'did NOT hold'} ({f['detail']})")
+    lines += findings_markdown(result)
     return "\n".join(lines)
+
+
+def findings_markdown(result) -> list[str]:
+    """The findings (each with its test, measure and verdict), the checks reported beside
+    them, and the generators' clean and PGD accuracies, as Markdown lines."""
+    lines = []
+    if getattr(result, "findings", None):
+        lines += ["", "The paper's findings on this table (each a test on per-image outcomes; "
+                  "alpha 0.05):", ""]
+        for f in result.findings:
+            lines.append(f"- ({f['finding']}) {f['text']}: **{'held' if f['held'] else 'NOT held'}**"
+                         f". Test: {f['test']}, on {f['measure']}. {f['detail']}.")
+    if getattr(result, "checks", None):
+        lines += ["", "Reported beside the findings (not findings):", ""]
+        lines += [f"- {c['check']}: {c['detail']}." for c in result.checks]
+    if getattr(result, "generators", None):
+        lines += ["", "Generators of the R_eps columns (PGD: " + result.generators[0]["attack"]
+                  + "):", "", "| column | generator | epochs | test % | PGD % at its eps | "
+                  "standard's PGD % there | median rel. distance | flag |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g in result.generators:
+            pgd = (", ".join(f"{k}: {_pct(v)}" for k, v in g["pgd_accuracy"].items())
+                   if isinstance(g["pgd_accuracy"], dict) else _pct(g["pgd_accuracy"]))
+            rel = g.get("median_relative_distance")
+            lines.append(f"| {g['column']} | {g['model']} | {g.get('epochs_run')} | "
+                         f"{_pct(g['test_accuracy'])} | {pgd} | "
+                         f"{_pct(g.get('standard_pgd_accuracy'))} | "
+                         f"{'' if rel is None else f'{rel:.3f}'} | {g.get('flag') or ''} |")
+    return lines
 
 
 def _start_report(directory: str, stem: str, markdown: str,
@@ -77,10 +104,43 @@ def write_table(result, directory: str, title: str, plot_title: str | None = Non
                             rep["majority_rate"], rep["n"], result.paper[row].get(c),
                             result.models[row]])
     with atomic_file(files["json"], "w") as f:
-        json.dump({k: v for k, v in dataclasses.asdict(result).items() if k != "files"}, f,
-                  indent=1, default=str)
+        json.dump(table_json(result), f, indent=1, default=_json_default)
+    if result.generators:
+        files["generators_csv"] = os.path.join(directory, "generators.csv")
+        with atomic_file(files["generators_csv"], "w") as f:
+            w = csv.writer(f)
+            w.writerow(["column", "generator", "eps", "epochs_run", "test_accuracy",
+                        "pgd_eps", "pgd_accuracy", "standard_pgd_accuracy",
+                        "median_relative_distance", "flag", "attack", "model_key"])
+            for g in result.generators:
+                pgd = g["pgd_accuracy"] if isinstance(g["pgd_accuracy"], dict) else \
+                    {g["column"][2:]: g["pgd_accuracy"]}
+                for e, v in pgd.items():
+                    w.writerow([g["column"], g["model"], g["eps"], g.get("epochs_run"),
+                                g["test_accuracy"], e, v, g.get("standard_pgd_accuracy"),
+                                g.get("median_relative_distance"), g.get("flag") or "",
+                                g["attack"], g["key"]])
+    outcomes = os.path.join(directory, "outcomes.npz")
+    with atomic_file(outcomes) as f:
+        np.savez(f, labels=result.labels, **{f"{r}|{c}": v for r, cols in result.correct.items()
+                                            for c, v in cols.items()})
+    files["outcomes"] = outcomes
     plot_table(result, files["png"], plot_title or title)
     return files
+
+
+def table_json(result) -> dict:
+    """A TableResult as JSON-ready data (per-image outcomes go to outcomes.npz instead)."""
+    return {k: v for k, v in dataclasses.asdict(result).items()
+            if k not in ("files", "correct", "labels")}
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
 
 
 def _plt():
@@ -106,16 +166,103 @@ def _finish(plt, fig, ax, path: str, title: str, ylabel: str, top: float | None 
 
 
 def plot_table(result, path: str, title: str) -> None:
-    """Accuracy vs column (Test, R_0, R_eps...), one line per classifier, chance dashed."""
+    """Accuracy vs column (Test, R_0, R_eps...), one line per classifier with 95 % Wilson
+    intervals, the paper's values as crosses on dotted lines of the same colour, chance
+    dashed."""
+    from entangle.entanglement import wilson_interval
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     x = np.arange(len(result.columns))
     for row in result.rows:
-        ax.plot(x, [100 * result.cells[row][c]["accuracy"] for c in result.columns], "o-",
-                label=row)
+        reps = [result.cells[row][c] for c in result.columns]
+        acc = np.array([100 * r["accuracy"] for r in reps])
+        ci = np.array([wilson_interval(r["accuracy"], r["n"]) for r in reps]) * 100
+        line = ax.errorbar(x, acc, yerr=[acc - ci[:, 0], ci[:, 1] - acc], fmt="o-",
+                           capsize=3, label=row)
+        ref = [result.paper[row].get(c) for c in result.columns]
+        if any(v is not None for v in ref):
+            ax.plot(x, [np.nan if v is None else v for v in ref], ":", marker="x",
+                    color=line.lines[0].get_color(), alpha=0.7)
+    ax.plot([], [], "k:", marker="x", label="paper")
     ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(x, result.columns)
-    _finish(plt, fig, ax, path, title, "accuracy (%)")
+    _finish(plt, fig, ax, path, title + " (bars: 95 % intervals)", "accuracy (%)")
+
+
+def seeds_markdown(result, title: str) -> str:
+    """Per cell mean ± sd over seeds beside the paper's value; per finding, seeds held."""
+    first = result.tables[result.seeds[0]]
+    head = ["Classifier"] + first.columns
+    lines = [f"**{title}: seeds {', '.join(map(str, result.seeds))}**", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in first.rows:
+        cells = []
+        for c in first.columns:
+            a = result.aggregate[row][c]
+            sd = "" if np.isnan(a["sd"]) else f" ± {100 * a['sd']:.1f}"
+            cells.append(f"{100 * a['mean']:.1f}{sd}" + (f" ({a['paper']:g})" if a["paper"]
+                                                          is not None else ""))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", f"Accuracy in %, mean ± sd over {len(result.seeds)} seeds (the paper's in "
+              f"brackets); n = {len(first.labels)} test images, chance "
+              f"{100 * first.chance:.1f} %.", "", "| finding | test | held in | per seed |",
+              "|---|---|---|---|"]
+    for name, f in result.findings.items():
+        per = ", ".join(f"{s}: {'held' if h else 'not held'}" for s, h in f["per_seed"].items())
+        lines.append(f"| ({name}) {f['text']} | {f['test']} | {f['held']} of {f['of']} seeds | "
+                     f"{per} |")
+    lines += ["", "Generators per seed (clean test % / PGD % at the model's eps; the standard "
+              "model: PGD at each column's eps):", ""]
+    for s in result.seeds:
+        gens = result.tables[s].generators
+        if gens:
+            parts = []
+            for g in gens:
+                pgd = (", ".join(f"{k} {_pct(v)}" for k, v in g["pgd_accuracy"].items())
+                       if isinstance(g["pgd_accuracy"], dict) else _pct(g["pgd_accuracy"]))
+                parts.append(f"{g['model']} {_pct(g['test_accuracy'])} / {pgd}"
+                             + (" [flag]" if g.get("flag") else ""))
+            lines.append(f"- seed {s}: " + "; ".join(parts))
+    lines.append(f"\nWall time in this process: {result.seconds:.0f} s for all seeds "
+                 f"({len(result.built)} artifacts built here).")
+    return "\n".join(lines)
+
+
+def write_seeds(result, directory: str, title: str) -> dict:
+    """Writes seeds.md, seeds.json (aggregate and findings per seed) and seeds.png."""
+    files = _start_report(directory, "seeds", seeds_markdown(result, title),
+                          kinds=("md", "json", "png"))
+    with atomic_file(files["json"], "w") as f:
+        json.dump({"seeds": result.seeds, "aggregate": result.aggregate,
+                   "findings": result.findings, "seconds": result.seconds,
+                   "tables": {s: table_json(t) for s, t in result.tables.items()}}, f,
+                  indent=1, default=_json_default)
+    plot_seeds(result, files["png"], title)
+    return files
+
+
+def plot_seeds(result, path: str, title: str) -> None:
+    """Mean accuracy per column over seeds (bars: sd), one line per classifier, the paper's
+    values as crosses on dotted lines of the same colour, chance dashed."""
+    plt = _plt()
+    first = result.tables[result.seeds[0]]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    x = np.arange(len(first.columns))
+    for row in first.rows:
+        agg = [result.aggregate[row][c] for c in first.columns]
+        mean = np.array([100 * a["mean"] for a in agg])
+        sd = np.nan_to_num(np.array([100 * a["sd"] for a in agg]))
+        line = ax.errorbar(x, mean, yerr=sd, fmt="o-", capsize=3, label=row)
+        ref = [a["paper"] for a in agg]
+        if any(v is not None for v in ref):
+            ax.plot(x, [np.nan if v is None else v for v in ref], ":", marker="x",
+                    color=line.lines[0].get_color(), alpha=0.7)
+    ax.plot([], [], "k:", marker="x", label="paper")
+    ax.axhline(100 * first.chance, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, first.columns)
+    _finish(plt, fig, ax, path, f"{title}: mean ± sd over seeds "
+            f"{', '.join(map(str, result.seeds))}", "accuracy (%)")
 
 
 def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float | None = None,

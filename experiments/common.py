@@ -15,15 +15,32 @@ def with_default_flagfile(argv, name):
     return argv[:1] + [f"--flagfile={name}"] + argv[1:]
 
 
-def results_dir(f, name: str) -> str:
-    """--results_dir, or <workdir>/results/<name>-<dataset>-eps<eps>-seed<seed>."""
+def results_dir(f, name: str, table: bool = False) -> str:
+    """--results_dir, or <workdir>/results/<name>-<dataset>[-eps<eps>-<columns>]-seed<seeds>:
+    every distinct table (dataset, robust-row eps, columns, seeds) gets its own folder."""
+    import hashlib
+
+    import flags as entangle_flags
     from entangle.store import default_workdir
 
     if f.results_dir:
         return f.results_dir
-    dataset = "folder" if f.dataset.startswith("folder:") else f.dataset
-    return os.path.join(f.workdir or default_workdir(), "results",
-                        f"{name}-{dataset}-seed{f.seed}")
+    dataset = (f"folder-{os.path.basename(os.path.normpath(f.dataset[7:]))}"
+               if f.dataset.startswith("folder:") else f.dataset)
+    parts = [name, dataset]
+    if table:
+        columns = f.columns if f.columns in ("paper", "extended") else \
+            "cols" + hashlib.sha256(f.columns.encode()).hexdigest()[:8]
+        parts += [f"eps{entangle_flags.table_config(f).eps:g}", columns]
+    parts.append("seed" + "-".join(str(s) for s in entangle_flags.seeds(f)))
+    return os.path.join(f.workdir or default_workdir(), "results", "-".join(parts))
+
+
+def dataset_label(f) -> str:
+    """The dataset as a title names it: CIFAR-10, ImageNet-9, planted, or the folder's name."""
+    if f.dataset.startswith("folder:"):
+        return f"folder {os.path.basename(os.path.normpath(f.dataset[7:]))}"
+    return {"cifar10": "CIFAR-10", "imagenet9": "ImageNet-9"}.get(f.dataset, f.dataset)
 
 
 def fail(message: str, quick_hint: str):

@@ -18,7 +18,7 @@ from experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
-NAME, DEFAULT_FLAGFILE, TITLE = "table1", "cifar10_paper.cfg", "Table 1 (CIFAR-10)"
+NAME, DEFAULT_FLAGFILE, TITLE = "table1", "cifar10_paper.cfg", "Table 1"
 QUICK = ("Without prepared data, run the quick scale on an image folder instead, e.g.\n"
          "  python -m experiments.table1 --eps=0.5 --flagfile=flags/cifar10_quick.cfg\n"
          "or the synthetic smoke scale, which needs no files:\n"
@@ -26,19 +26,33 @@ QUICK = ("Without prepared data, run the quick scale on an image folder instead,
 
 
 def main(argv, name=NAME, title=TITLE, quick=QUICK):
-    label = title + (" extended" if FLAGS.columns == "extended" else "")
+    label = (f"{title}{' extended' if FLAGS.columns == 'extended' else ''} "
+             f"({common.dataset_label(FLAGS)})")
+    log = print if not FLAGS.quiet else (lambda m: None)
+    seeds = entangle_flags.seeds(FLAGS)
+    out = common.results_dir(FLAGS, name, table=True)
 
     def body():
-        return entanglement.run_table(entangle_flags.experiment_config(FLAGS),
-                                      entangle_flags.table_config(FLAGS),
-                                      results_dir=common.results_dir(FLAGS, name), title=label,
-                                      log=print if not FLAGS.quiet else (lambda m: None))
+        exp_cfg = entangle_flags.experiment_config(FLAGS)
+        cfg = entangle_flags.table_config(FLAGS)
+        if len(seeds) > 1:
+            return entanglement.run_seeds(exp_cfg, cfg, seeds, results_dir=out, title=label,
+                                          log=log)
+        return entanglement.run_table(entanglement.with_seed(exp_cfg, seeds[0]), cfg,
+                                      results_dir=out, title=f"{label}, seed {seeds[0]}",
+                                      log=log)
 
     result = common.run_main(argv, body, {data.DatasetUnavailableError: quick})
     from entangle import report
 
     print()
-    print(report.table_markdown(result, label))
+    if isinstance(result, entanglement.SeedsResult):
+        for s in result.seeds:
+            print(report.table_markdown(result.tables[s], f"{label}, seed {s}"))
+            print()
+        print(report.seeds_markdown(result, label))
+    else:
+        print(report.table_markdown(result, f"{label}, seed {seeds[0]}"))
     print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
           + ", ".join(result.files.values()))
 

@@ -21,7 +21,7 @@ QUICK = ("ImageNet-9 needs prepared tfds data for imagenet_resized/64x64 (--data
          "  python -m experiments.table1 --flagfile=flags/smoke.cfg")
 
 if __name__ == "__main__":
-    app.run(functools.partial(table1.main, name="table2", title="Table 2 (ImageNet-9)",
+    app.run(functools.partial(table1.main, name="table2", title="Table 2",
                               quick=QUICK),
             argv=common.with_default_flagfile(sys.argv, "imagenet9_paper.cfg"),
             flags_parser=entangle_flags.parse_flags)

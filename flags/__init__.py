@@ -141,6 +141,22 @@ def _validator(name: str, check, message: str, flag_values=FLAGS):
                              flag_values=flag_values)
 
 
+def _eps_ok(allow_inf: bool):
+    """Validator of an L2 radius: a number >= 0, not NaN, finite unless ``allow_inf``."""
+    def check(value):
+        if value is None:
+            return True
+        return value == value and value >= 0 and (allow_inf or value != float("inf"))
+    return check
+
+
+def _eps_validators(fv, names: dict):
+    """The same check for every ``*_eps`` flag: {name: whether inf (no bound) is allowed}."""
+    for name, allow_inf in names.items():
+        _validator(name, _eps_ok(allow_inf), "must be a number >= 0 (an L2 radius in [0, 1] "
+                   f"pixel units){'; inf for no bound' if allow_inf else ', finite'}", fv)
+
+
 def _per_kind_ok(cast):
     """Validator: every entry parses with ``cast`` and is > 0, and every kind has a value."""
     def check(text):
@@ -182,6 +198,9 @@ def define_data_flags(fv=FLAGS):
                       flag_values=fv)
     flags.DEFINE_integer("data_seed", 0, "Seed for subsets and the validation split.",
                          flag_values=fv)
+    flags.DEFINE_bool("allow_empty_classes", False, "Folder datasets: keep class folders "
+                      "without images as classes (they change chance); by default an error.",
+                      flag_values=fv)
     flags.DEFINE_string("image_cache_dir", None, "Cache of decoded image folders "
                         "(default ~/.cache/entangle or $ENTANGLE_CACHE).", flag_values=fv)
     flags.DEFINE_string("planted_features", "ABC", "Planted dataset: which patterns are present "
@@ -266,8 +285,15 @@ def define_train_flags(fv=FLAGS):
                        lower_bound=0.0, flag_values=fv)
     flags.DEFINE_enum("precision", "float32", list(train.PRECISIONS), "Keras dtype policy.",
                       flag_values=fv)
+    flags.DEFINE_float("bn_momentum", 0.99, "Batch-norm moving-average momentum of the ResNets "
+                       "(Keras' default 0.99).", lower_bound=0.0, upper_bound=0.999999,
+                       flag_values=fv)
+    flags.DEFINE_enum("bn_statistics", "recompute", list(train.BN_STATISTICS),
+                      "After training, recompute every batch norm's statistics over the "
+                      "training inputs (precise BN), or keep the moving averages.",
+                      flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Training seed.", flag_values=fv)
-    _validator("eps", lambda e: e >= 0, "must be >= 0 (an L2 radius in [0, 1] pixel units)", fv)
+    _eps_validators(fv, {"eps": False})
     _validator("batch_size", _per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     _validator("epochs", _per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     _validator("learning_rate", _per_kind_ok(float), "must be a number > 0, optionally per kind ('1e-3,zero_robust:1e-4')", fv)
@@ -311,6 +337,8 @@ def define_attack_flags(fv=FLAGS):
                        flag_values=fv)
     flags.DEFINE_float("eval_step_size_factor", 2.5, "Reporting PGD step = factor*eps/steps.",
                        lower_bound=1e-9, flag_values=fv)
+    _eps_validators(fv, {"construct_eps": False, "robustify_eps": True, "transfer_eps": False,
+                         "attack_eps": False})
 
 
 def define_runtime_flags(fv=FLAGS):
@@ -342,7 +370,16 @@ def define_table_flags(fv=FLAGS):
     flags.DEFINE_integer("evaluator_seed_offset", 1, "Seed offset of the independently trained "
                          "row classifiers.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("results_dir", None, "Where tables and figures go (default "
-                        "<workdir>/results/<name>).", flag_values=fv)
+                        "<workdir>/results/<name>-<dataset>-eps<eps>-<columns>-seed<seed(s)>).",
+                        flag_values=fv)
+    flags.DEFINE_list("seeds", [], "Several training seeds on one store (e.g. 0,1,2): one table "
+                      "per seed and their aggregate (mean and sd per cell, seeds held per "
+                      "finding); overrides --seed.", flag_values=fv)
+    flags.DEFINE_bool("generator_report", True, "Report each R_eps generator's clean and PGD "
+                      "accuracy (PGD at its eps; the standard model at every column's eps).",
+                      flag_values=fv)
+    _validator("seeds", lambda v: all(t.strip().lstrip("-").isdigit() for t in v)
+               and len(set(v)) == len(v), "must be a comma list of distinct integers", fv)
     _validator("columns", _columns_ok, "must be paper, extended or a comma list of eps >= 0",
                fv)
     _validator("rows", lambda r: bool(r) and set(r) <= set(entanglement.ROWS),
@@ -374,13 +411,26 @@ def _columns_ok(text):
 
 
 def table_config(f=FLAGS) -> entanglement.TableConfig:
-    """The TableConfig of the parsed flags; --eps defaults to the paper's robust row."""
-    eps = f.eps or paper.ROBUST_ROW_EPS.get(f.dataset, 0.5)
+    """The TableConfig of the parsed flags; --eps, when not given, is the paper's robust row
+    (CIFAR-10 0.5, ImageNet-9 1.0). A given --eps must be a finite number > 0."""
+    if f["eps"].present:
+        eps = f.eps
+        if not (eps > 0 and eps != float("inf")):
+            raise ValueError(f"--eps (the robust row's L2 radius) must be a finite number > 0; "
+                             f"got {eps}")
+    else:
+        eps = paper.ROBUST_ROW_EPS.get(f.dataset, 0.5)
     return entanglement.TableConfig(eps=eps, columns=parse_columns(f.columns),
                                     rows=tuple(f.rows),
                                     evaluate_generators=f.evaluate_generators,
                                     robust_row=f.robust_row,
-                                    evaluator_seed_offset=f.evaluator_seed_offset)
+                                    evaluator_seed_offset=f.evaluator_seed_offset,
+                                    generator_report=f.generator_report)
+
+
+def seeds(f=FLAGS) -> list[int]:
+    """--seeds as integers, or [--seed] when not given."""
+    return [int(t) for t in f.seeds] if f.seeds else [f.seed]
 
 
 def define_transfer_flags(fv=FLAGS):
@@ -444,6 +494,7 @@ def define_mistakes_flags(fv=FLAGS):
                       "Different mistakes: Y1 uniform over all classes and Y2 uniform over the "
                       "others (distinct), or Y1, Y2 independent and uniform (Waseda 4.2: they "
                       "may coincide).", flag_values=fv)
+    _eps_validators(fv, {"mistakes_eps": False})
     _validator("second_model", lambda v: v == "seed" or v in models.VICTIMS,
                f"must be 'seed' or one of {', '.join(models.VICTIMS)}", fv)
 
@@ -476,6 +527,7 @@ def train_config(f, kind: str) -> train.TrainConfig:
         learning_rate=per_kind(f.learning_rate, kind, float), lr_decay=f.lr_decay,
         augment=kinds_on(f.augment, group), early_stopping=kinds_on(f.early_stopping, group),
         patience=f.patience, weight_decay=f.weight_decay, pooling=f.pooling,
+        bn_momentum=f.bn_momentum, bn_statistics=f.bn_statistics,
         pretrained=victim and f.victim_weights == "imagenet",
         input_size=f.victim_input_size if victim else 0,
         precision=f.precision, seed=f.seed)
@@ -497,7 +549,8 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
                                  validation_fraction=f.validation_fraction,
                                  validation=f.validation_data, balance=f.imagenet9_balance,
                                  seed=f.data_seed,
-                                 cache_dir=f.image_cache_dir, planted=planted),
+                                 cache_dir=f.image_cache_dir, planted=planted,
+                                 allow_empty_classes=f.allow_empty_classes),
         hparams={**{k: train_config(f, k) for k in MODEL_KINDS},
                  **{f"victim:{v}": train_config(f, v) for v in f.victims}},
         construct=construct.ConstructConfig(eps=f.construct_eps, steps=f.construct_steps,

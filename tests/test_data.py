@@ -132,6 +132,29 @@ def test_folder_corrupt_and_wrong_size(tmp_path):
         data.load_dataset(f"folder:{tmp_path / 'nowhere'}", "train")
 
 
+def test_folder_train_and_test_classes_must_match(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    os.rename(tmp_path / "imgs" / "test" / "c_eel", tmp_path / "imgs" / "test" / "d_fox")
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=r"only in train: \['c_eel'\], only in test: "
+                                             r"\['d_fox'\]|only in test: \['d_fox'\], only "
+                                             r"in train: \['c_eel'\]"):
+            data.load_dataset(f"folder:{tmp_path / 'imgs'}", split,
+                              cache_dir=str(tmp_path / "c"))
+
+
+def test_folder_empty_class_is_an_error_unless_allowed(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    for split in ("train", "test"):
+        os.makedirs(tmp_path / "imgs" / split / "z_empty")
+    with pytest.raises(ValueError, match=r"without images: \['z_empty'\].*chance 1/4 instead "
+                                         r"of 1/3.*--allow_empty_classes"):
+        data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(tmp_path / "c"))
+    ds = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", allow_empty_classes=True,
+                           cache_dir=str(tmp_path / "c"))
+    assert ds.num_classes == 4 and len(ds) == 18
+
+
 @pytest.mark.skipif(not os.path.isdir(CIFAR_COPY),
                     reason="the offline CIFAR-10 copy ../shared/data/cifar10-jpeg is absent")
 def test_real_cifar10_copy(tmp_path):

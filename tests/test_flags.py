@@ -137,11 +137,30 @@ def _parse(*args):
     ("--attack=both", "--attack"),
     ("--planted_features=XYZ", "--planted_features"),
     ("--planted_robust_reliability=1.5", "--planted_robust_reliability"),
+    ("--eps=nan", "--eps"),
+    ("--eps=inf", "--eps"),
+    ("--construct_eps=nan", "--construct_eps"),
+    ("--construct_eps=inf", "--construct_eps"),
+    ("--transfer_eps=nan", "--transfer_eps"),
+    ("--mistakes_eps=-1", "--mistakes_eps"),
+    ("--attack_eps=nan", "--attack_eps"),
+    ("--robustify_eps=nan", "--robustify_eps"),
+    ("--seeds=0,0", "--seeds"),
+    ("--seeds=0,x", "--seeds"),
 ])
 def test_bad_flags_are_rejected(arg, match, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(flags.Error, match=match):
         _parse(arg)
+
+
+def test_table_eps_zero_is_rejected_not_replaced(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match="--eps .* finite number > 0; got 0"):
+        entangle_flags.table_config(_parse("--eps=0"))
+    assert entangle_flags.table_config(_parse()).eps == 0.5          # not given: the paper's
+    assert entangle_flags.table_config(_parse("--eps=0.25")).eps == 0.25
+    assert entangle_flags.table_config(_parse("--robustify_eps=inf")).eps == 0.5
 
 
 def test_smoke_flagfile_builds_typed_config(monkeypatch):

@@ -64,6 +64,58 @@ def test_table1_smoke_writes_every_file_with_every_cell(smoke_table):
     assert data["models"]["standard"] in gens and len(gens) == 2
 
 
+def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_table):
+    work, out = smoke_table
+    results = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0"))[0]
+    data = json.load(open(os.path.join(results, "table.json")))
+    gens = {g["column"]: g for g in data["generators"]}
+    assert set(gens) == {"R_0", "R_1/16", "R_1/4", "R_1/2", "R_1"}
+    assert set(gens["R_0"]["pgd_accuracy"]) == {"1/16", "1/4", "1/2", "1"}
+    for col in ("R_1/16", "R_1/4", "R_1/2", "R_1"):
+        g = gens[col]
+        assert 0 <= g["pgd_accuracy"] <= g["test_accuracy"] + 0.05
+        assert g["standard_pgd_accuracy"] == gens["R_0"]["pgd_accuracy"][col[2:]]
+        assert "PGD" in g["attack"] and g["batch_norm"]["statistics"] == "recompute"
+    assert {f["finding"] for f in data["findings"]} == set("abcde")
+    assert "Generators of the R_eps columns" in out and "Test: exact McNemar" in out
+
+
+def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke_table):
+    work, _ = smoke_table
+    out = _run(work, "--seeds=0,1")
+    assert 0 < _built(out) < 15             # seed 0 is in the store already
+    results = work / "results" / "table1-planted-eps1-paper-seed0-1"
+    for seed in (0, 1):
+        table = json.load(open(results / f"seed{seed}" / "table.json"))
+        assert table["seed"] == seed and table["findings"]
+    agg = json.load(open(results / "seeds.json"))
+    cell = agg["aggregate"]["standard"]["Test"]
+    assert len(cell["values"]) == 2 and cell["mean"] == pytest.approx(np.mean(cell["values"]))
+    assert all(f["of"] == 2 and 0 <= f["held"] <= 2 for f in agg["findings"].values())
+    assert os.path.exists(results / "seeds.png") and "mean ± sd" in open(results / "seeds.md").read()
+    again = _run(work, "--seeds=0,1")
+    assert _built(again) == 0 and "0 to build" in again
+
+
+def test_distinct_tables_get_distinct_results_folders(smoke_table):
+    work, _ = smoke_table
+    folders = {os.path.basename(p) for p in glob.glob(str(work / "results" / "table1-*"))}
+    assert "table1-planted-eps1-paper-seed0" in folders
+    out = _run(work, "--columns=0,1")       # same store, another table: nothing overwritten
+    assert "table1-planted-eps1-cols" in out
+    assert os.path.exists(work / "results" / "table1-planted-eps1-paper-seed0" / "table.json")
+
+
+def test_figure2_shows_distinct_classes():
+    from entangle import entanglement
+
+    y = np.array([0, 0, 1, 0, 2, 1, 2, 2])
+    assert entanglement.distinct_class_images(y, 3).tolist() == [0, 2, 4]
+    assert entanglement.distinct_class_images(y, 8).tolist() == [0, 2, 4, 1, 5, 6, 3, 7]
+    cifar_like = np.repeat(np.arange(10), 50)         # sorted by class, as the JPEG copy
+    assert len(set(cifar_like[entanglement.distinct_class_images(cifar_like, 8)])) == 8
+
+
 def test_second_run_reuses_every_artifact(smoke_table):
     work, out = smoke_table
     again = _run(work)
@@ -141,25 +193,9 @@ def test_table2_on_mock_imagenet(tmp_path):
     assert os.path.exists(result.files["png"])
 
 
-def _cell(acc, n=500):
-    return {"accuracy": acc, "balanced_accuracy": acc, "majority_rate": 0.1, "n": n}
-
-
-def test_findings_on_a_hand_made_table():
+def test_wilson_interval_is_scipys():
     from entangle import entanglement
 
-    cols = ["Test", "R_0", "R_1/16", "R_1/2"]
-    cells = {
-        "standard": dict(zip(cols, map(_cell, (0.9, 0.5, 0.7, 0.6)))),
-        "robust (eps 0.5)": dict(zip(cols, map(_cell, (0.8, 0.12, 0.2, 0.8)))),
-        "zero_robust": dict(zip(cols, map(_cell, (0.3, 0.2, 0.2, 0.12)))),  # 12 %: CI hits 10
-        "neg_robust": dict(zip(cols, map(_cell, (0.2, 0.2, 0.1, 0.1)))),
-    }
-    result = entanglement.TableResult(
-        dataset="x", rows=list(cells), columns=cols, cells=cells, paper={}, chance=0.1,
-        majority_rate={c: 0.1 for c in cols}, median_relative_distance={}, models={},
-        built=[], seconds=0)
-    got = {f["finding"]: f["held"] for f in entanglement.findings(result)}
-    assert got == {"a": True, "b": True, "c": False, "d": True}
     lo, hi = entanglement.wilson_interval(0.12, 500)
     assert lo < 0.1 < 0.12 < hi
+    assert (lo, hi) == pytest.approx((0.0944, 0.1514), abs=1e-4)
