@@ -38,6 +38,8 @@ def main():
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--momentum", default="0.99,0.9")
     p.add_argument("--train_attack_steps", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--fast", action="store_true", help="one step of 1.25 eps, random start")
     p.add_argument("--data", default=COPY)
     args = p.parse_args()
     tr = data.load_dataset(f"folder:{args.data}", "train", limit=5000, seed=0, verbose=False)
@@ -47,9 +49,12 @@ def main():
     for kind in args.kinds.split(","):
         eps = float(kind[6:]) if kind.startswith("robust") else 0.0
         for momentum in (float(m) for m in args.momentum.split(",")):
-            cfg = train.TrainConfig(arch="resnet11v2", eps=eps, batch_size=128,
+            cfg = train.TrainConfig(arch="resnet11v2", eps=eps, batch_size=args.batch_size,
                                     epochs=args.epochs, learning_rate=3e-3, lr_decay="cosine",
-                                    attack_steps=args.train_attack_steps,
+                                    attack_steps=1 if args.fast else args.train_attack_steps,
+                                    attack_step_size=1.25 if args.fast else 0.5,
+                                    attack_step_relative=args.fast,
+                                    attack_random_start=args.fast,
                                     bn_momentum=momentum, bn_statistics="moving")
             start = time.time()
             tm = train.train_classifier(cfg, tr, runtime=train.RuntimeOptions(verbose=False),
@@ -63,21 +68,22 @@ def main():
             acc.append(train.accuracy(m, xt, te.y))
             if eps:
                 pgd.append(_pgd(m, xt, te.y, eps))
-            rows.append((kind, momentum, args.epochs, seconds, acc, pgd))
+            rows.append((kind, momentum, args.epochs, args.batch_size, seconds, acc, pgd))
             print(rows[-1], flush=True)
-    print("\n| model | BN momentum | epochs | train s | test, moving stats | test, recomputed "
-          "| PGD, moving | PGD, recomputed |\n|---|---|---|---|---|---|---|---|")
-    for kind, mom, ep, sec, acc, pgd in rows:
+    print("\n| model | BN momentum | epochs | batch | train s | test, moving stats | test, "
+          "recomputed | PGD, moving | PGD, recomputed |\n|---|---|---|---|---|---|---|---|---|")
+    for kind, mom, ep, batch, sec, acc, pgd in rows:
         pg = [f"{100 * v:.1f}" for v in pgd] or ["", ""]
-        print(f"| {kind} | {mom} | {ep} | {sec:.0f} | {100 * acc[0]:.1f} | {100 * acc[1]:.1f} "
-              f"| {pg[0]} | {pg[1]} |")
+        print(f"| {kind} | {mom} | {ep} | {batch} | {sec:.0f} | {100 * acc[0]:.1f} | "
+              f"{100 * acc[1]:.1f} | {pg[0]} | {pg[1]} |")
 
 
 def _adv_batches(model, ds, cfg):
     for i in range(0, len(ds), 500):
         x = data.to_float(ds.x[i:i + 500])
         yield attacks.pgd_l2(model, x, ds.y[i:i + 500], eps=cfg.eps, steps=cfg.attack_steps,
-                             step_size=cfg.attack_step_size, verbose=False)
+                             step_size=cfg.attack_step, random_start=cfg.attack_random_start,
+                             seed=i, verbose=False)
 
 
 def _tmp_store():

@@ -117,7 +117,7 @@ class Experiment:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
-        self.store = Store(cfg.workdir)
+        self.store = Store(cfg.workdir, on_corrupt=cfg.runtime.on_corrupt)
         self._splits: Splits | None = None
         self._train_key = None
         self._test_key = None
@@ -243,17 +243,24 @@ class Experiment:
 
     def predictions(self, trained: train.TrainedModel, ds: data.Dataset, name: str
                     ) -> np.ndarray:
-        """A model's predicted classes on a named set (cached in the store as .npy)."""
-        config = {"model": trained.key, "set": name,
+        """A model's predicted classes on a named set (cached in the store as .npy), keyed on
+        the content of both: a rebuilt model or set never meets a stale prediction."""
+        config = {"model": trained.key, "model_sha256": model_digest(trained), "set": name,
                   "data": fingerprint_arrays(np.asarray(ds.x), ds.y)}
         key = self.store.key("pred", config)
         path = os.path.join(self.store.path(PREDICTIONS_KIND, key), "predictions.npy")
-        if self.store.has(PREDICTIONS_KIND, key):
-            return np.load(path)
-        pred = train.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
-        with self.store.writing(PREDICTIONS_KIND, key, config) as d:
-            np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
-        return pred
+
+        def build():
+            pred = train.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
+            with self.store.writing(PREDICTIONS_KIND, key, config) as d:
+                np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
+            return pred
+
+        return self._cached(PREDICTIONS_KIND, key, build, lambda: np.load(path).astype(np.int64))
+
+    def _cached(self, kind: str, key: str, build, load):
+        return self.store.get_or_build(kind, key, build, load, poll=self.cfg.runtime.lock_poll,
+                                       log=self._log)
 
     def constructed_key(self, kind: str) -> str:
         ccfg = self.cfg.construct
@@ -382,16 +389,19 @@ class Experiment:
 
     def accuracy_on(self, trained: train.TrainedModel, ds: data.Dataset, name: str) -> dict:
         """Accuracy report of a model on a named evaluation set (cached in the store)."""
-        config = {"model": trained.key, "set": name,
+        config = {"model": trained.key, "model_sha256": model_digest(trained), "set": name,
                   "data": fingerprint_arrays(np.asarray(ds.x), ds.y)}
         key = self.store.key("acc", config)
-        if self.store.has("evals", key):
-            return self.store.manifest("evals", key)["metrics"]
-        report = data.accuracy_report(train.predict(trained.model, ds.x,
-                                                    self.cfg.runtime.eval_batch_size),
-                                      ds.y, ds.num_classes)
-        self.store.record("evals", key, config, metrics=report)
-        return report
+
+        def build():
+            report = data.accuracy_report(train.predict(trained.model, ds.x,
+                                                        self.cfg.runtime.eval_batch_size),
+                                          ds.y, ds.num_classes)
+            self.store.record("evals", key, config, metrics=report)
+            return report
+
+        return self._cached("evals", key, build,
+                            lambda: self.store.manifest("evals", key)["metrics"])
 
     def evaluate(self, trained: train.TrainedModel, eps: float = 0.0,
                  outcomes: bool = False) -> dict:
@@ -400,12 +410,13 @@ class Experiment:
         ``outcomes=True`` adds as ``clean_correct`` / ``pgd_correct`` boolean arrays."""
         test = self.splits().test
         ecfg = self.cfg.eval
-        config = {"model": trained.key, "eps": eps,
+        config = {"model": trained.key, "model_sha256": model_digest(trained), "eps": eps,
                   "eval": ecfg if eps > 0 else None,
                   "test": self.test_data_key(), "version": EVAL_VERSION}
         key = self.store.key("eval", config)
         path = os.path.join(self.store.path("evals", key), "outcomes.npz")
-        if not self.store.has("evals", key):
+
+        def build():
             x = test.float_images()
             batch = self.cfg.runtime.eval_batch_size
             pred = train.predict(trained.model, x, batch)
@@ -424,11 +435,20 @@ class Experiment:
                                                         .sum(1)).max())
             with self.store.writing("evals", key, config, metrics=metrics) as d:
                 np.savez(os.path.join(d, "outcomes.npz"), **arrays)
-        metrics = dict(self.store.manifest("evals", key)["metrics"])
-        if outcomes:
+            return load()
+
+        def load():
+            metrics = dict(self.store.manifest("evals", key)["metrics"])
             with np.load(path) as z:
-                metrics.update({k: z[k] for k in z.files})
-        return metrics
+                arrays = {k: z[k] for k in z.files}
+            return {**metrics, **arrays} if outcomes else metrics
+
+        return self._cached("evals", key, build, load)
+
+
+def model_digest(trained: train.TrainedModel) -> str | None:
+    """SHA-256 of a stored model's weights file (None for models stored before checksums)."""
+    return (trained.manifest.get("files") or {}).get("model.keras", {}).get("sha256")
 
 
 def run_train(cfg: ExperimentConfig, kind: str, eps: float = 0.0,

@@ -16,6 +16,14 @@ renamed into place in one step, so a killed process never leaves a half-written 
 a later run trusts; an artifact counts as present only when its manifest is there, and a
 finished artifact is never deleted or overwritten.
 
+Every file of an artifact is hashed (SHA-256, streamed) into its manifest when it is written.
+``get_or_build`` verifies an artifact the first time this process loads it (and again
+whenever a file's size or mtime has changed since): a mismatch, a missing file, an unreadable
+manifest or a file that fails to load names the artifact, moves its directory aside to
+``<kind>/.<key>.corrupt-<time>`` (nothing is deleted), and rebuilds it, or, with
+``on_corrupt="stop"``, raises ``CorruptArtifact``. Manifests written before checksums existed
+(no ``files`` entry) are loaded unverified.
+
 Processes sharing a store (several GPUs, a job array on a shared file system) coordinate
 through lock files: ``get_or_build`` builds an artifact in at most one process at a time; the
 others wait for it (or, with ``wait=False``, go on to other work). A lock whose holder died
@@ -37,13 +45,41 @@ import subprocess
 import tempfile
 import threading
 import time
+import sys
 import uuid
+import zipfile
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
 MANIFEST = "manifest.json"
+ON_CORRUPT = ("rebuild", "stop")
 T = TypeVar("T")
+
+
+_DAMAGED = object()
+
+
+class CorruptArtifact(RuntimeError):
+    """A stored artifact does not match its manifest (and ``on_corrupt="stop"``)."""
+
+
+def file_digests(directory: str) -> dict:
+    """{relative path: {"sha256", "size"}} of every file under ``directory`` but the manifest;
+    files are read in 1 MiB blocks, so GB-sized sets hash in constant memory."""
+    out = {}
+    for folder, _, names in os.walk(directory):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, directory)
+            if rel == MANIFEST:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[rel] = {"sha256": h.hexdigest(), "size": os.path.getsize(path)}
+    return out
 
 
 def default_workdir() -> str:
@@ -279,8 +315,14 @@ def atomic_save_npz(path: str, **arrays) -> None:
 class Store:
     """A directory of artifacts keyed by configuration (see the module docstring)."""
 
-    def __init__(self, root: str | None = None):
+    def __init__(self, root: str | None = None, on_corrupt: str = "rebuild",
+                 log: Callable[[str], None] | None = None):
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}; got {on_corrupt!r}")
         self.root = os.path.abspath(os.path.expanduser(root or default_workdir()))
+        self.on_corrupt = on_corrupt
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._verified: dict[tuple[str, str], tuple] = {}
         os.makedirs(self.root, exist_ok=True)
 
     def key(self, name: str, config: Any) -> str:
@@ -319,7 +361,8 @@ class Store:
         try:
             yield tmp
             record = {"kind": kind, "key": key, "config": _canonical(config),
-                      **_canonical(manifest), "versions": versions(), "built_by": builder_id(),
+                      **_canonical(manifest), "files": file_digests(tmp),
+                      "versions": versions(), "built_by": builder_id(),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             with atomic_file(os.path.join(tmp, MANIFEST), "w") as f:
                 json.dump(record, f, indent=1)
@@ -362,14 +405,19 @@ class Store:
         announced = False
         while True:
             if self.has(kind, key):
-                return load()
+                loaded = self._load_verified(kind, key, load)
+                if loaded is not _DAMAGED:
+                    return loaded
+                continue  # moved aside: build it again
             if not lock:
                 return build()
             held = self.lock(kind, key)
             if held.try_acquire():
                 with held:
                     if self.has(kind, key):
-                        return load()
+                        loaded = self._load_verified(kind, key, load)
+                        if loaded is not _DAMAGED:
+                            return loaded
                     return build()
             if not wait:
                 raise ArtifactBusy(f"{kind}/{key} is being built by {held.owner()}")
@@ -378,6 +426,77 @@ class Store:
                 log(f"waiting for {owner.get('host')}:{owner.get('pid')} to finish {kind}/{key}")
                 announced = True
             time.sleep(poll)
+
+    # ------------------------------------------------------------------ integrity
+
+    def _signature(self, kind: str, key: str, files: dict) -> tuple:
+        sig = []
+        for rel in sorted(files):
+            try:
+                st = os.stat(os.path.join(self.path(kind, key), rel))
+                sig.append((rel, st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                sig.append((rel, None, None))
+        return tuple(sig)
+
+    def verify(self, kind: str, key: str) -> list[str]:
+        """What is wrong with a present artifact (empty: nothing). Hashes its files the first
+        time this process asks, and again only when a file's size or mtime changed since."""
+        try:
+            files = self.manifest(kind, key).get("files")
+        except (ValueError, OSError) as e:
+            return [f"unreadable {MANIFEST} ({e})"]
+        if files is None:
+            return []  # written before checksums existed: nothing to compare
+        sig = self._signature(kind, key, files)
+        if self._verified.get((kind, key)) == sig:
+            return []
+        problems = []
+        for rel, meta in sorted(files.items()):
+            path = os.path.join(self.path(kind, key), rel)
+            if not os.path.exists(path):
+                problems.append(f"{rel} is missing")
+            elif os.path.getsize(path) != meta["size"]:
+                problems.append(f"{rel} has {os.path.getsize(path)} bytes, the manifest "
+                                f"{meta['size']}")
+        if not problems:
+            actual = file_digests(self.path(kind, key))
+            problems = [f"{rel} does not match its SHA-256 in the manifest"
+                        for rel, meta in sorted(files.items())
+                        if actual.get(rel, {}).get("sha256") != meta["sha256"]]
+        if not problems:
+            self._verified[(kind, key)] = sig
+        return problems
+
+    def _load_verified(self, kind: str, key: str, load: Callable[[], T]):
+        """``load()`` after ``verify``; a damaged artifact (or one that fails to load) is
+        moved aside (or ``CorruptArtifact`` raised) and ``_DAMAGED`` returned."""
+        problems = self.verify(kind, key)
+        if not problems:
+            try:
+                return load()
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                problems = [f"it does not load: {type(e).__name__}: {e}"]
+        self.quarantine(kind, key, problems)
+        return _DAMAGED
+
+    def quarantine(self, kind: str, key: str, problems: list[str]) -> str:
+        """Moves a damaged artifact aside (never deletes it); says so, then raises
+        ``CorruptArtifact`` when ``on_corrupt == "stop"``. Returns where it went."""
+        final = self.path(kind, key)
+        aside = os.path.join(os.path.dirname(final), f".{key}.corrupt-"
+                             f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            os.rename(final, aside)
+        self._verified.pop((kind, key), None)
+        then = ("stopping (on_corrupt=stop)" if self.on_corrupt == "stop"
+                else "it will be rebuilt")
+        message = (f"damaged artifact {kind}/{key} at {final}: {'; '.join(problems)}. Moved "
+                   f"aside to {aside}; {then}")
+        if self.on_corrupt == "stop":
+            raise CorruptArtifact(message)
+        self._log(f"WARNING: {message}")
+        return aside
 
     def record(self, kind: str, key: str, config: Any, **manifest) -> None:
         """An artifact that is only its manifest (e.g. an evaluation's metrics)."""

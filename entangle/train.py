@@ -51,6 +51,9 @@ class TrainConfig:
     eps: float = 0.0                  # Madry adversarial training radius; 0 = standard
     attack_steps: int = 16            # PGD steps per training batch (A.2: CIFAR 16, ImageNet 8)
     attack_step_size: float = 0.5     # A.2: CIFAR 0.5, ImageNet 1.0
+    # The step size is a multiple of the model's eps rather than an L2 length (Wong et al.
+    # 2020's fast adversarial training: one step of 1.25 eps from a random start).
+    attack_step_relative: bool = False
     attack_random_start: bool = False
     batch_size: int = 200             # global batch
     epochs: int = 100
@@ -91,6 +94,12 @@ class TrainConfig:
         parse_arch(self.arch)
 
     @property
+    def attack_step(self) -> float:
+        """The training attack's L2 step length."""
+        return self.attack_step_size * self.eps if self.attack_step_relative else \
+            self.attack_step_size
+
+    @property
     def is_victim(self) -> bool:
         return parse_arch(self.arch)[0] != "resnet_v2"
 
@@ -103,7 +112,10 @@ class TrainConfig:
         fields = dataclasses.asdict(self)
         drop = set()
         if self.eps == 0:
-            drop |= {"attack_steps", "attack_step_size", "attack_random_start"}
+            drop |= {"attack_steps", "attack_step_size", "attack_random_start",
+                     "attack_step_relative"}
+        elif not self.attack_step_relative:
+            drop.add("attack_step_relative")
         if not self.early_stopping:
             drop.add("patience")
         drop |= ({"width", "weight_decay", "pooling", "bn_momentum"} if self.is_victim
@@ -125,6 +137,7 @@ class RuntimeOptions:
     verbose: bool = True
     lock_poll: float = 2.0                   # seconds between looks at a busy artifact
     wait: bool = True                        # busy artifact: wait for it, or raise ArtifactBusy
+    on_corrupt: str = "rebuild"              # damaged artifact: move aside and rebuild, or stop
 
 
 @dataclasses.dataclass
@@ -433,7 +446,7 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
             start = (attacks.random_l2_start(x, cfg.eps, seed) if cfg.attack_random_start
                      else x)
             x = tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
-                                                  cfg.attack_steps, cfg.attack_step_size))
+                                                  cfg.attack_steps, cfg.attack_step))
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
@@ -531,7 +544,7 @@ def _settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
             x = data.to_float(np.asarray(train.x[part]))
             if cfg.eps > 0:
                 x = attacks.pgd_l2(model, x, train.y[part], eps=cfg.eps, steps=cfg.attack_steps,
-                                   step_size=cfg.attack_step_size,
+                                   step_size=cfg.attack_step,
                                    random_start=cfg.attack_random_start, seed=cfg.seed + i,
                                    batch_size=batch, jit_compile=runtime.jit_compile,
                                    verbose=False)

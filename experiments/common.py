@@ -61,7 +61,10 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    failures = failures or {}
+    from entangle.store import CorruptArtifact
+
+    failures = {CorruptArtifact: "Its directory was moved aside, not deleted. Rerun without "
+                "--on_corrupt=stop to rebuild it.", **(failures or {})}
     try:
         train.configure_threads(entangle_flags.FLAGS.inter_op_threads)
         train.get_strategy(entangle_flags.FLAGS.strategy)

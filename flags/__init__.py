@@ -22,6 +22,7 @@ from absl import flags
 
 from entangle import (construct, data, entanglement, mistakes, models, paper, pipeline,
                       planted_study, robustify, train, transfer)
+from entangle import store as store_lib
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -309,6 +310,9 @@ def define_attack_flags(fv=FLAGS):
                        lower_bound=1e-9, flag_values=fv)
     flags.DEFINE_bool("train_attack_random_start", False, "Random start for training PGD.",
                       flag_values=fv)
+    flags.DEFINE_bool("train_attack_step_relative", False, "--train_attack_step_size is a "
+                      "multiple of the model's eps (fast adversarial training: 1 step of 1.25 "
+                      "with a random start), not an L2 length.", flag_values=fv)
     flags.DEFINE_float("construct_eps", 0.5, "Zero-/neg-robust construction: max L2 change.",
                        lower_bound=0.0, flag_values=fv)
     flags.DEFINE_integer("construct_steps", 200, "Zero-/neg-robust construction: PGD steps.",
@@ -351,6 +355,9 @@ def define_runtime_flags(fv=FLAGS):
     flags.DEFINE_string("workdir", None, "Artifact store directory (default ./entangle_work or "
                         "$ENTANGLE_WORKDIR).", flag_values=fv)
     flags.DEFINE_bool("quiet", False, "No progress output.", flag_values=fv)
+    flags.DEFINE_enum("on_corrupt", "rebuild", list(store_lib.ON_CORRUPT), "A stored artifact "
+                      "that does not match its manifest's checksums: move it aside and rebuild "
+                      "it, or move it aside and stop.", flag_values=fv)
     flags.DEFINE_string("inter_op_threads", "auto", "TensorFlow inter-op threads: auto (1 "
                         "without a GPU, which makes CPU training bit-reproducible; TF's "
                         "default with GPUs) or a number (0 = TF's default).", flag_values=fv)
@@ -522,6 +529,7 @@ def train_config(f, kind: str) -> train.TrainConfig:
         arch=kind if kind in models.VICTIMS else per_kind(f.arch, kind), width=f.width,
         eps=0.0,
         attack_steps=f.train_attack_steps, attack_step_size=f.train_attack_step_size,
+        attack_step_relative=f.train_attack_step_relative,
         attack_random_start=f.train_attack_random_start,
         batch_size=per_kind(f.batch_size, kind, int), epochs=per_kind(f.epochs, kind, int),
         learning_rate=per_kind(f.learning_rate, kind, float), lr_decay=f.lr_decay,
@@ -562,5 +570,6 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
         eval=pipeline.EvalConfig(attack_steps=f.eval_attack_steps,
                                  step_size_factor=f.eval_step_size_factor),
         runtime=train.RuntimeOptions(strategy=f.strategy, jit_compile=f.jit_compile,
-                                     eval_batch_size=f.eval_batch_size, verbose=not f.quiet),
+                                     eval_batch_size=f.eval_batch_size, verbose=not f.quiet,
+                                     on_corrupt=f.on_corrupt),
         workdir=f.workdir)
