@@ -29,8 +29,10 @@ class PlanItem:
 
 
 def mark_present(store: Store, plan: list[PlanItem]) -> list[PlanItem]:
+    """Marks the items the store holds intact; a damaged one is moved aside (and so planned
+    for a rebuild), or stops the plan under ``on_corrupt="stop"``."""
     for it in plan:
-        it.present = store.has(it.kind, it.key)
+        it.present = store.has(it.kind, it.key) and store.intact(it.kind, it.key)
     return plan
 
 

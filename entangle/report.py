@@ -69,8 +69,7 @@ def findings_markdown(result) -> list[str]:
                   "standard's PGD % there | median rel. distance | flag |",
                   "|---|---|---|---|---|---|---|---|"]
         for g in result.generators:
-            pgd = (", ".join(f"{k}: {_pct(v)}" for k, v in g["pgd_accuracy"].items())
-                   if isinstance(g["pgd_accuracy"], dict) else _pct(g["pgd_accuracy"]))
+            pgd = _pgd_text(g)
             rel = g.get("median_relative_distance")
             lines.append(f"| {g['column']} | {g['model']} | {g.get('epochs_run')} | "
                          f"{_pct(g['test_accuracy'])} | {pgd} | "
@@ -171,23 +170,40 @@ def plot_table(result, path: str, title: str) -> None:
     dashed."""
     from entangle.entanglement import wilson_interval
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    x = np.arange(len(result.columns))
+    lines = []
     for row in result.rows:
         reps = [result.cells[row][c] for c in result.columns]
         acc = np.array([100 * r["accuracy"] for r in reps])
         ci = np.array([wilson_interval(r["accuracy"], r["n"]) for r in reps]) * 100
-        line = ax.errorbar(x, acc, yerr=[acc - ci[:, 0], ci[:, 1] - acc], fmt="o-",
-                           capsize=3, label=row)
-        ref = [result.paper[row].get(c) for c in result.columns]
+        lines.append((row, acc, [acc - ci[:, 0], ci[:, 1] - acc],
+                      [result.paper[row].get(c) for c in result.columns]))
+    _plot_columns(result.columns, lines, result.chance, path,
+                  title + " (bars: 95 % intervals)")
+
+
+def _plot_columns(columns, lines, chance, path: str, title: str) -> None:
+    """One line per (label, values %, error bars, paper's values or None) over the table's
+    columns; the paper's values dotted in the same colour; chance dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    x = np.arange(len(columns))
+    for label, values, err, ref in lines:
+        line = ax.errorbar(x, values, yerr=err, fmt="o-", capsize=3, label=label)
         if any(v is not None for v in ref):
             ax.plot(x, [np.nan if v is None else v for v in ref], ":", marker="x",
                     color=line.lines[0].get_color(), alpha=0.7)
     ax.plot([], [], "k:", marker="x", label="paper")
-    ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(x, result.columns)
-    _finish(plt, fig, ax, path, title + " (bars: 95 % intervals)", "accuracy (%)")
+    ax.axhline(100 * chance, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, columns)
+    _finish(plt, fig, ax, path, title, "accuracy (%)")
+
+
+def _pgd_text(generator: dict, sep: str = ": ") -> str:
+    """A generator's PGD accuracy: one value, or per column eps for the standard model."""
+    pgd = generator["pgd_accuracy"]
+    if isinstance(pgd, dict):
+        return ", ".join(f"{k}{sep}{_pct(v)}" for k, v in pgd.items())
+    return _pct(pgd)
 
 
 def seeds_markdown(result, title: str) -> str:
@@ -219,9 +235,7 @@ def seeds_markdown(result, title: str) -> str:
         if gens:
             parts = []
             for g in gens:
-                pgd = (", ".join(f"{k} {_pct(v)}" for k, v in g["pgd_accuracy"].items())
-                       if isinstance(g["pgd_accuracy"], dict) else _pct(g["pgd_accuracy"]))
-                parts.append(f"{g['model']} {_pct(g['test_accuracy'])} / {pgd}"
+                parts.append(f"{g['model']} {_pct(g['test_accuracy'])} / {_pgd_text(g, ' ')}"
                              + (" [flag]" if g.get("flag") else ""))
             lines.append(f"- seed {s}: " + "; ".join(parts))
     lines.append(f"\nWall time in this process: {result.seconds:.0f} s for all seeds "
@@ -245,24 +259,15 @@ def write_seeds(result, directory: str, title: str) -> dict:
 def plot_seeds(result, path: str, title: str) -> None:
     """Mean accuracy per column over seeds (bars: sd), one line per classifier, the paper's
     values as crosses on dotted lines of the same colour, chance dashed."""
-    plt = _plt()
     first = result.tables[result.seeds[0]]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    x = np.arange(len(first.columns))
+    lines = []
     for row in first.rows:
         agg = [result.aggregate[row][c] for c in first.columns]
-        mean = np.array([100 * a["mean"] for a in agg])
-        sd = np.nan_to_num(np.array([100 * a["sd"] for a in agg]))
-        line = ax.errorbar(x, mean, yerr=sd, fmt="o-", capsize=3, label=row)
-        ref = [a["paper"] for a in agg]
-        if any(v is not None for v in ref):
-            ax.plot(x, [np.nan if v is None else v for v in ref], ":", marker="x",
-                    color=line.lines[0].get_color(), alpha=0.7)
-    ax.plot([], [], "k:", marker="x", label="paper")
-    ax.axhline(100 * first.chance, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(x, first.columns)
-    _finish(plt, fig, ax, path, f"{title}: mean ± sd over seeds "
-            f"{', '.join(map(str, result.seeds))}", "accuracy (%)")
+        lines.append((row, np.array([100 * a["mean"] for a in agg]),
+                      np.nan_to_num(np.array([100 * a["sd"] for a in agg])),
+                      [a["paper"] for a in agg]))
+    _plot_columns(first.columns, lines, first.chance, path, f"{title}: mean ± sd over seeds "
+                  f"{', '.join(map(str, result.seeds))}")
 
 
 def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float | None = None,

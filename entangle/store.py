@@ -468,6 +468,14 @@ class Store:
             self._verified[(kind, key)] = sig
         return problems
 
+    def intact(self, kind: str, key: str) -> bool:
+        """Whether a present artifact matches its manifest; if not, it is moved aside
+        (``quarantine``) and False returned."""
+        problems = self.verify(kind, key)
+        if problems:
+            self.quarantine(kind, key, problems)
+        return not problems
+
     def _load_verified(self, kind: str, key: str, load: Callable[[], T]):
         """``load()`` after ``verify``; a damaged artifact (or one that fails to load) is
         moved aside (or ``CorruptArtifact`` raised) and ``_DAMAGED`` returned."""

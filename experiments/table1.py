@@ -27,7 +27,7 @@ QUICK = ("Without prepared data, run the quick scale on an image folder instead,
 
 def main(argv, name=NAME, title=TITLE, quick=QUICK):
     label = (f"{title}{' extended' if FLAGS.columns == 'extended' else ''} "
-             f"({common.dataset_label(FLAGS)})")
+             f"({common.dataset_label(FLAGS)}, {entangle_flags.scale_name()})")
     log = print if not FLAGS.quiet else (lambda m: None)
     seeds = entangle_flags.seeds(FLAGS)
     out = common.results_dir(FLAGS, name, table=True)

@@ -90,9 +90,19 @@ def parse(args: list[str], fv=FLAGS) -> list[str]:
     return fv(["entangle"] + expand_flagfiles(list(args)))
 
 
+FLAGFILES: list[str] = []  # the top-level flagfiles of the parsed command line, in order
+
+
+def scale_name() -> str:
+    """The scale a run is at: the last flagfile on its command line (its name)."""
+    return os.path.basename(FLAGFILES[-1]) if FLAGFILES else "no flagfile"
+
+
 def parse_flags(argv: list[str], fv=FLAGS) -> list[str]:
     """absl ``flags_parser`` for the binaries: expands flagfiles, parses, exits cleanly (no
     traceback) with the flag's message on a bad value."""
+    FLAGFILES[:] = [a.split("=", 1)[1] for a in argv[1:]
+                    if a.startswith(("--flagfile=", "-flagfile="))]
     try:
         return fv(argv[:1] + expand_flagfiles(argv[1:]))
     except flags.Error as e:

@@ -170,3 +170,112 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
     builder = [p.pid for p, r in zip(procs, results) if not r["cached"]][0]
     assert all(r["built_by"] == builder for r in results)
     assert not [f for f in os.listdir(tmp_path / "models") if f.endswith((".lock", ".partial"))]
+
+
+def _build_counter(s, key, value):
+    calls = []
+
+    def build():
+        calls.append(1)
+        with s.writing("datasets", key, {"v": value}) as d:
+            np.save(os.path.join(d, "x.npy"), np.full(1000, value, np.float32))
+        return load()
+
+    def load():
+        return np.load(os.path.join(s.path("datasets", key), "x.npy"))
+
+    return calls, build, load
+
+
+def test_manifest_records_a_hash_of_every_file(tmp_path):
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ds", {"v": 1})
+    calls, build, load = _build_counter(s, key, 1.0)
+    s.get_or_build("datasets", key, build, load)
+    files = s.manifest("datasets", key)["files"]
+    assert set(files) == {"x.npy"} and files["x.npy"]["size"] == os.path.getsize(
+        os.path.join(s.path("datasets", key), "x.npy"))
+    import hashlib
+    raw = open(os.path.join(s.path("datasets", key), "x.npy"), "rb").read()
+    assert files["x.npy"]["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(tmp_path, capsys):
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ds", {"v": 2})
+    calls, build, load = _build_counter(s, key, 2.0)
+    s.get_or_build("datasets", key, build, load)
+    x = np.load(os.path.join(s.path("datasets", key), "x.npy"), mmap_mode="r+")
+    x[:10] = 0.5                               # same size, other bytes
+    x.flush()
+    del x
+    fresh = store_lib.Store(str(tmp_path))     # a new process: verifies on first load
+    calls2, build2, load2 = _build_counter(fresh, key, 2.0)
+    out = fresh.get_or_build("datasets", key, build2, load2)
+    assert calls2 == [1] and np.all(out == 2.0)
+    err = capsys.readouterr().err
+    assert f"damaged artifact datasets/{key}" in err and "SHA-256" in err and "rebuilt" in err
+    aside = [d for d in os.listdir(tmp_path / "datasets") if ".corrupt-" in d]
+    assert len(aside) == 1 and aside[0].startswith(f".{key}.corrupt-")
+    kept = np.load(tmp_path / "datasets" / aside[0] / "x.npy")
+    assert np.all(kept[:10] == 0.5)            # nothing deleted: the damaged copy is kept
+    assert fresh.verify("datasets", key) == []
+
+
+def test_on_corrupt_stop_raises_naming_the_artifact(tmp_path):
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ds", {"v": 3})
+    _, build, load = _build_counter(s, key, 3.0)
+    s.get_or_build("datasets", key, build, load)
+    with open(os.path.join(s.path("datasets", key), "x.npy"), "r+b") as f:
+        f.truncate(100)
+    stop = store_lib.Store(str(tmp_path), on_corrupt="stop")
+    with pytest.raises(store_lib.CorruptArtifact, match=f"datasets/{key}.*x.npy has 100 bytes"
+                                                        f".*Moved aside.*stopping"):
+        stop.get_or_build("datasets", key, build, load)
+    assert not stop.has("datasets", key)
+    with pytest.raises(ValueError, match="on_corrupt"):
+        store_lib.Store(str(tmp_path), on_corrupt="ignore")
+
+
+def test_empty_manifest_and_unloadable_legacy_files_are_damaged(tmp_path, capsys):
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ds", {"v": 4})
+    calls, build, load = _build_counter(s, key, 4.0)
+    s.get_or_build("datasets", key, build, load)
+    open(os.path.join(s.path("datasets", key), "manifest.json"), "w").close()
+    assert "unreadable manifest.json" in store_lib.Store(str(tmp_path)).verify("datasets", key)[0]
+    s2 = store_lib.Store(str(tmp_path))
+    calls2, build2, load2 = _build_counter(s2, key, 4.0)
+    s2.get_or_build("datasets", key, build2, load2)
+    assert calls2 == [1]
+    # a manifest without hashes (written before checksums) whose file no longer loads
+    m = s2.manifest("datasets", key)
+    del m["files"]
+    with open(os.path.join(s2.path("datasets", key), "manifest.json"), "w") as f:
+        json.dump(m, f)
+    with open(os.path.join(s2.path("datasets", key), "x.npy"), "r+b") as f:
+        f.truncate(200)
+    s3 = store_lib.Store(str(tmp_path))
+    calls3, build3, load3 = _build_counter(s3, key, 4.0)
+    assert np.all(s3.get_or_build("datasets", key, build3, load3) == 4.0) and calls3 == [1]
+    assert "it does not load" in capsys.readouterr().err
+
+
+def test_a_change_after_verification_is_caught_by_size_or_mtime(tmp_path, monkeypatch):
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ds", {"v": 5})
+    _, build, load = _build_counter(s, key, 5.0)
+    s.get_or_build("datasets", key, build, load)
+    assert s.verify("datasets", key) == []
+    hashed = []
+    real = store_lib.file_digests
+    monkeypatch.setattr(store_lib, "file_digests", lambda d: hashed.append(d) or real(d))
+    assert s.verify("datasets", key) == [] and hashed == []   # unchanged: not hashed again
+    path = os.path.join(s.path("datasets", key), "x.npy")
+    x = np.load(path, mmap_mode="r+")
+    x[0] = -1
+    x.flush()
+    del x
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert s.verify("datasets", key) and len(hashed) == 1

@@ -116,6 +116,28 @@ def test_figure2_shows_distinct_classes():
     assert len(set(cifar_like[entanglement.distinct_class_images(cifar_like, 8)])) == 8
 
 
+def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_path):
+    """The reliability issue's reproduction: half of R_0 overwritten in place."""
+    import shutil
+
+    work, out = smoke_table
+    copy = tmp_path / "store"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("results"))
+    x_path = glob.glob(str(copy / "datasets" / "R0-*" / "x.npy"))[0]
+    x = np.load(x_path, mmap_mode="r+")
+    x[:64] = 0.5
+    x.flush()
+    del x
+    proc = subprocess.run(_cmd(copy), cwd=ROOT, capture_output=True, text=True, env=ENV,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    key = os.path.basename(os.path.dirname(x_path))
+    assert f"damaged artifact datasets/{key}" in proc.stderr and "SHA-256" in proc.stderr
+    assert glob.glob(str(copy / "datasets" / f".{key}.corrupt-*" / "x.npy"))
+    assert _built(proc.stdout) == 1                     # R_0 alone, rebuilt in the plan
+    assert _table(proc.stdout) == _table(out)
+
+
 def test_second_run_reuses_every_artifact(smoke_table):
     work, out = smoke_table
     again = _run(work)
