@@ -27,6 +27,7 @@ from scipy import stats as st
 from entangle import data, paper, pipeline, stats
 from entangle import plan as plan_lib
 from entangle.plan import PlanItem
+from entangle.store import git_commit
 
 ROWS = ("standard", "robust", "zero_robust", "neg_robust")
 ROBUST_ROWS = ("generator", "independent")
@@ -79,6 +80,9 @@ class TableResult:
     robust_is_generator: bool = True    # the robust row evaluates R_{its eps}'s own generator
     generators: list = dataclasses.field(default_factory=list)  # see Table.generators
     seed: int | None = None
+    # what it was computed from: the code's commit, every artifact's store key, and what the
+    # caller adds (the binaries: their flags and flagfiles)
+    provenance: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)
     findings: list = dataclasses.field(default_factory=list)
     checks: list = dataclasses.field(default_factory=list)
@@ -237,16 +241,18 @@ def default_rate(exp: pipeline.Experiment) -> float:
 
 def run_table(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
               results_dir: str | None = None, title: str = "Table",
-              log: Callable[[str], None] = print) -> TableResult:
+              log: Callable[[str], None] = print, provenance: dict | None = None
+              ) -> TableResult:
     """Plans, builds (cooperating with other processes on the store) and evaluates a table;
-    with ``results_dir``, writes it there as Markdown, CSV, JSON and PNG."""
+    with ``results_dir``, writes it there as Markdown, CSV, JSON and PNG. ``provenance`` (e.g.
+    the flags) goes into the JSON beside the commit and the store keys."""
     start = time.time()
     table, built = _prepare(exp_cfg, cfg, True, log)
-    return _table_result(table, built, start, results_dir, title)
+    return _table_result(table, built, start, results_dir, title, provenance)
 
 
 def _table_result(table: Table, built: list[str], start: float, results_dir: str | None,
-                  title: str) -> TableResult:
+                  title: str, provenance: dict | None = None) -> TableResult:
     """Evaluates a built table: cells, per-image outcomes, generators, findings, files."""
     exp, cfg, exp_cfg = table.exp, table.cfg, table.exp.cfg
     cells, keys, majority, rel, correct = table.evaluate()
@@ -271,7 +277,11 @@ def _table_result(table: Table, built: list[str], start: float, results_dir: str
                          correct=correct, robust_eps=cfg.eps,
                          robust_is_generator=table.row_model("robust")[2] == 0,
                          generators=table.generators(rel) if cfg.generator_report else [],
-                         seed=exp_cfg.hparams["standard"].seed)
+                         seed=exp_cfg.hparams["standard"].seed,
+                         provenance={"commit": git_commit(), "store": exp.store.root,
+                                     "artifacts": {it.label: f"{it.kind}/{it.key}"
+                                                   for it in table.plan(True)},
+                                     **(provenance or {})})
     result.findings = findings(result)
     result.checks = checks(result)
     result.seconds = time.time() - start
@@ -304,7 +314,8 @@ def with_seed(exp_cfg: pipeline.ExperimentConfig, seed: int) -> pipeline.Experim
 
 def run_seeds(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, seeds: list[int], *,
               results_dir: str | None = None, title: str = "Table",
-              log: Callable[[str], None] = print) -> SeedsResult:
+              log: Callable[[str], None] = print, provenance: dict | None = None
+              ) -> SeedsResult:
     """The table for several seeds on one store: one plan over every seed's artifacts (N
     processes cooperate on all of them), then each seed's table (in ``seed<N>/``) and the
     aggregate (per cell mean and sd beside the paper's; per finding, seeds held)."""
@@ -321,7 +332,7 @@ def run_seeds(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, seeds: list[
     results = {}
     for s, t in zip(seeds, tables):
         results[s] = _table_result(t, built, time.time(), results_dir and os.path.join(
-            results_dir, f"seed{s}"), f"{title}, seed {s}")
+            results_dir, f"seed{s}"), f"{title}, seed {s}", provenance)
     result = SeedsResult(seeds=list(seeds), tables=results,
                          aggregate=aggregate(list(results.values())),
                          findings=findings_over_seeds(results), built=built,

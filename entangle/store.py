@@ -296,6 +296,7 @@ def atomic_file(path: str, mode: str = "wb"):
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: colleagues sharing a store read it
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -304,6 +305,13 @@ def atomic_file(path: str, mode: str = "wb"):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save_npz(path: str, **arrays) -> None:
@@ -358,6 +366,7 @@ class Store:
         final = self.path(kind, key)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=f".{key}.tmp-")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the umask decides, as for mkdir
         try:
             yield tmp
             record = {"kind": kind, "key": key, "config": _canonical(config),

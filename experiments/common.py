@@ -36,6 +36,15 @@ def results_dir(f, name: str, table: bool = False) -> str:
     return os.path.join(f.workdir or default_workdir(), "results", "-".join(parts))
 
 
+def provenance(f) -> dict:
+    """What a results JSON records of the command: its argv, flagfiles and every flag."""
+    import flags as entangle_flags
+
+    return {"argv": sys.argv, "flagfiles": list(entangle_flags.FLAGFILES),
+            "flags": {k: v for k, v in f.flag_values_dict().items()
+                      if isinstance(v, (str, int, float, bool, list, type(None)))}}
+
+
 def dataset_label(f) -> str:
     """The dataset as a title names it: CIFAR-10, ImageNet-9, planted, or the folder's name."""
     if f.dataset.startswith("folder:"):

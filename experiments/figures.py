@@ -15,6 +15,9 @@ RUNNERS = {"figure2": entanglement.run_figure2, "figure3": entanglement.run_figu
 
 
 def main(argv, name):
+    if len(FLAGS.seeds) > 1:
+        raise app.UsageError(f"--seeds applies to the tables; {name} draws one seed (--seed)")
+
     def body():
         return RUNNERS[name](entangle_flags.experiment_config(FLAGS),
                              entangle_flags.table_config(FLAGS),

@@ -35,12 +35,13 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
     def body():
         exp_cfg = entangle_flags.experiment_config(FLAGS)
         cfg = entangle_flags.table_config(FLAGS)
+        given = common.provenance(FLAGS)
         if len(seeds) > 1:
             return entanglement.run_seeds(exp_cfg, cfg, seeds, results_dir=out, title=label,
-                                          log=log)
+                                          log=log, provenance=given)
         return entanglement.run_table(entanglement.with_seed(exp_cfg, seeds[0]), cfg,
                                       results_dir=out, title=f"{label}, seed {seeds[0]}",
-                                      log=log)
+                                      log=log, provenance=given)
 
     result = common.run_main(argv, body, {data.DatasetUnavailableError: quick})
     from entangle import report

@@ -279,3 +279,22 @@ def test_a_change_after_verification_is_caught_by_size_or_mtime(tmp_path, monkey
     del x
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert s.verify("datasets", key) and len(hashed) == 1
+
+
+def test_files_and_directories_respect_the_umask(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700; a shared store must follow the umask instead."""
+    old = os.umask(0o022)
+    try:
+        s = store_lib.Store(str(tmp_path))
+        key = s.key("ds", {"v": 6})
+        _, build, load = _build_counter(s, key, 6.0)
+        s.get_or_build("datasets", key, build, load)
+        with store_lib.atomic_file(str(tmp_path / "results" / "t.md"), "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert os.stat(s.path("datasets", key)).st_mode & 0o777 == 0o755
+    assert os.stat(os.path.join(s.path("datasets", key), "x.npy")).st_mode & 0o777 == 0o644
+    assert os.stat(os.path.join(s.path("datasets", key), "manifest.json")).st_mode & 0o777 \
+        == 0o644
+    assert os.stat(tmp_path / "results" / "t.md").st_mode & 0o777 == 0o644

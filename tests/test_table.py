@@ -78,10 +78,20 @@ def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_ta
         assert "PGD" in g["attack"] and g["batch_norm"]["statistics"] == "recompute"
     assert {f["finding"] for f in data["findings"]} == set("abcde")
     assert "Generators of the R_eps columns" in out and "Test: exact McNemar" in out
+    prov = data["provenance"]                # what the table was computed from
+    assert prov["commit"] and prov["flags"]["eps"] == 1.0 and prov["flagfiles"][-1] == \
+        "flags/smoke.cfg"
+    stored = {f"{kind}/{k}" for kind in ("models", "datasets") for k in os.listdir(work / kind)
+              if not k.startswith(".") and not k.endswith((".lock", ".partial"))}
+    assert len(prov["artifacts"]) == 15 and set(prov["artifacts"].values()) <= stored
+    assert "Table 1 (planted, smoke.cfg), seed 0" in out and "over n = 128 images" in out
+    assert "CIFAR" not in out and "paper's in brackets" not in out   # nothing in brackets
 
 
 def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke_table):
     work, _ = smoke_table
+    single = work / "results" / "table1-planted-eps1-paper-seed0" / "table.json"
+    before = single.stat().st_mtime_ns
     out = _run(work, "--seeds=0,1")
     assert 0 < _built(out) < 15             # seed 0 is in the store already
     results = work / "results" / "table1-planted-eps1-paper-seed0-1"
@@ -95,15 +105,8 @@ def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke
     assert os.path.exists(results / "seeds.png") and "mean ± sd" in open(results / "seeds.md").read()
     again = _run(work, "--seeds=0,1")
     assert _built(again) == 0 and "0 to build" in again
-
-
-def test_distinct_tables_get_distinct_results_folders(smoke_table):
-    work, _ = smoke_table
-    folders = {os.path.basename(p) for p in glob.glob(str(work / "results" / "table1-*"))}
-    assert "table1-planted-eps1-paper-seed0" in folders
-    out = _run(work, "--columns=0,1")       # same store, another table: nothing overwritten
-    assert "table1-planted-eps1-cols" in out
-    assert os.path.exists(work / "results" / "table1-planted-eps1-paper-seed0" / "table.json")
+    # another table on the same store gets its own folder: the seed-0 table is untouched
+    assert single.stat().st_mtime_ns == before
 
 
 def test_figure2_shows_distinct_classes():
