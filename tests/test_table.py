@@ -28,8 +28,17 @@ def _run(workdir, *extra):
 
 
 def _table(out):
-    """The Markdown table rows printed at the end."""
-    return [l for l in out.splitlines() if l.startswith("| ")]
+    """The rows of the accuracy table printed at the end (the first Markdown table; the
+    generator table follows it)."""
+    rows, started = [], False
+    for line in out.splitlines():
+        if line.startswith("|"):
+            started = True
+            if line.startswith("| "):      # not the |---| separator
+                rows.append(line)
+        elif started:
+            break
+    return rows
 
 
 def _built(out):
