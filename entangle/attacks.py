@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import progress
+from entangle import preempt, progress
 
 _NORM_FLOOR = 1e-30
 
@@ -311,6 +311,8 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
         out[sl] = fn(xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t,
                      tf.constant([seed, b], tf.int32)).numpy()
         bar.update(sl.stop, finalize=sl.stop == n)
+        if sl.stop < n:
+            preempt.check("in an attack (the current chunk will be redone)")
     return out
 
 

@@ -526,7 +526,8 @@ class EpochPipeline:
         n, b = len(self._y), self.batch_size
         return n // b if self.drop_remainder else -(-n // b)
 
-    def epoch(self, epoch: int = 0):
+    def epoch(self, epoch: int = 0, start_batch: int = 0):
+        """Epoch ``epoch``'s batches from ``start_batch`` on (a run resumed mid-epoch)."""
         import tensorflow as tf
 
         n, bs = len(self._y), self.batch_size
@@ -535,7 +536,7 @@ class EpochPipeline:
         batches = self.num_batches()
 
         def gen():
-            for b in range(batches):
+            for b in range(start_batch, batches):
                 idx = order[b * bs:(b + 1) * bs]
                 if self.shuffle:
                     idx = np.sort(idx)  # a batch is a set; sorted reads are faster on memmaps

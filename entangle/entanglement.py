@@ -27,7 +27,7 @@ from scipy import stats as st
 from entangle import data, paper, pipeline, stats
 from entangle import plan as plan_lib
 from entangle.plan import PlanItem
-from entangle.store import git_commit
+from entangle.store import describe_os_error, git_commit
 
 ROWS = ("standard", "robust", "zero_robust", "neg_robust")
 ROBUST_ROWS = ("generator", "independent")
@@ -84,6 +84,7 @@ class TableResult:
     # caller adds (the binaries: their flags and flagfiles)
     provenance: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)
+    write_error: str | None = None      # why results_dir could not be written, if it could not
     findings: list = dataclasses.field(default_factory=list)
     checks: list = dataclasses.field(default_factory=list)
 
@@ -288,8 +289,19 @@ def _table_result(table: Table, built: list[str], start: float, results_dir: str
     if results_dir:
         from entangle import report
 
-        result.files = report.write_table(result, results_dir, title)
+        result.files, result.write_error = _write(report.write_table, result, results_dir,
+                                                  title)
     return result
+
+
+def _write(writer, result, results_dir: str, title: str) -> tuple[dict, str | None]:
+    """(files, None), or ({}, why) when the results folder cannot be written (a read-only
+    store): the table was computed and is still returned."""
+    try:
+        return writer(result, results_dir, title), None
+    except OSError as e:
+        return {}, (f"cannot write the results to {results_dir} ({describe_os_error(e)}); "
+                    f"pass --results_dir=DIR to write them elsewhere")
 
 
 @dataclasses.dataclass
@@ -303,6 +315,7 @@ class SeedsResult:
     built: list[str]
     seconds: float
     files: dict = dataclasses.field(default_factory=dict)
+    write_error: str | None = None      # why results_dir could not be written, if it could not
 
 
 def with_seed(exp_cfg: pipeline.ExperimentConfig, seed: int) -> pipeline.ExperimentConfig:
@@ -340,7 +353,8 @@ def run_seeds(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, seeds: list[
     if results_dir:
         from entangle import report
 
-        result.files = report.write_seeds(result, results_dir, title)
+        result.files, result.write_error = _write(report.write_seeds, result, results_dir,
+                                                  title)
     return result
 
 

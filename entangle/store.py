@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -51,6 +52,8 @@ import zipfile
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
+
+from entangle import preempt
 
 MANIFEST = "manifest.json"
 ON_CORRUPT = ("rebuild", "stop")
@@ -80,6 +83,18 @@ def file_digests(directory: str) -> dict:
                     h.update(block)
             out[rel] = {"sha256": h.hexdigest(), "size": os.path.getsize(path)}
     return out
+
+
+def describe_os_error(e: OSError) -> str:
+    """'<path>: <cause in words>' for a file-system fault (read-only, full, a file in the
+    way, no permission)."""
+    import errno
+
+    cause = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+             errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+             errno.ENOTDIR: "not a directory (a file is in the way)",
+             errno.EEXIST: "exists and is not a directory"}.get(e.errno, e.strerror or str(e))
+    return f"{e.filename or '(unknown path)'}: {cause}"
 
 
 def default_workdir() -> str:
@@ -146,6 +161,58 @@ def builder_id() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+ORPHAN_AGE = 86400.0  # a temporary without a checkable owner is an orphan after a day
+_TAGGED = re.compile(r"\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]+(\.tmp)?$")
+
+
+def _owner_tag() -> str:
+    """pid@host, written into every temporary's name so that a later run can tell whether
+    the process that made it is still alive."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def orphaned(path: str, *, other_hosts_dead: bool = False, now: float | None = None) -> bool:
+    """Whether a temporary (``.<key>.tmp-<pid>@<host>-*`` directory or ``.tmp`` file) has no
+    live owner: its pid is gone on this host, or, where the owner cannot be checked (another
+    host, or a name from before owners were recorded), it is older than ``ORPHAN_AGE``
+    (``other_hosts_dead``: the caller holds the artifact's lock, so no other host writes it)."""
+    m = _TAGGED.search(os.path.basename(path))
+    if m and m["host"] == socket.gethostname():
+        return int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+    if m and other_hosts_dead:
+        return True
+    try:
+        age = (now or time.time()) - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    return age > ORPHAN_AGE
+
+
+def _tree_size(path: str) -> int:
+    if not os.path.isdir(path):
+        return os.path.getsize(path) if os.path.exists(path) else 0
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if os.path.exists(os.path.join(d, f)))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def build_chunks(workdir: str, n: int, chunk_size: int,
                  make: Callable[[slice], dict[str, np.ndarray]], *,
                  on_chunk: Callable[[int], None] | None = None,
@@ -163,6 +230,8 @@ def build_chunks(workdir: str, n: int, chunk_size: int,
                 on_chunk(c)
         if bar is not None:
             bar.update(rows.stop, finalize=rows.stop == n)
+        if rows.stop < n:
+            preempt.check(f"after chunk {c + 1} of {-(-n // chunk_size)} in {workdir}")
 
 
 def assemble_chunks(workdir: str, name: str, out_path: str) -> np.ndarray:
@@ -295,7 +364,8 @@ def atomic_file(path: str, mode: str = "wb"):
     A process killed mid-write leaves at most a stray temporary file, never a partial ``path``.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp",
+                               prefix=f".{os.path.basename(path)}.tmp-{_owner_tag()}-")
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: colleagues sharing a store read it
     try:
         with os.fdopen(fd, mode) as f:
@@ -318,6 +388,13 @@ def atomic_save_npz(path: str, **arrays) -> None:
     """np.savez through atomic_file."""
     with atomic_file(path) as f:
         np.savez(f, **arrays)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 class Store:
@@ -365,7 +442,7 @@ class Store:
         """
         final = self.path(kind, key)
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=f".{key}.tmp-")
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=f".{key}.tmp-{_owner_tag()}-")
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the umask decides, as for mkdir
         try:
             yield tmp
@@ -423,6 +500,7 @@ class Store:
             held = self.lock(kind, key)
             if held.try_acquire():
                 with held:
+                    self.remove_orphans(kind, key)
                     if self.has(kind, key):
                         loaded = self._load_verified(kind, key, load)
                         if loaded is not _DAMAGED:
@@ -435,6 +513,72 @@ class Store:
                 log(f"waiting for {owner.get('host')}:{owner.get('pid')} to finish {kind}/{key}")
                 announced = True
             time.sleep(poll)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def remove_orphans(self, kind: str, key: str) -> int:
+        """Removes the temporaries of ``kind/key`` (its ``.tmp-`` directories and the ``.tmp``
+        files in its ``.partial`` state) whose owner is dead; the caller holds the key's
+        lock. Returns the bytes freed (a killed construction leaves a full-size copy)."""
+        freed = 0
+        folder = os.path.join(self.root, kind)
+        candidates = [os.path.join(folder, n) for n in _listdir(folder)
+                      if n.startswith(f".{key}.tmp-")]
+        partial = self.path(kind, key) + ".partial"
+        candidates += [os.path.join(d, f) for d, _, fs in os.walk(partial) for f in fs
+                       if f.endswith(".tmp")]
+        for path in candidates:
+            if orphaned(path, other_hosts_dead=True):
+                size = _tree_size(path)
+                _remove(path)
+                freed += size
+                self._log(f"removed {path} ({size / 2**20:.1f} MiB), left by a dead process")
+        return freed
+
+    def housekeeping(self) -> list[dict]:
+        """Everything under the root that no manifest owns, each as {path, what, bytes,
+        removable}: temporaries (removable when their owner is dead), quarantined copies,
+        leftovers of broken locks and incomplete copies (removable), and resumable
+        ``.partial`` state (removable when no live process holds its lock)."""
+        out = []
+        for kind in _listdir(self.root):
+            folder = os.path.join(self.root, kind)
+            if not os.path.isdir(folder):
+                continue
+            for name in _listdir(folder):
+                path = os.path.join(folder, name)
+                what = removable = None
+                if ".tmp-" in name and name.startswith("."):
+                    live = not orphaned(path)
+                    what, removable = f"temporary ({'owner alive' if live else 'owner dead'})",                         not live
+                elif ".corrupt-" in name:
+                    what, removable = "quarantined (damaged) copy", True
+                elif ".incomplete-" in name or ".lock.stale-" in name:
+                    what, removable = "leftover", True
+                elif name.endswith(".partial"):
+                    key = name[:-len(".partial")]
+                    lock = Lock(self.path(kind, key) + ".lock")
+                    busy = os.path.exists(lock.path) and not lock._stale(lock.owner())
+                    what = "resumable state" + (" (being built)" if busy else "")
+                    removable = not busy
+                    orphans = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                               if f.endswith(".tmp") and orphaned(os.path.join(d, f))]
+                    out += [{"path": p, "what": "temporary (owner dead)",
+                             "bytes": _tree_size(p), "removable": True} for p in orphans]
+                if what:
+                    out.append({"path": path, "what": what, "bytes": _tree_size(path),
+                                "removable": removable})
+        return out
+
+    def gc(self, partial: bool = False) -> list[dict]:
+        """Removes what ``housekeeping`` marks removable (resumable state only with
+        ``partial``); returns what it removed."""
+        gone = []
+        for entry in self.housekeeping():
+            if entry["removable"] and (partial or entry["what"] != "resumable state"):
+                _remove(entry["path"])
+                gone.append(entry)
+        return gone
 
     # ------------------------------------------------------------------ integrity
 

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import attacks, data, models, progress
+from entangle import attacks, data, models, preempt, progress
 from entangle.store import Store, atomic_save_npz, fingerprint_arrays
 
 LR_DECAYS = ("none", "step", "cosine")
@@ -470,27 +470,41 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
 
 
 def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
-              label: str = "accuracy", verbose: bool = False) -> dict:
-    """One pass of a compiled train step over a dataset: mean loss and train accuracy."""
+              label: str = "accuracy", verbose: bool = False, start: dict | None = None) -> dict:
+    """One pass of a compiled train step over a dataset: mean loss and train accuracy.
+
+    ``dataset`` starts at batch ``start["batch"]`` when resuming mid-epoch (``start`` holds
+    the sums so far). On a stop request (``preempt``) it returns after the current batch with
+    ``{"stopped": {"batch", "loss", "correct", "seconds"}}``: the state to resume from.
+    """
+    start = start or {"batch": 0, "loss": 0.0, "correct": 0.0, "seconds": 0.0}
     progbar = progress.progbar(steps, enabled=verbose, unit_name="batch",
                                stateful_metrics=["loss", label])
-    tot_loss = tot_correct = seen = 0.0
-    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset)):
+    tot_loss, tot_correct, first = start["loss"], start["correct"], start["batch"]
+    t0 = time.time() - start["seconds"]
+    seen = float(first * batch_size)
+    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset), first):
         loss, correct = step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32))
         tot_loss += float(loss)
         tot_correct += float(correct)
         seen += batch_size
         progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
                        finalize=b + 1 == steps)
-    return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen}
+        if preempt.requested() and b + 1 < steps:
+            return {"stopped": {"batch": b + 1, "loss": tot_loss, "correct": tot_correct,
+                                "seconds": time.time() - t0}}
+    return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen,
+            "seconds": time.time() - t0}
 
 
 def _save_state(path: str, model, optimizer, epoch: int, history: list, best: dict,
-                best_weights: list | None):
+                best_weights: list | None, in_epoch: dict | None = None):
+    """Checkpoints after epoch ``epoch`` (or, with ``in_epoch``, part way into the next)."""
     arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
     arrays.update({f"b{i}": w for i, w in enumerate(best_weights or [])})
-    arrays["meta"] = np.array(json.dumps({"epoch": epoch, "history": history, "best": best}))
+    arrays["meta"] = np.array(json.dumps({"epoch": epoch, "history": history, "best": best,
+                                          "in_epoch": in_epoch}))
     atomic_save_npz(os.path.join(path, "state.npz"), **arrays)
 
 
@@ -633,7 +647,9 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
     start_epoch, history = (state["epoch"] + 1, state["history"]) if state else (0, [])
     best = state["best"] if state else {"val_accuracy": -1.0, "epoch": -1}
     if state and runtime.verbose:
-        print(f"[{name}] resuming {key} after epoch {start_epoch} of {cfg.epochs}")
+        where = (f"in epoch {start_epoch + 1}, after batch {state['in_epoch']['batch']}"
+                 if state.get("in_epoch") else f"after epoch {start_epoch}")
+        print(f"[{name}] resuming {key} {where} of {cfg.epochs}")
     tb = (tf.summary.create_file_writer(os.path.join(store.root, "tensorboard", key)) if chief
           else tf.summary.create_noop_writer())
     lr_var = optimizer.inner_optimizer.learning_rate if hasattr(
@@ -641,20 +657,29 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
 
     pipeline = data.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
                                   augment_images=cfg.augment, seed=cfg.seed, drop_remainder=True)
+    in_epoch = state.get("in_epoch") if state else None
     for epoch in range(start_epoch, cfg.epochs):
         if best["epoch"] >= 0 and cfg.early_stopping and epoch - best["epoch"] > cfg.patience:
             break
         lr = learning_rate_at(cfg, epoch)
         lr_var.assign(lr)
         if runtime.verbose:
-            print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}")
-        t0 = time.time()
-        record = {"epoch": epoch, "lr": lr,
-                  **run_epoch(step, strategy, pipeline.epoch(epoch), steps_per_epoch,
-                              seed=(cfg.seed, epoch), batch_size=cfg.batch_size,
-                              label="adv_accuracy" if cfg.eps > 0 else "accuracy",
-                              verbose=runtime.verbose),
-                  "seconds": time.time() - t0}
+            print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}"
+                  + (f", from batch {in_epoch['batch'] + 1}" if in_epoch else ""))
+        result = run_epoch(step, strategy,
+                           pipeline.epoch(epoch, in_epoch["batch"] if in_epoch else 0),
+                           steps_per_epoch, seed=(cfg.seed, epoch), batch_size=cfg.batch_size,
+                           label="adv_accuracy" if cfg.eps > 0 else "accuracy",
+                           verbose=runtime.verbose, start=in_epoch)
+        in_epoch = None
+        if "stopped" in result:
+            if chief:
+                _save_state(partial, model, optimizer, epoch - 1, history, best,
+                            best_weights if cfg.early_stopping else None, result["stopped"])
+            tb.close()
+            preempt.check(f"in epoch {epoch + 1} of {name}, after batch "
+                          f"{result['stopped']['batch']}")
+        record = {"epoch": epoch, "lr": lr, **result}
         if val:
             record["val_accuracy"] = accuracy(model, val.x, val.y, runtime.eval_batch_size)
             if record["val_accuracy"] > best["val_accuracy"]:
@@ -674,6 +699,9 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
                         best_weights if cfg.early_stopping else None)
         if on_epoch_end:
             on_epoch_end(epoch, record)
+        if preempt.requested() and epoch + 1 < cfg.epochs:
+            tb.close()
+            preempt.check(f"after epoch {epoch + 1} of {name}")
 
     if cfg.early_stopping and best_weights is not None:
         model.set_weights(best_weights)

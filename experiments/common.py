@@ -1,13 +1,87 @@
 """Start-up shared by the binaries: CPU speed defaults, quiet TensorFlow logs, table mains."""
 
+from __future__ import annotations
+
+import atexit
 import os
+import re
 import sys
+import threading
+
+
+# TensorFlow's C++ start-up lines, printed before its logging honours TF_CPP_MIN_LOG_LEVEL:
+# the absl pre-initialisation warning, INFO/WARNING lines (oneDNN, CUDA stubs, once per
+# shared library) and the "failed call to cuInit" / factory-registration errors of a machine
+# without a GPU.
+_TF_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR|[IW]\d{4} [\d:.]+\s+\d+ [\w./-]+\.cc:\d+\] .*"
+    r"|E\d{4} [\d:.]+\s+\d+ [\w./-]+\.cc:\d+\] (failed call to cuInit|Unable to "
+    r"register cu\w+ factory).*)$")
+
+
+class _StartupFilter:
+    """Routes file descriptor 2 through a pipe while TensorFlow loads and finds its devices,
+    dropping its C++ start-up noise and passing every other line through in order."""
+
+    def __init__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if not _TF_NOISE.match(line.decode(errors="replace").rstrip("\r\n")):
+                    os.write(self._saved, line)
+
+    def stop(self) -> None:
+        """Puts the real stderr back (idempotent) and forwards what is still in the pipe."""
+        if self._saved is None:
+            return
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # closes the pipe's last write end: the pump sees EOF
+        self._thread.join(timeout=10)
+        os.close(self._saved)
+        self._saved = None
+
+
+_FILTER: _StartupFilter | None = None
 
 
 def configure_environment():
-    """oneDNN on (1.8x faster training on x86 CPUs here) and TF's C++ logs off, before TF loads."""
+    """oneDNN on (1.8x faster training on x86 CPUs here) and TF's C++ logs off, before TF loads.
+
+    TensorFlow prints some start-up lines before it reads TF_CPP_MIN_LOG_LEVEL; those are
+    filtered out until ``run_main`` has found the devices, unless the user set
+    TF_CPP_MIN_LOG_LEVEL below 2 (asking for them)."""
+    global _FILTER
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2" and _FILTER is None:
+        _FILTER = _StartupFilter()
+
+
+def quiet_startup_done():
+    """TensorFlow has loaded and found its devices: stderr goes straight through again, and
+    TF's Python warnings about first traces of each new model's functions are dropped (every
+    model the pipeline builds traces its own predictor and attack once; that is expected)."""
+    import logging
+
+    if _FILTER is not None:
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # cuInit and friends happen here, inside the filter
+        _FILTER.stop()
+    tf_logger = logging.getLogger("tensorflow")
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "2":
+        tf_logger.addFilter(lambda r: "triggered tf.function retracing" not in r.getMessage())
+    tf_logger.propagate = False  # TF's handler prints it; absl's root handler would repeat it
 
 
 def with_default_flagfile(argv, name):
@@ -52,21 +126,23 @@ def dataset_label(f) -> str:
     return {"cifar10": "CIFAR-10", "imagenet9": "ImageNet-9"}.get(f.dataset, f.dataset)
 
 
-def fail(message: str, quick_hint: str):
+def fail(message: str, quick_hint: str = "", code: int = 2):
     """Exit with a clear message (no traceback)."""
-    print(f"error: {message}\n\n{quick_hint}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {message}" + (f"\n\n{quick_hint}" if quick_hint else ""), file=sys.stderr)
+    sys.exit(code)
 
 
 def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ()):
     """The binaries' shared main: no positional arguments; threads and the distribution
-    strategy first (both must precede TensorFlow's start-up); then ``body()``. An exception of a type
+    strategy first (both must precede TensorFlow's start-up); then ``body()``, with SIGTERM
+    and SIGINT stopping at the next safe point (``entangle.preempt``). An exception of a type
     in ``failures`` exits with its message and that hint; a bad value (ValueError,
-    FileNotFoundError, or ``usage_errors``) is a usage error."""
+    FileNotFoundError, or ``usage_errors``) is a usage error; a file-system fault (read-only,
+    full, a file in the way) is one line and exit code 1."""
     from absl import app
 
     import flags as entangle_flags
-    from entangle import train
+    from entangle import preempt, train
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -75,10 +151,19 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
     failures = {CorruptArtifact: "Its directory was moved aside, not deleted. Rerun without "
                 "--on_corrupt=stop to rebuild it.", **(failures or {})}
     try:
-        train.configure_threads(entangle_flags.FLAGS.inter_op_threads)
-        train.get_strategy(entangle_flags.FLAGS.strategy)
-        return body()
+        with preempt.handling():
+            train.configure_threads(entangle_flags.FLAGS.inter_op_threads)
+            train.get_strategy(entangle_flags.FLAGS.strategy)
+            quiet_startup_done()
+            return body()
+    except preempt.Preempted as e:
+        print(f"{os.path.basename(argv[0])}: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
     except tuple(failures) as e:
         fail(str(e), next(h for t, h in failures.items() if isinstance(e, t)))
     except (ValueError, FileNotFoundError, *usage_errors) as e:
         raise app.UsageError(str(e))
+    except OSError as e:
+        from entangle.store import describe_os_error
+
+        fail(f"cannot write {describe_os_error(e)}", code=1)

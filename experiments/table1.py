@@ -30,9 +30,9 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
              f"({common.dataset_label(FLAGS)}, {entangle_flags.scale_name()})")
     log = print if not FLAGS.quiet else (lambda m: None)
     seeds = entangle_flags.seeds(FLAGS)
-    out = common.results_dir(FLAGS, name, table=True)
 
     def body():
+        out = common.results_dir(FLAGS, name, table=True)
         exp_cfg = entangle_flags.experiment_config(FLAGS)
         cfg = entangle_flags.table_config(FLAGS)
         given = common.provenance(FLAGS)
@@ -55,7 +55,9 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
     else:
         print(report.table_markdown(result, f"{label}, seed {seeds[0]}"))
     print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
-          + ", ".join(result.files.values()))
+          + (", ".join(result.files.values()) or "none"))
+    if result.write_error:
+        common.fail(result.write_error, code=1)
 
 
 if __name__ == "__main__":
