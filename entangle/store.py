@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -88,8 +89,6 @@ def file_digests(directory: str) -> dict:
 def describe_os_error(e: OSError) -> str:
     """'<path>: <cause in words>' for a file-system fault (read-only, full, a file in the
     way, no permission)."""
-    import errno
-
     cause = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
              errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
              errno.ENOTDIR: "not a directory (a file is in the way)",
@@ -401,14 +400,26 @@ class Store:
     """A directory of artifacts keyed by configuration (see the module docstring)."""
 
     def __init__(self, root: str | None = None, on_corrupt: str = "rebuild",
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, create: bool = True):
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}; got {on_corrupt!r}")
         self.root = os.path.abspath(os.path.expanduser(root or default_workdir()))
         self.on_corrupt = on_corrupt
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._verified: dict[tuple[str, str], tuple] = {}
-        os.makedirs(self.root, exist_ok=True)
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        elif not os.path.isdir(self.root):
+            raise FileNotFoundError(errno.ENOENT, "no such store", self.root)
+
+    def summary(self) -> dict[str, tuple[int, int]]:
+        """{kind: (artifacts, bytes)} of the finished artifacts."""
+        out = {}
+        for kind in _listdir(self.root):
+            keys = self.list(kind)
+            if keys:
+                out[kind] = (len(keys), sum(_tree_size(self.path(kind, k)) for k in keys))
+        return out
 
     def key(self, name: str, config: Any) -> str:
         return f"{name}-{config_hash(config)}"

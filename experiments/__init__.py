@@ -1,1 +1,5 @@
-"""Thin absl binaries: parse flags, call one entangle entry point, print the result."""
+"""Source-checkout entry points (``python -m experiments.<binary>`` from the repository root).
+
+The binaries live in ``entangle.experiments``; installed, they are ``entangle <binary>``.
+This folder is not installed.
+"""

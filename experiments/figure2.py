@@ -1,13 +1,6 @@
-"""Figures 2/11/12: seeds, robustified images by eps, originals.
+"""``python -m experiments.figure2`` from a source checkout: runs entangle.experiments.figure2."""
 
-    python -m experiments.figure2 --flagfile=flags/cifar10_quick.cfg --columns=extended
-"""
-
-from experiments.common import configure_environment
-
-configure_environment()
-
-from experiments import figures  # noqa: E402
+from entangle.experiments.figure2 import run
 
 if __name__ == "__main__":
-    figures.run("figure2")
+    run()

@@ -5,8 +5,8 @@ import sys
 import pytest
 from absl import flags
 
-import flags as entangle_flags
-from flags import hparams
+from entangle import flags as entangle_flags
+from entangle.flags import hparams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, "..", "shared", "papers", "springer2021_entanglement.txt")
@@ -190,3 +190,63 @@ def test_cli_robust_needs_positive_eps(tmp_path):
     assert proc.returncode != 0
     assert "eps must be > 0" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _binary_flags(monkeypatch, name="table1", groups=("data", "model", "training", "attacks",
+                                                      "table", "output", "runtime")):
+    """A fresh FlagValues with every flag, and the binary's declared groups."""
+    fv = flags.FlagValues()
+    entangle_flags.define_all(fv)
+    monkeypatch.setitem(entangle_flags._USES, "name", name)
+    monkeypatch.setitem(entangle_flags._USES, "groups", groups)
+    monkeypatch.setitem(entangle_flags._USES, "also", ())
+    return fv
+
+
+def test_help_lists_the_binarys_groups_with_effective_values_and_exits_0(monkeypatch, capsys):
+    fv = _binary_flags(monkeypatch)
+    quick = entangle_flags.flagfile("cifar10_quick.cfg")
+    with pytest.raises(SystemExit) as done:
+        entangle_flags.parse_flags(["table1", f"--flagfile={quick}", "--help"], fv)
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "values as set by cifar10_quick.cfg" in out
+    for group in ("Data:", "Model:", "Training (Table 3, per model kind):",
+                  "Attacks and robustification (Table 4):", "Table and figures:"):
+        assert group in out
+    assert "  --batch_size=64\n" in out and "  --robustify_steps=40\n" in out  # the quick values
+    assert "--victims=" not in out and "Transfer:" not in out   # not table1's
+    with pytest.raises(SystemExit) as done:
+        entangle_flags.parse_flags(["table1", "--helpfull"], _binary_flags(monkeypatch))
+    assert done.value.code == 0 and "Transfer:" in capsys.readouterr().out
+
+
+def test_a_flag_the_binary_does_not_use_is_rejected(monkeypatch, capsys):
+    fv = _binary_flags(monkeypatch)
+    with pytest.raises(SystemExit) as done:
+        entangle_flags.parse_flags(["table1", "--victims=xception"], fv)
+    assert done.value.code == 1
+    assert "--victims is not used by table1" in capsys.readouterr().err
+    fv = _binary_flags(monkeypatch)   # the shared flagfiles set every group's flags: fine
+    entangle_flags.parse_flags(["table1", f"--flagfile={entangle_flags.flagfile('smoke.cfg')}"],
+                               fv)
+    assert fv.victims == ["mobilenet_v2"]
+
+
+def test_an_unknown_flag_in_a_flagfile_names_the_file_and_line(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("# a comment\n--flagfile=smoke.cfg\n--epochz=3\n")
+    with pytest.raises(SystemExit) as done:
+        entangle_flags.parse_flags(["table1", f"--flagfile={bad}"], _binary_flags(monkeypatch))
+    assert done.value.code == 1
+    assert f"unknown flag --epochz in {bad} line 3" in capsys.readouterr().err
+
+
+def test_a_binary_answers_help_through_the_entangle_command_with_exit_0():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "entangle", "transfer", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("Transfer") and "Victims (transfer, different mistakes):" \
+        in proc.stdout and "--transfer_eps=2.0" in proc.stdout
+    assert "Table and figures:" not in proc.stdout

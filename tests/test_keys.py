@@ -5,7 +5,7 @@ import os
 import pytest
 from absl import flags
 
-import flags as entangle_flags
+from entangle import flags as entangle_flags
 from entangle import pipeline, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-import flags as entangle_flags
+from entangle import flags as entangle_flags
 from entangle import mistakes, pipeline, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

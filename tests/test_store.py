@@ -1,11 +1,16 @@
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 from entangle import store as store_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_keys_follow_configuration(tmp_path):
@@ -298,3 +303,66 @@ def test_files_and_directories_respect_the_umask(tmp_path):
     assert os.stat(os.path.join(s.path("datasets", key), "manifest.json")).st_mode & 0o777 \
         == 0o644
     assert os.stat(tmp_path / "results" / "t.md").st_mode & 0o777 == 0o644
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_temporaries_of_dead_builders_are_removed_and_gc_lists_the_rest(tmp_path):
+    """A kill during a build leaves a full-size temporary (2.9 GB at paper scale). Building
+    that key again removes its dead owners' temporaries and keeps a live one's; the store
+    binary lists what no manifest owns and --gc removes it, keeping resumable state."""
+    store = store_lib.Store(str(tmp_path))
+    dead, host = _dead_pid(), socket.gethostname()
+    folder = tmp_path / "datasets"
+    orphan = folder / f".K-1.tmp-{dead}@{host}-abcd1234"
+    orphan.mkdir(parents=True)
+    (orphan / "x_train.npy").write_bytes(b"0" * 4096)
+    live = folder / f".K-1.tmp-{os.getpid()}@{host}-efgh5678"
+    live.mkdir()
+    (folder / "K-1.partial").mkdir()
+    chunk_tmp = folder / "K-1.partial" / f".chunk-00001.npz.tmp-{dead}@{host}-ij90.tmp"
+    chunk_tmp.write_bytes(b"1" * 100)
+    other = folder / f".K-2.tmp-{dead}@{host}-klmn1234"
+    other.mkdir()
+    (folder / "K-3.partial").mkdir()  # an unfinished build nobody holds: resumable state
+
+    def build():
+        assert not orphan.exists() and not chunk_tmp.exists()  # gone before the build starts
+        assert live.exists()  # its owner (this process) is alive
+        store.record("datasets", "K-1", {})
+
+    store.get_or_build("datasets", "K-1", build, lambda: None)
+    assert store.has("datasets", "K-1") and other.exists()  # only K-1's were touched
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.store", f"--workdir={tmp_path}",
+                           "--gc"], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "temporary (owner dead)" in proc.stdout and "resumable state" in proc.stdout
+    assert "removed 1" in proc.stdout
+    assert not other.exists() and live.exists() and (folder / "K-3.partial").exists()
+    assert store.has("datasets", "K-1")
+
+
+def test_a_full_disk_leaves_no_partial_artifact_and_is_described(tmp_path, monkeypatch):
+    import errno
+
+    s = store_lib.Store(str(tmp_path))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.npz"))
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(OSError) as caught:
+        s.save_arrays("datasets", "K-1", {}, {"x": np.zeros(3)})
+    assert os.listdir(tmp_path / "datasets") == []  # no temporary, no artifact
+    assert store_lib.describe_os_error(caught.value) == \
+        f"{tmp_path / 'x.npz'}: no space left on device"
+    with pytest.raises(OSError):
+        store_lib.atomic_save_npz(str(tmp_path / "state.npz"), x=np.zeros(3))
+    assert os.listdir(tmp_path) == ["datasets"]  # atomic_file removed its temporary

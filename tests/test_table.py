@@ -150,6 +150,26 @@ def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_
     assert _table(proc.stdout) == _table(out)
 
 
+def test_a_finished_store_prints_its_table_and_says_it_cannot_write_results(smoke_table,
+                                                                              tmp_path):
+    """A finished store is only read (so a read-only mount serves it); where the results
+    cannot be written, the table is still printed and one line says why (exit 1)."""
+    work, out = smoke_table
+    before = sorted(os.path.relpath(os.path.join(d, f), work)
+                    for d, _, fs in os.walk(work) for f in fs if "results" not in d)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    proc = subprocess.run(_cmd(work, f"--results_dir={blocked}/table"), cwd=ROOT,
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert _table(proc.stdout) == _table(out)
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: cannot write the results to {blocked}/table")
+    after = sorted(os.path.relpath(os.path.join(d, f), work)
+                   for d, _, fs in os.walk(work) for f in fs if "results" not in d)
+    assert after == before  # nothing written to the store
+
+
 def test_second_run_reuses_every_artifact(smoke_table):
     work, out = smoke_table
     again = _run(work)
@@ -205,7 +225,7 @@ def test_paper_scale_offline_fails_fast_with_directions(tmp_path):
 def test_table2_on_mock_imagenet(tmp_path):
     import tensorflow_datasets as tfds
 
-    import flags as entangle_flags
+    from entangle import flags as entangle_flags
     from absl import flags
     from entangle import entanglement
 

@@ -4,12 +4,13 @@ import sys
 
 from absl import app
 
-import flags as entangle_flags
+from entangle import flags as entangle_flags
 from entangle import data, entanglement
-from experiments import common
+from entangle.experiments import common
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
+GROUPS = ("data", "model", "training", "attacks", "table", "output", "runtime")
 RUNNERS = {"figure2": entanglement.run_figure2, "figure3": entanglement.run_figure3,
            "figure4": entanglement.run_figure4}
 
@@ -38,7 +39,9 @@ def main(argv, name):
     print("\nfiles: " + ", ".join(files.values()))
 
 
-def run(name):
-    default = "imagenet9_paper.cfg" if "--dataset=imagenet9" in sys.argv else "cifar10_paper.cfg"
-    app.run(lambda argv: main(argv, name), argv=common.with_default_flagfile(sys.argv, default),
+def run(name, argv=None):
+    entangle_flags.uses(name, GROUPS)
+    argv = argv or sys.argv
+    default = "imagenet9_paper.cfg" if "--dataset=imagenet9" in argv else "cifar10_paper.cfg"
+    app.run(lambda argv: main(argv, name), argv=common.with_default_flagfile(argv, default),
             flags_parser=entangle_flags.parse_flags)

@@ -6,7 +6,7 @@ import math
 
 from absl import flags
 
-import flags as entangle_flags
+from entangle import flags as entangle_flags
 
 DATASETS = (("CIFAR", "cifar10_paper.cfg"), ("ImageNet", "imagenet9_paper.cfg"))
 TABLE3_KINDS = (("Standard", "standard"), ("Robust", "robust"), ("Zero-robust", "zero_robust"),

@@ -94,7 +94,7 @@ def results_dir(f, name: str, table: bool = False) -> str:
     every distinct table (dataset, robust-row eps, columns, seeds) gets its own folder."""
     import hashlib
 
-    import flags as entangle_flags
+    from entangle import flags as entangle_flags
     from entangle.store import default_workdir
 
     if f.results_dir:
@@ -106,13 +106,14 @@ def results_dir(f, name: str, table: bool = False) -> str:
         columns = f.columns if f.columns in ("paper", "extended") else \
             "cols" + hashlib.sha256(f.columns.encode()).hexdigest()[:8]
         parts += [f"eps{entangle_flags.table_config(f).eps:g}", columns]
-    parts.append("seed" + "-".join(str(s) for s in entangle_flags.seeds(f)))
+    parts.append("seed" + ("-".join(str(s) for s in entangle_flags.seeds(f)) if table
+                           else str(f.seed)))
     return os.path.join(f.workdir or default_workdir(), "results", "-".join(parts))
 
 
 def provenance(f) -> dict:
     """What a results JSON records of the command: its argv, flagfiles and every flag."""
-    import flags as entangle_flags
+    from entangle import flags as entangle_flags
 
     return {"argv": sys.argv, "flagfiles": list(entangle_flags.FLAGFILES),
             "flags": {k: v for k, v in f.flag_values_dict().items()
@@ -141,7 +142,7 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
     full, a file in the way) is one line and exit code 1."""
     from absl import app
 
-    import flags as entangle_flags
+    from entangle import flags as entangle_flags
     from entangle import preempt, train
 
     if len(argv) > 1:

@@ -1,0 +1,5 @@
+"""``python -m entangle <binary> [flags]``: the ``entangle`` command."""
+
+from entangle.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""Waseda et al. (2023) section 4: an N-targeted attack leads F1 to Y1 and F2 to Y2 on the
+training set; models trained on the examples relabelled by Y1 and by Y2 are scored on the
+original test set. Both above chance: the examples carry features of two classes at once.
+
+    python -m experiments.different_mistakes --flagfile=flags/cifar10_quick.cfg
+    python -m experiments.different_mistakes --flagfile=flags/cifar10_quick.cfg \\
+        --second_model=mobilenet_v2
+    python -m experiments.different_mistakes --data_dir=/data/tfds          # paper scale
+"""
+
+from entangle.experiments.common import configure_environment
+
+configure_environment()
+
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+
+from entangle import flags as entangle_flags  # noqa: E402
+from entangle import data, mistakes  # noqa: E402
+from entangle.experiments import common  # noqa: E402
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+entangle_flags.uses("different_mistakes", ("data", "model", "victims", "training", "attacks",
+                                           "mistakes", "output", "runtime"), also=("target_seed",))
+QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folder instead:\n"
+         "  python -m experiments.different_mistakes --flagfile=flags/cifar10_quick.cfg\n"
+         "or the synthetic smoke scale, which needs no files:\n"
+         "  python -m experiments.different_mistakes --flagfile=flags/smoke.cfg")
+
+
+def main(argv):
+    def body():
+        return mistakes.run_mistakes(entangle_flags.experiment_config(FLAGS),
+                                     entangle_flags.mistakes_config(FLAGS),
+                                     results_dir=common.results_dir(FLAGS, "mistakes"),
+                                     log=print if not FLAGS.quiet else (lambda m: None))
+
+    result = common.run_main(argv, body, {data.DatasetUnavailableError: QUICK})
+    from entangle import report
+
+    print()
+    print(report.mistakes_markdown(result))
+    print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
+          + ", ".join(result.files.values()))
+
+
+def run(argv=None):
+    app.run(main, argv=common.with_default_flagfile(argv or sys.argv, "cifar10_paper.cfg"),
+            flags_parser=entangle_flags.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

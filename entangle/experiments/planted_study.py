@@ -1,0 +1,48 @@
+"""Ground truth for the paper's inference: the Table 1 protocol on planted features (ABC, AB,
+AC, A; two seeds each), probes of what each classifier uses and what R_eps carries, and a
+verdict: does the test say "Type B present" exactly when B was planted?
+
+    python -m experiments.planted_study                       # quick scale, no files needed
+    python -m experiments.planted_study --flagfile=flags/smoke.cfg --feature_sets=AB,A
+"""
+
+from entangle.experiments.common import configure_environment
+
+configure_environment()
+
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+
+from entangle import flags as entangle_flags  # noqa: E402
+from entangle import planted_study  # noqa: E402
+from entangle.experiments import common  # noqa: E402
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+entangle_flags.uses("planted_study", ("data", "model", "training", "attacks", "table", "study",
+                                      "output", "runtime"))
+
+
+def main(argv):
+    def body():
+        return planted_study.run_planted_study(
+            entangle_flags.experiment_config(FLAGS), entangle_flags.study_config(FLAGS),
+            results_dir=common.results_dir(FLAGS, "planted_study"),
+            log=print if not FLAGS.quiet else (lambda m: None))
+
+    result = common.run_main(argv, body)
+    from entangle import report
+
+    print()
+    print(report.planted_study_markdown(result))
+    print("\nfiles: " + ", ".join(result.files.values()))
+
+
+def run(argv=None):
+    app.run(main, argv=common.with_default_flagfile(argv or sys.argv, "planted_study.cfg"),
+            flags_parser=entangle_flags.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

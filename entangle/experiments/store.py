@@ -1,0 +1,61 @@
+"""What the artifact store holds, and what no manifest owns; --gc removes the latter.
+
+    python -m experiments.store --workdir=entangle_work          # list
+    python -m experiments.store --workdir=entangle_work --gc     # remove orphans
+"""
+
+from entangle.experiments.common import configure_environment
+
+configure_environment()
+
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+
+from entangle import flags as entangle_flags  # noqa: E402
+from entangle import store as store_lib  # noqa: E402
+from entangle.experiments import common  # noqa: E402
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+entangle_flags.uses("store", ("output", "store"))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.gc_partial and not FLAGS.gc:
+        raise app.UsageError("--gc_partial applies with --gc")
+    root = FLAGS.workdir or store_lib.default_workdir()
+    try:
+        store = store_lib.Store(root, create=False)
+        print(f"store {store.root}")
+        for kind, (count, size) in store.summary().items():
+            print(f"  {kind:<12} {count:5d} artifacts  {_mib(size)}")
+        extra = store.housekeeping()
+        print(f"\nnot owned by a manifest: {len(extra)}")
+        for e in extra:
+            print(f"  {e['what']:<40} {_mib(e['bytes']):>12}  {e['path']}")
+        if FLAGS.gc:
+            gone = store.gc(partial=FLAGS.gc_partial)
+            print(f"\nremoved {len(gone)} ({_mib(sum(e['bytes'] for e in gone))})")
+            kept = [e for e in extra if e["path"] not in {g["path"] for g in gone}]
+            if kept:
+                print(f"kept {len(kept)}: in use, or resumable state (--gc_partial removes "
+                      f"the latter)")
+    except FileNotFoundError as e:
+        common.fail(f"{e.filename}: no such store (--workdir)", code=1)
+    except OSError as e:
+        common.fail(f"cannot write {store_lib.describe_os_error(e)}", code=1)
+
+
+def run(argv=None):
+    app.run(main, argv=argv or sys.argv, flags_parser=entangle_flags.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,61 @@
+"""Transfer from robust sources: Figures 5/6 (CIFAR-10), 8/9 with --dataset=imagenet9, the
+adversarial examples of Figures 13/14, and Waseda et al.'s class-aware ratios.
+
+    python -m experiments.transfer --flagfile=flags/cifar10_quick.cfg          # after table1
+    python -m experiments.transfer --flagfile=flags/cifar10_quick.cfg --attack=n_targeted \\
+        --sources=0,1/4
+    python -m experiments.transfer --data_dir=/data/tfds                       # paper scale
+"""
+
+from entangle.experiments.common import configure_environment
+
+configure_environment()
+
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+
+from entangle import flags as entangle_flags  # noqa: E402
+from entangle import data, models, transfer  # noqa: E402
+from entangle.experiments import common  # noqa: E402
+
+FLAGS = entangle_flags.FLAGS
+entangle_flags.define_all()
+entangle_flags.uses("transfer", ("data", "model", "victims", "training", "attacks", "transfer",
+                                 "output", "runtime"))
+QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folder instead:\n"
+         "  python -m experiments.transfer --flagfile=flags/cifar10_quick.cfg\n"
+         "or the synthetic smoke scale, which needs no files:\n"
+         "  python -m experiments.transfer --flagfile=flags/smoke.cfg")
+
+
+def main(argv):
+    def body():
+        cfg = entangle_flags.transfer_config(FLAGS)
+        name = "transfer" if cfg.mode == "per_source" else "transfer-n_targeted"
+        return transfer.run_transfer(entangle_flags.experiment_config(FLAGS), cfg,
+                                     results_dir=common.results_dir(FLAGS, name),
+                                     log=print if not FLAGS.quiet else (lambda m: None))
+
+    result = common.run_main(argv, body, {
+        data.DatasetUnavailableError: QUICK,
+        models.WeightsUnavailableError: "Or train the victims from scratch: "
+                                        "--victim_weights=none (every table and figure then "
+                                        "says so)."})
+    from entangle import report
+
+    print()
+    print(report.transfer_markdown(result, "Transfer from robust sources"))
+    print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
+          + ", ".join(result.files.values()))
+
+
+def run(argv=None):
+    argv = argv or sys.argv
+    default = "imagenet9_paper.cfg" if "--dataset=imagenet9" in argv else "cifar10_paper.cfg"
+    app.run(main, argv=common.with_default_flagfile(argv, default),
+            flags_parser=entangle_flags.parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,41 @@
+"""Attack and robustification flags: the training attack, the zero-/neg-robust construction,
+robustification (Table 4) and the PGD that reports robust accuracy."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from entangle import construct
+from entangle.flags._checks import FLAGS, eps_validators
+
+
+def define_attack_flags(fv=FLAGS):
+    flags.DEFINE_integer("train_attack_steps", 16, "PGD steps per adversarial training batch.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("train_attack_step_size", 0.5, "PGD step size in adversarial training.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_bool("train_attack_random_start", False, "Random start for training PGD.",
+                      flag_values=fv)
+    flags.DEFINE_bool("train_attack_step_relative", False, "--train_attack_step_size is a "
+                      "multiple of the model's eps (fast adversarial training: 1 step of 1.25 "
+                      "with a random start), not an L2 length.", flag_values=fv)
+    flags.DEFINE_float("construct_eps", 0.5, "Zero-/neg-robust construction: max L2 change.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("construct_steps", 200, "Zero-/neg-robust construction: PGD steps.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("construct_step_size", 0.1, "Zero-/neg-robust construction: step size.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("zero_robust_targets", "all", list(construct.TARGET_MODES),
+                      "Zero-robust targets: every class per image, or one random class.",
+                      flag_values=fv)
+    flags.DEFINE_float("robustify_eps", float("inf"), "Robustification: max L2 change.",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("robustify_steps", 400, "Robustification: steps.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("robustify_step_size", 0.05, "Robustification: step size.",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps when reporting robust accuracy.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("eval_step_size_factor", 2.5, "Reporting PGD step = factor*eps/steps.",
+                       lower_bound=1e-9, flag_values=fv)
+    eps_validators(fv, {"construct_eps": False, "robustify_eps": True})

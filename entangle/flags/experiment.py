@@ -1,0 +1,94 @@
+"""Experiment flags: the table's rows and columns, transfer, the planted study, different
+mistakes."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from entangle import entanglement, models, transfer
+from entangle.flags._checks import FLAGS, columns_ok, eps_validators, validator
+
+
+def define_table_flags(fv=FLAGS):
+    flags.DEFINE_string("columns", "paper", "R_eps columns: paper (0,1/16,1/4,1/2,1), "
+                        "extended (Tables 5/6: eleven), or a comma list of eps.", flag_values=fv)
+    flags.DEFINE_list("rows", list(entanglement.ROWS), "Table rows (classifiers).",
+                      flag_values=fv)
+    flags.DEFINE_bool("evaluate_generators", False, "Evaluate the generators of R_eps "
+                      "themselves in every row, instead of independently trained twins.",
+                      flag_values=fv)
+    flags.DEFINE_enum("robust_row", "generator", list(entanglement.ROBUST_ROWS),
+                      "The robust row: the eps-robust generator itself (Table 5's R_1/2 cell "
+                      "equals its Test cell) or an independently trained twin.", flag_values=fv)
+    flags.DEFINE_integer("evaluator_seed_offset", 1, "Seed offset of the independently trained "
+                         "row classifiers.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_list("seeds", [], "Several training seeds on one store (e.g. 0,1,2): one table "
+                      "per seed and their aggregate (mean and sd per cell, seeds held per "
+                      "finding); overrides --seed.", flag_values=fv)
+    flags.DEFINE_bool("generator_report", True, "Report each R_eps generator's clean and PGD "
+                      "accuracy (PGD at its eps; the standard model at every column's eps).",
+                      flag_values=fv)
+    validator("seeds", lambda v: all(t.strip().lstrip("-").isdigit() for t in v)
+              and len(set(v)) == len(v), "must be a comma list of distinct integers", fv)
+    validator("columns", columns_ok, "must be paper, extended or a comma list of eps >= 0",
+              fv)
+    validator("rows", lambda r: bool(r) and set(r) <= set(entanglement.ROWS),
+              f"must be a non-empty subset of {', '.join(entanglement.ROWS)}", fv)
+
+
+def define_transfer_flags(fv=FLAGS):
+    flags.DEFINE_string("sources", "paper", "Source models of the transfer attacks, by eps (0: "
+                        "the standard model): paper (0,1/16,1/4,1/2,1), extended or a comma "
+                        "list.", flag_values=fv)
+    flags.DEFINE_enum("attack", "per_source", list(transfer.MODES), "per_source: untargeted "
+                      "and targeted PGD on each source alone (Figures 5/6); n_targeted: one "
+                      "attack on all --sources at once, each towards its own target (Waseda "
+                      "et al. 4.1).", flag_values=fv)
+    flags.DEFINE_integer("target_seed", 0, "Seed of the targets (uniform over wrong classes).",
+                         flag_values=fv)
+    flags.DEFINE_integer("grid_images", 8, "Images per row of the adversarial-example grids.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("transfer_eps", 2.0, "Transfer attacks: max L2 change.", lower_bound=0.0,
+                       flag_values=fv)
+    flags.DEFINE_integer("transfer_steps", 100, "Transfer attacks: PGD steps.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_float("transfer_step_size", 0.1, "Transfer attacks: step size.",
+                       lower_bound=1e-9, flag_values=fv)
+    eps_validators(fv, {"transfer_eps": False})
+    validator("sources", columns_ok, "must be paper, extended or a comma list of eps >= 0",
+              fv)
+
+
+def define_study_flags(fv=FLAGS):
+    flags.DEFINE_list("feature_sets", ["ABC", "AB", "AC", "A"], "Planted study: the feature "
+                      "sets, each letters of ABC (A robust, B entangled, C artifact).",
+                      flag_values=fv)
+    flags.DEFINE_list("study_seeds", ["0", "1"], "Planted study: seeds (each a planted world, "
+                      "its data and models).", flag_values=fv)
+    flags.DEFINE_integer("probe_size", 1000, "Planted study: images per probe set.",
+                         lower_bound=1, flag_values=fv)
+    validator("feature_sets", lambda v: bool(v) and all(
+        s and set(s) <= set("ABC") and len(set(s)) == len(s) for s in v),
+        "must be a comma list of distinct letters of ABC (e.g. ABC,AB,AC,A)", fv)
+    validator("study_seeds", lambda v: bool(v) and all(t.strip().lstrip("-").isdigit()
+                                                        for t in v) and len(set(v)) == len(v),
+              "must be a comma list of distinct integers", fv)
+
+
+def define_mistakes_flags(fv=FLAGS):
+    flags.DEFINE_string("second_model", "seed", "Different mistakes: F2 is the standard model "
+                        "with another seed ('seed') or a victim architecture trained from the "
+                        f"same data ({', '.join(models.VICTIMS)}).", flag_values=fv)
+    flags.DEFINE_float("mistakes_eps", 0.1, "Different mistakes: L2 budget of the N-targeted "
+                       "attack (Waseda et al. 4.2: 0.1).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("mistakes_steps", 100, "Different mistakes: PGD steps (4.2: 100).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("mistakes_step_size", 0.1, "Different mistakes: step size (4.2: 0.1).",
+                       lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("mistakes_targets", "distinct", ["distinct", "independent"],
+                      "Different mistakes: Y1 uniform over all classes and Y2 uniform over the "
+                      "others (distinct), or Y1, Y2 independent and uniform (Waseda 4.2: they "
+                      "may coincide).", flag_values=fv)
+    eps_validators(fv, {"mistakes_eps": False})
+    validator("second_model", lambda v: v == "seed" or v in models.VICTIMS,
+              f"must be 'seed' or one of {', '.join(models.VICTIMS)}", fv)

@@ -1,0 +1,43 @@
+"""Output, distribution and performance flags: where the store and results go, strategies,
+XLA, threads; and the store binary's maintenance flags."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from entangle import store as store_lib
+from entangle import train
+from entangle.flags._checks import FLAGS
+
+
+def define_output_flags(fv=FLAGS):
+    flags.DEFINE_string("workdir", None, "Artifact store directory (default ./entangle_work or "
+                        "$ENTANGLE_WORKDIR).", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "No progress output.", flag_values=fv)
+    flags.DEFINE_enum("on_corrupt", "rebuild", list(store_lib.ON_CORRUPT), "A stored artifact "
+                      "that does not match its manifest's checksums: move it aside and rebuild "
+                      "it, or move it aside and stop.", flag_values=fv)
+    flags.DEFINE_string("results_dir", None, "Where tables and figures go (default "
+                        "<workdir>/results/<name>-<dataset>-eps<eps>-<columns>-seed<seed(s)>).",
+                        flag_values=fv)
+
+
+def define_runtime_flags(fv=FLAGS):
+    flags.DEFINE_enum("strategy", "auto", list(train.STRATEGIES),
+                      "tf.distribute strategy; auto = mirrored on >1 GPU.", flag_values=fv)
+    flags.DEFINE_bool("jit_compile", False, "Compile train and attack steps with XLA.",
+                      flag_values=fv)
+    flags.DEFINE_integer("eval_batch_size", 500, "Batch size for evaluation and attacks.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("inter_op_threads", "auto", "TensorFlow inter-op threads: auto (1 "
+                        "without a GPU, which makes CPU training bit-reproducible; TF's "
+                        "default with GPUs) or a number (0 = TF's default).", flag_values=fv)
+
+
+def define_store_flags(fv=FLAGS):
+    flags.DEFINE_bool("gc", False, "Remove what no manifest owns and nothing is using: "
+                      "temporaries whose owner died, quarantined (damaged) copies, leftovers "
+                      "of broken locks.", flag_values=fv)
+    flags.DEFINE_bool("gc_partial", False, "With --gc, also remove the resumable state of "
+                      "builds that no live process holds (their progress is lost).",
+                      flag_values=fv)
