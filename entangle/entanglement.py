@@ -406,9 +406,38 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
                poll: float, name: str) -> list[str]:
     """Prints the plan with time estimates, then builds what is missing, cooperating with
     other processes on the store; returns the keys this process built."""
-    rate = default_rate(exp)
+    signature = rate_signature(exp, name)
+    rate = None
+    if any(not it.present for it in items):
+        rate = plan_lib.remembered_rate(exp.store, signature) or probe_rate(exp)
+    rate = rate or plan_lib.Rate(default_rate(exp))
     log(plan_lib.describe(exp.store, items, rate))
-    return plan_lib.build(exp.store, items, rate, log, poll, name)
+    return plan_lib.build(exp.store, items, rate, log, poll, name, signature)
+
+
+def rate_signature(exp: pipeline.Experiment, name: str) -> str:
+    """What a measured build rate depends on: the host and its CPU, the experiment, and the
+    standard model's architecture, batch, precision and image size."""
+    import platform
+    import socket
+
+    h = exp.cfg.hparams["standard"]
+    size = exp.splits().train.image_shape
+    return (f"{socket.gethostname()}|{platform.processor() or platform.machine()}|{name}|"
+            f"{h.arch}|w{h.width}|b{h.batch_size}|{h.precision}|{size[0]}x{size[1]}|"
+            f"{exp.cfg.runtime.strategy}|xla{int(exp.cfg.runtime.jit_compile)}")
+
+
+def probe_rate(exp: pipeline.Experiment) -> plan_lib.Rate:
+    """A timed probe of the standard model's training step on this machine: its image passes
+    per second, and the time to build and trace the model as the fixed cost per artifact."""
+    from entangle import train
+
+    splits = exp.splits()
+    per_second, first = train.probe_throughput(exp.cfg.hparams["standard"],
+                                               splits.train.image_shape,
+                                               splits.train.num_classes)
+    return plan_lib.Rate(per_second, first, "a timed probe of the training step")
 
 
 @dataclasses.dataclass
@@ -449,9 +478,14 @@ def _write_curve(result: CurveResult, results_dir: str | None, title: str, ylabe
     result.files = files
 
 
+def _titled(title: str, context: str, test) -> str:
+    """A figure title naming what it was computed on: dataset, scale, seed, and n."""
+    return f"{title}\n({context + ', ' if context else ''}n={len(test)} test images)"
+
+
 def run_figure3(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
-                results_dir: str | None = None, log: Callable[[str], None] = print
-                ) -> CurveResult:
+                results_dir: str | None = None, log: Callable[[str], None] = print,
+                context: str = "") -> CurveResult:
     """Figure 3 (7 on ImageNet-9): the standard classifier's accuracy on every R_eps."""
     cfg = dataclasses.replace(cfg, rows=("standard",))
     table, built = _prepare(exp_cfg, cfg, True, log)
@@ -464,14 +498,15 @@ def run_figure3(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
     result = CurveResult(exp_cfg.data.dataset, series,
                          {e: v for e, v in ref.items() if e is not None},
                          1.0 / exp.splits().test.num_classes, built)
-    _write_curve(result, results_dir, "Standard classifier on robustified test sets R_eps",
+    _write_curve(result, results_dir, _titled("Standard classifier on robustified test sets "
+                                              "R_eps", context, exp.splits().test),
                  "accuracy on R_eps (%)")
     return result
 
 
 def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
-                results_dir: str | None = None, log: Callable[[str], None] = print
-                ) -> CurveResult:
+                results_dir: str | None = None, log: Callable[[str], None] = print,
+                context: str = "") -> CurveResult:
     """Figure 4 (10 on ImageNet-9): each eps-robust classifier on the original test set
     (eps 0: the standard model); the store's generators, nothing robustified."""
     cfg = dataclasses.replace(cfg, rows=())
@@ -484,14 +519,14 @@ def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
         series["eps-robust on test"][eps] = exp.accuracy_on(trained, test, "Test")
         del trained
     result = CurveResult(exp_cfg.data.dataset, series, {}, 1.0 / test.num_classes, built)
-    _write_curve(result, results_dir, "eps-robust classifiers on the original test set",
-                 "test accuracy (%)")
+    _write_curve(result, results_dir, _titled("eps-robust classifiers on the original test "
+                                              "set", context, test), "test accuracy (%)")
     return result
 
 
 def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
                 results_dir: str | None = None, num_images: int = 8,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, context: str = "") -> dict:
     """Figures 2/11/12: seed images x0, their robustifications for each eps, the originals."""
     import os
 
@@ -512,8 +547,9 @@ def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
             "original x": test.float_images()[pick]}
     path = os.path.join(results_dir or ".", "figure2.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    report.image_grid(grid, path, "Robustified images: each column starts from the seed on "
-                      "top and matches the representation of the original at the bottom",
+    report.image_grid(grid, path, _titled("Robustified images: each column starts from the "
+                                          "seed on top and matches the representation of "
+                                          "the original at the bottom", context, test),
                       class_names=test.class_names, labels=test.y[pick])
     return {"png": path}
 

@@ -11,10 +11,12 @@ build different artifacts and finish together.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from typing import Callable
 
-from entangle.store import ArtifactBusy, Store, builder_id
+from entangle.store import ArtifactBusy, Store, atomic_file, builder_id
 
 
 @dataclasses.dataclass
@@ -36,17 +38,65 @@ def mark_present(store: Store, plan: list[PlanItem]) -> list[PlanItem]:
     return plan
 
 
-def describe(store: Store, plan: list[PlanItem], rate: float) -> str:
+@dataclasses.dataclass
+class Rate:
+    """How fast this process builds: image passes per second, plus a fixed cost per artifact
+    (building and tracing a model); ``source`` says where the numbers came from."""
+
+    passes_per_second: float
+    overhead: float = 0.0
+    source: str = "a guess"
+
+    def seconds(self, it: PlanItem) -> float:
+        return it.passes / self.passes_per_second + self.overhead
+
+
+RATES = "rates.json"
+
+
+def remembered_rate(store: Store, signature: str) -> Rate | None:
+    """The rate an earlier run with the same signature (host, model, sizes) measured on this
+    store, if any."""
+    try:
+        with open(os.path.join(store.root, RATES)) as f:
+            entry = json.load(f).get(signature)
+    except (OSError, ValueError):
+        return None
+    if not entry:
+        return None
+    return Rate(entry["passes_per_second"], entry.get("overhead", 0.0),
+                f"measured by an earlier run here ({entry.get('when', '?')})")
+
+
+def remember_rate(store: Store, signature: str, rate: Rate) -> None:
+    """Records a measured rate for later plans; a read-only store just does not remember."""
+    path = os.path.join(store.root, RATES)
+    try:
+        with open(path) as f:
+            rates = json.load(f)
+    except (OSError, ValueError):
+        rates = {}
+    rates[signature] = {"passes_per_second": rate.passes_per_second, "overhead": rate.overhead,
+                        "when": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        with atomic_file(path, "w") as f:
+            json.dump(rates, f, indent=1, sort_keys=True)
+    except OSError:
+        pass
+
+
+def describe(store: Store, plan: list[PlanItem], rate: Rate) -> str:
     """The plan, one line per artifact: stored, or to build with an estimated time."""
     todo = [it for it in plan if not it.present]
     lines = [f"Plan: {len(plan)} artifacts, {len(plan) - len(todo)} in the store "
              f"({store.root}), {len(todo)} to build"]
     for it in plan:
-        state = "stored" if it.present else f"build, ~{fmt_seconds(it.passes / rate)}"
+        state = "stored" if it.present else f"build, ~{fmt_seconds(rate.seconds(it))}"
         lines.append(f"  {it.label:<28} {state:<18} {it.key}")
     if todo:
         lines.append(f"Estimated time for this process alone: "
-                     f"{fmt_seconds(sum(it.passes for it in todo) / rate)} (refined as it runs)")
+                     f"{fmt_seconds(sum(rate.seconds(it) for it in todo))} (from {rate.source}; "
+                     f"refined as it runs)")
     return "\n".join(lines)
 
 
@@ -54,12 +104,13 @@ def _exists(store: Store, key: str, kinds: tuple[str, ...]) -> bool:
     return any(store.has(k, key) for k in kinds)
 
 
-def build(store: Store, plan: list[PlanItem], rate: float, log=print, poll: float = 5.0,
-          name: str = "plan") -> list[str]:
+def build(store: Store, plan: list[PlanItem], rate: Rate, log=print, poll: float = 5.0,
+          name: str = "plan", signature: str | None = None) -> list[str]:
     """Builds every missing item; with other processes, takes what nobody holds.
 
-    Returns the keys this process built. ``rate`` (passes per second) seeds the ETA and is
-    refined from the items built here.
+    Returns the keys this process built. ``rate`` seeds the ETA and is refined from the items
+    built here; with ``signature``, the measured rate is remembered in the store for the
+    next plan's estimate.
     """
     kinds = tuple(dict.fromkeys(it.kind for it in plan))
     pending = [it for it in plan if not it.present]
@@ -88,9 +139,13 @@ def build(store: Store, plan: list[PlanItem], rate: float, log=print, poll: floa
                 break
             built.append(it.key)
             spent += took
-            rate = (0.5 * rate + 0.5 * (sum(p.passes for p in plan if p.key in built)
-                                        / max(spent, 1e-9)))
-            left = sum(p.passes for p in pending) / rate
+            measured = Rate(sum(p.passes for p in plan if p.key in built) / max(spent, 1e-9),
+                            0.0, "this run")
+            if signature:
+                remember_rate(store, signature, measured)
+            rate = Rate(0.5 * rate.passes_per_second + 0.5 * measured.passes_per_second,
+                        0.5 * rate.overhead, "this run")
+            left = sum(rate.seconds(p) for p in pending)
             log(f"[{name}] {len(plan) - len(pending)}/{len(plan)} built {it.label} in "
                 f"{fmt_seconds(took)}; {100 * done_passes / total:.0f}% of the work, ETA "
                 f"{fmt_seconds(left)}")

@@ -523,6 +523,31 @@ def _load_state(path: str, model, optimizer):
         return json.loads(str(z["meta"])), best
 
 
+def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,
+                     strategy=None) -> tuple[float, float]:
+    """(image passes per second of the training step at ``cfg.batch_size``, seconds to build
+    and trace the model and take its first step): a few steps on random images, for plan
+    estimates. Adversarial training costs about (attack steps + 1) times as many passes."""
+    strategy = strategy or tf.distribute.get_strategy()
+    start = time.time()
+    with seeded(cfg.seed):
+        model, optimizer = build_for_training(dataclasses.replace(cfg, eps=0.0), strategy,
+                                              input_shape, num_classes)
+        step = make_train_step(model, optimizer, dataclasses.replace(cfg, eps=0.0), strategy)
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.random((cfg.batch_size,) + tuple(input_shape), np.float32))
+        y = tf.constant(rng.integers(0, num_classes, cfg.batch_size), tf.int32)
+        seed = tf.constant([0, 0], tf.int32)
+        float(step(x, y, seed)[0])
+        first = time.time() - start
+        t0 = time.time()
+        for _ in range(steps):
+            float(step(x, y, seed)[0])
+        per_second = steps * cfg.batch_size / max(time.time() - t0, 1e-9)
+    del model, optimizer, step
+    return per_second, first
+
+
 def model_key(store: Store, cfg: TrainConfig, data_key: str, num_classes: int, name: str,
               architecture: str | None = None) -> str:
     """The store key of a trained model: exactly what determines it (``key_fields``)."""

@@ -366,3 +366,17 @@ def test_a_full_disk_leaves_no_partial_artifact_and_is_described(tmp_path, monke
     with pytest.raises(OSError):
         store_lib.atomic_save_npz(str(tmp_path / "state.npz"), x=np.zeros(3))
     assert os.listdir(tmp_path) == ["datasets"]  # atomic_file removed its temporary
+
+
+def test_plan_rates_are_remembered_per_signature(tmp_path):
+    from entangle import plan
+
+    s = store_lib.Store(str(tmp_path))
+    assert plan.remembered_rate(s, "host|table|resnet11v2") is None
+    plan.remember_rate(s, "host|table|resnet11v2", plan.Rate(120.0, 2.0, "this run"))
+    got = plan.remembered_rate(s, "host|table|resnet11v2")
+    assert (got.passes_per_second, got.overhead) == (120.0, 2.0)
+    assert got.source.startswith("measured by an earlier run here")
+    assert plan.remembered_rate(s, "host|table|resnet56v2") is None
+    item = plan.PlanItem("standard", "models", "k", (), lambda: None, passes=1200.0)
+    assert "build, ~12s" in plan.describe(s, [item], got)   # 1200 / 120 + 2

@@ -23,7 +23,9 @@ def main(argv, name):
         return RUNNERS[name](entangle_flags.experiment_config(FLAGS),
                              entangle_flags.table_config(FLAGS),
                              results_dir=common.results_dir(FLAGS, name),
-                             log=print if not FLAGS.quiet else (lambda m: None))
+                             log=print if not FLAGS.quiet else (lambda m: None),
+                             context=f"{common.dataset_label(FLAGS)}, "
+                                     f"{entangle_flags.scale_name()}, seed {FLAGS.seed}")
 
     result = common.run_main(argv, body, {data.DatasetUnavailableError:
                                           "Try the quick scale: "
