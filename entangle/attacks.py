@@ -108,6 +108,28 @@ def multi_model_objective(models: Sequence[keras.Model]) -> Objective:
     return Objective(lambda x: tuple(f(x) for f in forwards), loss)
 
 
+N_TARGETED_LOSSES = ("ce", "margin")
+
+
+def multi_margin_objective(models: Sequence[keras.Model], kappa: float) -> Objective:
+    """The N-targeted attack with a clipped margin per model (Carlini-Wagner style):
+    -sum_i max(max_{j != t_i} z_ij - z_i,t_i, -kappa). A model that already predicts its
+    target with margin kappa contributes nothing (its term is constant), so no model's target
+    gets more of the budget than it needs, unlike cross-entropy, which keeps pulling."""
+    forwards = [logits_fn(m) for m in models]
+
+    def loss(outputs, labels):
+        terms = []
+        for i, logits in enumerate(outputs):
+            target = tf.one_hot(labels[:, i], tf.shape(logits)[1], dtype=logits.dtype)
+            z_target = tf.reduce_sum(logits * target, axis=1)
+            z_other = tf.reduce_max(logits - 1e9 * target, axis=1)
+            terms.append(tf.maximum(z_other - z_target, -kappa))
+        return -tf.add_n(terms)
+
+    return Objective(lambda x: tuple(f(x) for f in forwards), loss)
+
+
 def feature_matching_objective(feature_model: keras.Model) -> Objective:
     """Ascend -||f(x) - target||_2, ``labels`` holding each example's target features.
 
@@ -350,11 +372,20 @@ def fgm_l2(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
 def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *, eps: float,
                           steps: int, step_size: float, random_start: bool = False,
                           batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
-                          verbose="auto") -> np.ndarray:
-    """The N-targeted attack of Waseda et al.: descend sum_i CE(model_i(x), t_i).
+                          verbose="auto", loss: str = "ce", kappa: float = 0.0,
+                          first_hit: bool = False):
+    """The N-targeted attack of Waseda et al.: descend sum_i CE(model_i(x), t_i), or with
+    ``loss="margin"`` the clipped margins of ``multi_margin_objective``.
 
     ``targets_per_model`` has shape (len(models), len(x)): model i is pushed towards t_i.
+    With ``first_hit``, returns (images, first_hit) where first_hit[i, n] is the first step
+    after which model i predicted its target on image n (-1: never): the loop is run one step
+    at a time (PGD without momentum continues exactly from where it stopped).
     """
+    if loss not in N_TARGETED_LOSSES:
+        raise ValueError(f"loss must be one of {N_TARGETED_LOSSES}; got {loss!r}")
+    if not (kappa >= 0 and math.isfinite(kappa)):
+        raise ValueError(f"kappa must be a finite number >= 0; got {kappa!r}")
     models = list(models)
     if not models:
         raise ValueError("models must hold at least one model")
@@ -366,8 +397,28 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
                          f"num_images={len(x)}); got {targets.shape}")
     targets = np.stack([_check_labels(t, f"targets_per_model[{i}]", len(x), _num_classes(m))
                         for i, (t, m) in enumerate(zip(targets, models))], axis=1)
-    fn = cached_attack(models, ("multi", len(models), bool(random_start), bool(jit_compile)),
-                        lambda: multi_model_objective(models), random_start, jit_compile)
-    return run_attack(fn, x, targets, eps=eps, steps=steps, step_size=step_size,
-                      random_start=random_start, batch_size=batch_size, seed=seed,
-                      verbose=verbose)
+    make = (lambda: multi_model_objective(models)) if loss == "ce" else \
+        (lambda: multi_margin_objective(models, kappa))
+    fn = cached_attack(models, ("multi", loss, float(kappa), len(models), bool(random_start),
+                                bool(jit_compile)), make, random_start, jit_compile)
+    if not first_hit:
+        return run_attack(fn, x, targets, eps=eps, steps=steps, step_size=step_size,
+                          random_start=random_start, batch_size=batch_size, seed=seed,
+                          verbose=verbose)
+    if random_start:
+        raise ValueError("first_hit runs the loop step by step: no random start")
+    hit = np.full((len(models), len(x)), -1, np.int64)
+    x_adv = x.astype(np.float32)
+    for step in range(1, steps + 1):
+        x_adv = run_attack(fn, x, targets, x0=x_adv, eps=eps, steps=1, step_size=step_size,
+                           batch_size=batch_size, seed=seed, verbose=False)
+        for i, m in enumerate(models):
+            now = _predict_classes(m, x_adv, batch_size) == targets[:, i]
+            hit[i][(hit[i] < 0) & now] = step
+    return x_adv, hit
+
+
+def _predict_classes(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    forward = logits_fn(model)
+    return np.concatenate([np.argmax(forward(tf.constant(x[i:i + batch_size])).numpy(), 1)
+                           for i in range(0, len(x), batch_size)])

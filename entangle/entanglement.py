@@ -450,9 +450,11 @@ class CurveResult:
     chance: float
     built: list[str]
     files: dict = dataclasses.field(default_factory=dict)
+    title: str = ""
 
 
 def _write_curve(result: CurveResult, results_dir: str | None, title: str, ylabel: str):
+    result.title = title
     if not results_dir:
         return
     import csv
@@ -620,11 +622,7 @@ def findings(result: TableResult, alpha: float = stats.ALPHA) -> list[dict]:
         return f"{100 * v:.1f}"
 
     def paired(row, cols_):
-        tests = {c: stats.mcnemar_exact(correct(row, "R_0"), correct(row, c)) for c in cols_}
-        for c, p in zip(cols_, stats.holm([t["p"] for t in tests.values()])):
-            tests[c]["p_holm"] = p
-            tests[c]["significant"] = p <= alpha and tests[c]["difference"] > 0
-        return tests
+        return stats.paired_vs(correct(row, "R_0"), {c: correct(row, c) for c in cols_}, alpha)
 
     def describe(tests, against="R_0"):
         return "; ".join(f"{c} {t['difference'] * 100:+.1f} points vs {against} "

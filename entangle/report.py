@@ -155,7 +155,7 @@ def _finish(plt, fig, ax, path: str, title: str, ylabel: str, top: float | None 
     """Percent axis (0 to ``top``; None: fitted to the data), title, legend; saved atomically
     as PNG."""
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, top)
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), top)   # below 0 only for signed quantities
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -381,38 +381,52 @@ def transfer_markdown(result, title: str) -> str:
             lines += [f"All sources hit their own targets at once: "
                       f"{_pct(both[0]['target_hit_rate'])} %.", ""]
     else:
-        grid("untargeted", "error_rate", "Untargeted: error rate (%) on adversarial examples "
-             "of each source ε (Figure 5/8; higher = stronger transfer)")
-        grid("targeted", "target_hit_rate", "Targeted: target hit rate (%) (Figure 6/9; "
-             "higher = stronger transfer)")
+        grid("untargeted", "error_rate", "Untargeted, all images (the paper's view): error "
+             "rate (%) on adversarial examples of each source ε (Figure 5/8)")
+        grid("untargeted", "excess_error", "Untargeted, conditioned: error in excess of the "
+             "model's own clean error (points)")
+        grid("untargeted", "error_rate_victim_right", "Untargeted, conditioned: error rate (%) "
+             "over the images the model classifies correctly when clean")
+        grid("targeted", "target_hit_rate", "Targeted, all images (the paper's view): target "
+             "hit rate (%) (Figure 6/9)")
+        grid("targeted", "target_hit_rate_victim_right", "Targeted, conditioned: target hit "
+             "rate (%) over the images the model classifies correctly when clean")
+    grid("n_targeted", "first_hit_median_step", "N-targeted: median step at which each "
+         "source first predicted its own target (over the images where it did)")
     for attack in dict.fromkeys(r["attack"] for r in result.records):
         rows = [r for r in result.records if r["attack"] == attack and r["model"] not in
-                ("source (white-box)", "all sources")]
-        if not rows:
-            continue
-        lines.extend([f"Class-aware ({attack}; Waseda et al.): un-fooled / different mistake / "
-                      f"same mistake (%) over D'_F1 (n)", "",
-                      "| model | " + " | ".join(f"ε {_eps_col(e)}" for e in eps) + " |",
-                      "|" + "---|" * (len(eps) + 1)])
-        for m in dict.fromkeys(r["model"] for r in rows):
-            cells = []
-            for e in eps:
-                hit = [r for r in rows if r["model"] == m and r["source_eps"] == e]
-                cells.append(" / ".join(_pct(hit[0][f"class_aware_{k}"]) for k, _, _ in
-                                        CLASS_AWARE) + f" ({hit[0]['class_aware_n']})"
-                             if hit else "")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        lines.append("")
+                ("source (white-box)", "all sources", "first hit")]
+        for prefix, view in (("class_aware_", "over D'_F1 (Waseda's definition)"),
+                             ("class_aware_victim_right_", "over D'_F1 restricted to the "
+                              "images the victim classifies correctly when clean")):
+            if not rows or f"{prefix}n" not in rows[0]:
+                continue
+            lines.extend([f"Class-aware ({attack}): un-fooled / different mistake / same "
+                          f"mistake (%) {view} (n)", "",
+                          "| model | " + " | ".join(f"ε {_eps_col(e)}" for e in eps) + " |",
+                          "|" + "---|" * (len(eps) + 1)])
+            for m in dict.fromkeys(r["model"] for r in rows):
+                cells = []
+                for e in eps:
+                    hit = [r for r in rows if r["model"] == m and r["source_eps"] == e]
+                    cells.append(" / ".join(_pct(hit[0][f"{prefix}{k}"]) for k, _, _ in
+                                            CLASS_AWARE) + f" ({hit[0][prefix + 'n']})"
+                                 if hit else "")
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append("")
     lines.append("Clean test accuracy (%): " + ", ".join(
         f"{k} {_pct(v)}" for k, v in result.clean_accuracy.items())
         + f"; chance {100 * result.chance:.1f} %.")
     for f in result.findings:
-        detail = "; ".join(f"{v}: ε 0 {_pct(d['eps0'])} vs ε {_eps_col(d['best_eps'])} "
-                           f"{_pct(d['best'])}{' (clear)' if d['clear'] else ''}"
+        sign = f["sign_test"]
+        detail = "; ".join(f"{v}: {'held' if d['held'] else 'not held'} (ε 0 "
+                           f"{_pct(d['eps0'])} %, small ε minus ε 0 "
+                           f"{100 * d['small_minus_eps0']:+.1f} points, n {d['n']})"
                            for v, d in f["per_victim"].items())
-        lines += ["", f"The paper's direction: {f['text']}: "
-                  f"{'held' if f['held'] else 'did NOT hold'} ({f['victims_clear']} of "
-                  f"{f['victims']} victims clearly). {detail}."]
+        lines += ["", f"**{f['finding']}**: {f['text']}: "
+                  f"{'held' if f['held'] else 'did NOT hold'} (sign test {sign['positive']} "
+                  f"up, {sign['negative']} down, p {sign['p']:.3g}; {f['victims_held']} of "
+                  f"{f['victims']} victims held alone: {f['test']}). {detail}."]
     return "\n".join(lines)
 
 
@@ -475,8 +489,12 @@ def write_transfer(result, grids: dict, test, directory: str) -> dict:
         for r in result.records:
             w.writerow(r)
     with atomic_file(files["json"], "w") as f:
-        json.dump({k: v for k, v in dataclasses.asdict(result).items() if k != "files"}, f,
-                  indent=1, default=str)
+        json.dump({k: v for k, v in dataclasses.asdict(result).items()
+                   if k not in ("files", "outcomes")}, f, indent=1, default=_json_default)
+    if result.outcomes:
+        files["outcomes"] = os.path.join(directory, "outcomes.npz")
+        with atomic_file(files["outcomes"]) as f:
+            np.savez_compressed(f, **result.outcomes)
 
     def series(attack, field):
         out = {}
@@ -488,10 +506,17 @@ def write_transfer(result, grids: dict, test, directory: str) -> dict:
 
     if result.mode == "per_source":
         figs = (("untargeted", "error_rate", "untargeted_error",
-                 "Untargeted transfer: victims' error rate" + scratch, "error rate (%)"),
+                 "Untargeted transfer: victims' error rate, all images" + scratch,
+                 "error rate (%)"),
+                ("untargeted", "excess_error", "untargeted_excess_error",
+                 "Untargeted transfer, conditioned: error in excess of the victim's clean "
+                 "error" + scratch, "excess error (points)"),
                 ("targeted", "target_hit_rate", "targeted_hit_rate",
-                 "Targeted transfer: victims' target hit rate" + scratch,
-                 "target hit rate (%)"))
+                 "Targeted transfer: victims' target hit rate, all images" + scratch,
+                 "target hit rate (%)"),
+                ("targeted", "target_hit_rate_victim_right", "targeted_hit_rate_victim_right",
+                 "Targeted transfer, conditioned: hit rate over images the victim gets right"
+                 + scratch, "target hit rate (%)"))
         for attack, field, name, t, ylabel in figs:
             files[name] = os.path.join(directory, f"{name}.png")
             plot_vs_eps(series(attack, field), files[name], t, ylabel,

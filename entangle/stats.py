@@ -51,6 +51,28 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def paired_vs(baseline: np.ndarray, columns: dict, alpha: float = ALPHA) -> dict:
+    """Each column of per-image outcomes against ``baseline`` on the same images: exact
+    McNemar, Holm over the columns; ``significant`` where the Holm p <= alpha and the column
+    is the higher. Returns {label: mcnemar_exact's dict + p_holm, significant}."""
+    tests = {c: mcnemar_exact(baseline, o) for c, o in columns.items()}
+    for c, p in zip(tests, holm([t["p"] for t in tests.values()])):
+        tests[c]["p_holm"] = p
+        tests[c]["significant"] = p <= alpha and tests[c]["difference"] > 0
+    return tests
+
+
+def sign_test(differences: Sequence[float]) -> dict:
+    """One-sided sign test that differences tend to be positive (zeros dropped): exact
+    binomial on the number of positive signs."""
+    d = np.asarray([v for v in differences if v is not None and not math.isnan(v)], float)
+    positive, negative = int(np.sum(d > 0)), int(np.sum(d < 0))
+    n = positive + negative
+    p = st.binomtest(positive, n, 0.5, alternative="greater").pvalue if n else 1.0
+    return {"test": "sign test (one-sided, exact binomial)", "positive": positive,
+            "negative": negative, "zero": int(len(d) - n), "p": float(p)}
+
+
 def is_balanced(y: np.ndarray, num_classes: int) -> bool:
     """Whether every class has the same number of images in ``y``."""
     counts = np.bincount(np.asarray(y), minlength=num_classes)

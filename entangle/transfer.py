@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from entangle import attacks, data, entanglement, models, paper, pipeline
+from entangle import attacks, data, entanglement, models, paper, pipeline, stats
 from entangle import plan as plan_lib
 from entangle import store as store_lib
 from entangle.plan import PlanItem
@@ -54,6 +54,8 @@ class TransferConfig:
     target_seed: int = 0
     grid_images: int = 8
     poll: float = 5.0
+    n_targeted_loss: str = "ce"                         # or "margin": the budget control
+    kappa: float = 0.0                                  # the margin variant's margin
 
     def __post_init__(self):
         if not self.sources:
@@ -72,13 +74,21 @@ class TransferConfig:
                              f"{self.sources}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise ValueError(f"transfer eps must be a finite number > 0; got {self.eps}")
+        if self.n_targeted_loss not in attacks.N_TARGETED_LOSSES:
+            raise ValueError(f"n_targeted_loss must be one of {attacks.N_TARGETED_LOSSES}; "
+                             f"got {self.n_targeted_loss!r}")
+        if not (self.kappa >= 0 and math.isfinite(self.kappa)):
+            raise ValueError(f"kappa must be a finite number >= 0; got {self.kappa}")
         if self.steps < 1 or not self.step_size > 0:
             raise ValueError(f"transfer steps must be >= 1 and step_size > 0; got "
                              f"{self.steps}, {self.step_size}")
 
-    def attack_fields(self) -> dict:
-        return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size,
-                "version": VERSION}
+    def attack_fields(self, attack: str = "") -> dict:
+        fields = {"eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                  "version": VERSION}
+        if attack == "n_targeted" and self.n_targeted_loss != "ce":
+            fields.update(loss=self.n_targeted_loss, kappa=self.kappa)
+        return fields
 
 
 def draw_targets(y: np.ndarray, num_classes: int, k: int = 1, seed: int = 0) -> np.ndarray:
@@ -95,14 +105,18 @@ def draw_targets(y: np.ndarray, num_classes: int, k: int = 1, seed: int = 0) -> 
     return np.argsort(keys, axis=1, kind="stable")[:, :k].T.astype(np.int64)
 
 
-def class_aware(y, source_clean, source_adv, victim_adv) -> dict:
+def class_aware(y, source_clean, source_adv, victim_adv, victim_clean=None) -> dict:
     """Waseda et al.'s ratios over D'_F1 = {source right on x, wrong on x' (as y1)}.
 
     Returns un-fooled (victim says y), different (another wrong class), same (y1): they sum
-    to 1; n is |D'_F1| (ratios are NaN when it is empty).
+    to 1; n is |D'_F1| (ratios are NaN when it is empty). With ``victim_clean`` (the
+    victim's predictions on the clean images), D'_F1 is restricted to the images the victim
+    classifies correctly: a victim's own mistakes then cannot count as transfer.
     """
     y, sc, sa, va = (np.asarray(a) for a in (y, source_clean, source_adv, victim_adv))
     mask = (sc == y) & (sa != y)
+    if victim_clean is not None:
+        mask &= np.asarray(victim_clean) == y
     n = int(mask.sum())
     if n == 0:
         return {"unfooled": math.nan, "different": math.nan, "same": math.nan, "n": 0}
@@ -125,6 +139,8 @@ class TransferResult:
     seconds: float
     findings: list = dataclasses.field(default_factory=list)
     files: dict = dataclasses.field(default_factory=dict)
+    outcomes: dict = dataclasses.field(default_factory=dict)   # outcome_key -> bool per image
+    n_targeted_loss: str = "ce"
 
     def value(self, attack: str, model: str, eps: float, field: str):
         for r in self.records:
@@ -160,10 +176,11 @@ class Transfer:
     def adversarial_key(self, attack: str, eps: float | None = None) -> str:
         sources = self._set_sources(attack, eps)
         config = {"attack": attack, "sources": [self.source_key(e) for e in sources],
-                  "pgd": self.cfg.attack_fields(),
+                  "pgd": self.cfg.attack_fields(attack),
                   "target_seed": self.cfg.target_seed if attack != "untargeted" else None,
                   "test": self.exp.test_data_key()}
-        label = "n" if attack == "n_targeted" else f"{attack[0]}{eps:g}"
+        label = (("n" if self.cfg.n_targeted_loss == "ce" else "nm") if attack == "n_targeted"
+                 else f"{attack[0]}{eps:g}")
         return self.exp.store.key(f"adv-{label}", config)
 
     def adversarial(self, attack: str, eps: float | None = None,
@@ -178,9 +195,9 @@ class Transfer:
 
         def load():
             t = os.path.join(path, "targets.npy")
-            return (data.Dataset(np.load(os.path.join(path, "x.npy"), mmap_mode="r"), test.y,
-                                 test.class_names, key),
-                    np.load(t) if os.path.exists(t) else None)
+            ds = data.Dataset(np.load(os.path.join(path, "x.npy"), mmap_mode="r"), test.y,
+                              test.class_names, key)
+            return ds, np.load(t) if os.path.exists(t) else None
 
         def build():
             trained = [exp.model(*exp.generator(e)) for e in sources]
@@ -196,8 +213,11 @@ class Transfer:
             def make(rows):
                 x = data.to_float(test.x[rows])
                 if attack == "n_targeted":
-                    adv = attacks.multi_targeted_pgd_l2([t.model for t in trained], x,
-                                                        targets[:, rows], **kw)
+                    adv, hit = attacks.multi_targeted_pgd_l2(
+                        [t.model for t in trained], x, targets[:, rows], **kw,
+                        loss=cfg.n_targeted_loss, kappa=cfg.kappa, first_hit=True)
+                    norm = np.sqrt(((adv - x) ** 2).reshape(len(x), -1).sum(1))
+                    return {"x": adv.astype(np.float16), "norm": norm, "first_hit": hit.T}
                 elif attack == "targeted":
                     adv = attacks.pgd_l2(trained[0].model, x, targets[0, rows], targeted=True,
                                          **kw)
@@ -209,13 +229,19 @@ class Transfer:
             work = exp.store.partial_path(ADVERSARIAL_KIND, key)
             store_lib.build_chunks(work, len(test), 1024, make, bar=exp._bar(len(test)))
             config = {"attack": attack, "sources": [t.key for t in trained],
-                      "pgd": cfg.attack_fields(), "target_seed": cfg.target_seed}
+                      "pgd": cfg.attack_fields(attack), "target_seed": cfg.target_seed}
             metrics = {}
             with exp.store.writing(ADVERSARIAL_KIND, key, config, metrics=metrics) as d:
                 store_lib.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
                 norms = store_lib.assemble_chunks(work, "norm", os.path.join(d, "l2.npy"))
                 if targets is not None:
                     np.save(os.path.join(d, "targets.npy"), targets)
+                if attack == "n_targeted":
+                    hits = store_lib.assemble_chunks(work, "first_hit",
+                                                     os.path.join(d, "first_hit_rows.npy"))
+                    np.save(os.path.join(d, "first_hit.npy"), np.asarray(hits).T)
+                    del hits
+                    os.unlink(os.path.join(d, "first_hit_rows.npy"))
                 metrics.update(max_l2=float(norms.max()), mean_l2=float(norms.mean()),
                                seconds=time.time() - start)
             return load()
@@ -223,6 +249,14 @@ class Transfer:
         return exp.store.get_or_build(ADVERSARIAL_KIND, key, build, load,
                                       poll=exp.cfg.runtime.lock_poll, log=exp._log,
                                       wait=(runtime or exp.cfg.runtime).wait)
+
+    def first_hit(self) -> np.ndarray | None:
+        """(sources, images): the first step after which each source of the N-targeted set
+        predicted its target (-1: never); None for a set built before it was recorded."""
+        path = os.path.join(self.exp.store.path(ADVERSARIAL_KIND,
+                                                self.adversarial_key("n_targeted")),
+                            "first_hit.npy")
+        return np.load(path) if os.path.exists(path) else None
 
     # -------------------------------------------------------------- plan
     def plan(self) -> list[PlanItem]:
@@ -274,20 +308,23 @@ class Transfer:
                 if attack != "n_targeted":
                     grids.setdefault(attack, {})[e] = np.asarray(
                         ds.x[:self.cfg.grid_images], np.float32)
-        records = []
+        records, outcomes = [], {}
 
-        def record(attack, eps, model, pred, src_clean, src_adv, target):
+        def record(attack, eps, model, pred, src_clean, src_adv, target, model_clean):
             r = {"attack": attack, "source_eps": eps, "model": model,
-                 "error_rate": float(np.mean(pred != y)),
-                 "target_hit_rate": (float(np.mean(pred == target)) if target is not None
-                                     else None), "n": len(y)}
+                 **conditioned(y, pred, model_clean, target), "n": len(y)}
             ca = class_aware(y, src_clean, src_adv, pred)
             r.update({f"class_aware_{k}": v for k, v in ca.items()})
+            ca = class_aware(y, src_clean, src_adv, pred, victim_clean=model_clean)
+            r.update({f"class_aware_victim_right_{k}": v for k, v in ca.items()})
             if target is not None:
                 mask = (src_clean == y) & (src_adv != y)
                 r["fooled_to_target"] = float(np.mean(src_adv[mask] == target[mask])) \
                     if mask.any() else math.nan
             records.append(r)
+            outcomes[outcome_key(attack, eps, model)] = (pred == target if target is not None
+                                                         else pred != y)
+            outcomes[outcome_key("clean", eps, model)] = model_clean == y
 
         adv_pred = {}
         for (attack, e), (ds, _) in sets.items():
@@ -297,15 +334,17 @@ class Transfer:
             for i, s in enumerate(self._set_sources(attack, e)):
                 t = None if targets is None else targets[i]
                 record(attack, s, SOURCE, adv_pred[(attack, e)][s], clean_pred[s],
-                       adv_pred[(attack, e)][s], t)
+                       adv_pred[(attack, e)][s], t, clean_pred[s])
         for name in self.cfg.victims:
             victim = exp.victim(name)
-            clean[name] = float(np.mean(exp.predictions(victim, test, "Test") == y))
+            victim_clean = exp.predictions(victim, test, "Test")
+            clean[name] = float(np.mean(victim_clean == y))
             for (attack, e), (ds, targets) in sets.items():
                 pred = exp.predictions(victim, ds, ds.name)
                 for i, s in enumerate(self._set_sources(attack, e)):
                     t = None if targets is None else targets[i]
-                    record(attack, s, name, pred, clean_pred[s], adv_pred[(attack, e)][s], t)
+                    record(attack, s, name, pred, clean_pred[s], adv_pred[(attack, e)][s], t,
+                           victim_clean)
             del victim
         if self.cfg.mode == "n_targeted":
             ds, targets = sets[("n_targeted", None)]
@@ -314,11 +353,48 @@ class Transfer:
             records.append({"attack": "n_targeted", "source_eps": None, "model": "all sources",
                             "error_rate": None, "target_hit_rate": float(hits.all(0).mean()),
                             "n": len(y)})
+            first = self.first_hit()
+            if first is not None:
+                for i, s in enumerate(self.cfg.sources):
+                    reached = first[i][first[i] > 0]
+                    records.append({"attack": "n_targeted", "source_eps": s,
+                                    "model": "first hit", "error_rate": None,
+                                    "target_hit_rate": float(np.mean(first[i] > 0)),
+                                    "first_hit_median_step": (float(np.median(reached))
+                                                              if len(reached) else None),
+                                    "n": len(y)})
         grids["_original"] = test.float_images()[:self.cfg.grid_images]
         if sets and "targeted" in self.attacks():
             grids["_targets"] = sets[("targeted", self.cfg.sources[0])][1][0][
                 :self.cfg.grid_images]
-        return records, clean, grids
+        return records, clean, grids, outcomes
+
+
+def outcome_key(attack: str, eps: float | None, model: str) -> str:
+    """The key of a per-image outcome array: untargeted -> the model is wrong, targeted and
+    N-targeted -> it says the target, clean -> it is right on the clean image."""
+    return f"{attack}|{'' if eps is None else f'{eps:g}'}|{model}"
+
+
+def conditioned(y, pred, model_clean, target=None) -> dict:
+    """The paper's rates and the same conditioned on the model: untargeted error in excess of
+    its clean error, and error and target-hit rates over the images it classifies correctly
+    when clean (the rest would count the model's own mistakes as transfer)."""
+    y, pred, model_clean = (np.asarray(a) for a in (y, pred, model_clean))
+    right = model_clean == y
+    out = {"error_rate": float(np.mean(pred != y)),
+           "clean_error": float(np.mean(~right)),
+           "excess_error": float(np.mean(pred != y) - np.mean(~right)),
+           "victim_right_n": int(right.sum()),
+           "error_rate_victim_right": (float(np.mean(pred[right] != y[right])) if right.any()
+                                       else math.nan),
+           "target_hit_rate": None, "target_hit_rate_victim_right": None}
+    if target is not None:
+        target = np.asarray(target)
+        out["target_hit_rate"] = float(np.mean(pred == target))
+        out["target_hit_rate_victim_right"] = (float(np.mean(pred[right] == target[right]))
+                                               if right.any() else math.nan)
+    return out
 
 
 def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
@@ -335,13 +411,14 @@ def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
         if not exp.store.has("models", exp.victim_key(name)):
             models.require_imagenet_weights(name)
     built = entanglement.build_plan(exp, plan, log, cfg.poll, "transfer")
-    records, clean, grids = study.evaluate()
+    records, clean, grids, outcomes = study.evaluate()
     result = TransferResult(dataset=exp_cfg.data.dataset, mode=cfg.mode,
                             sources=list(cfg.sources), victims=list(cfg.victims),
                             victim_weights="imagenet" if pretrained else "none",
                             records=records, clean_accuracy=clean,
                             chance=1.0 / exp.splits().test.num_classes, built=built,
-                            seconds=time.time() - start)
+                            seconds=time.time() - start, outcomes=outcomes,
+                            n_targeted_loss=cfg.n_targeted_loss)
     result.findings = findings(result)
     if results_dir:
         from entangle import report
@@ -350,25 +427,53 @@ def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
     return result
 
 
-def findings(result: TransferResult) -> list[dict]:
-    """The paper's direction (section 5.2): targeted transfer from some eps > 0 source is
-    clearly above the eps = 0 source's, for most victims. "Clearly": the gap exceeds two
-    standard errors of a difference of two proportions (pooled) over the test images."""
-    if result.mode != "per_source" or 0.0 not in result.sources or len(result.sources) < 2:
+VIEWS = ("all images", "victim right on clean")
+
+
+def findings(result: TransferResult, alpha: float = stats.ALPHA) -> list[dict]:
+    """The paper's direction (section 5.2, Figures 5/6), tested without selection: per victim,
+    each eps > 0 source against eps 0 on the same images and targets (exact McNemar, Holm over
+    the sources within the victim; held where some source is significantly higher); over
+    victims, a one-sided sign test of (mean rate over the small-eps sources, 0 < eps <= 1/4)
+    minus (the eps 0 rate). Once over all test images and once over the images the victim
+    classifies correctly when clean. With the N-targeted attack: whether the victims say a
+    robust source's target more often than the standard source's, the same way."""
+    if 0.0 not in result.sources or len(result.sources) < 2 or not result.outcomes:
         return []
-    per_victim, held = {}, 0
-    for v in result.victims:
-        p0 = result.value("targeted", v, 0.0, "target_hit_rate")
-        best_eps = max((e for e in result.sources if e > 0),
-                       key=lambda e: result.value("targeted", v, e, "target_hit_rate"))
-        pb = result.value("targeted", v, best_eps, "target_hit_rate")
-        n = next(r["n"] for r in result.records if r["model"] == v)
-        pool = (p0 + pb) / 2
-        se = math.sqrt(max(pool * (1 - pool), 1e-12) * 2 / n)
-        ok = pb - p0 > 2 * se
-        held += ok
-        per_victim[v] = {"eps0": p0, "best_eps": best_eps, "best": pb, "clear": ok}
-    return [{"finding": "targeted", "text": "targeted transfer from some eps > 0 source is "
-             "clearly above the eps = 0 source's, for most victims",
-             "held": held > len(result.victims) / 2, "victims_clear": held,
-             "victims": len(result.victims), "per_victim": per_victim}]
+    attacks_ = (["n_targeted"] if result.mode == "n_targeted" else ["targeted", "untargeted"])
+    positive = [e for e in result.sources if e > 0]
+    small = [e for e in positive if e <= entanglement.SMALL_EPS] or positive[:1]
+    out = []
+    for attack in attacks_:
+        for view in VIEWS:
+            per_victim, diffs = {}, []
+            for v in result.victims:
+                rows = (result.outcomes[outcome_key("clean", 0.0, v)] if view == VIEWS[1]
+                        else np.ones(len(result.outcomes[outcome_key(attack, 0.0, v)]), bool))
+                base = result.outcomes[outcome_key(attack, 0.0, v)][rows]
+                cols = {e: result.outcomes[outcome_key(attack, e, v)][rows] for e in positive}
+                tests = stats.paired_vs(base, cols, alpha)
+                diff = float(np.mean([cols[e].mean() for e in small]) - base.mean()) \
+                    if len(base) else math.nan
+                diffs.append(diff)
+                per_victim[v] = {"held": any(t["significant"] for t in tests.values()),
+                                 "eps0": float(base.mean()) if len(base) else math.nan,
+                                 "n": int(rows.sum()), "small_minus_eps0": diff,
+                                 "tests": {paper.eps_label(e): t for e, t in tests.items()}}
+            sign = stats.sign_test(diffs)
+            what = {"targeted": "targeted transfer (target hit rate)",
+                    "untargeted": "untargeted transfer (error rate)",
+                    "n_targeted": "N-targeted: victims say a robust source's target"}[attack]
+            out.append({"finding": f"{attack}, {view}", "attack": attack, "view": view,
+                        "text": f"{what} is higher from small-eps robust sources than from the "
+                                f"standard source" if attack != "n_targeted" else
+                                f"{what} more often than the standard source's "
+                                f"({result.n_targeted_loss} loss)",
+                        "test": "per victim exact McNemar of each eps > 0 source vs eps 0, "
+                                "Holm; over victims a one-sided sign test of the mean over "
+                                f"eps in ({', '.join(paper.eps_label(e) for e in small)}) "
+                                "minus eps 0",
+                        "held": sign["p"] <= alpha, "sign_test": sign,
+                        "victims_held": sum(d["held"] for d in per_victim.values()),
+                        "victims": len(result.victims), "per_victim": per_victim})
+    return out

@@ -65,6 +65,46 @@ def test_multi_targeted_two_models_two_targets(trained_tiny):
     assert _accuracy(clone, adv, targets[1]) > 0.9
 
 
+def test_margin_term_of_a_model_already_at_its_target_is_constant(trained_tiny):
+    """The budget control: a model that says its target by more than kappa adds nothing to
+    the N-targeted objective's gradient; cross-entropy keeps pulling."""
+    import tensorflow as tf
+
+    model, x, y = trained_tiny
+    pred = np.argmax(model.predict(x, verbose=0), -1)
+    logits = model.predict(x, verbose=0)
+    margin = np.sort(logits, 1)[:, -1] - np.sort(logits, 1)[:, -2]
+    sure = (margin > 1.0)
+    xs, ts = x[sure][:8], pred[sure][:8]            # "targets" the model already says
+    labels = tf.constant(ts[:, None])
+    grad = attacks.input_gradient(attacks.multi_margin_objective([model], kappa=1.0),
+                                  tf.constant(xs), labels).numpy()
+    assert np.abs(grad).max() == 0.0
+    grad = attacks.input_gradient(attacks.multi_model_objective([model]), tf.constant(xs),
+                                  labels).numpy()
+    assert np.abs(grad).max() > 0.0
+
+
+def test_first_hit_steps_are_recorded_and_stepwise_equals_one_loop(trained_tiny):
+    model, x, y = trained_tiny
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    targets = np.stack([(y[:16] + 1) % 3, (y[:16] + 2) % 3])
+    kw = dict(eps=2.0, steps=6, step_size=0.4)
+    adv, hit = attacks.multi_targeted_pgd_l2([model, clone], x[:16], targets, **kw,
+                                             first_hit=True)
+    np.testing.assert_allclose(adv, attacks.multi_targeted_pgd_l2([model, clone], x[:16],
+                                                                  targets, **kw), atol=1e-5)
+    assert hit.shape == (2, 16) and hit.min() >= -1 and hit.max() <= 6
+    final = np.stack([np.argmax(m.predict(adv, verbose=0), -1) for m in (model, clone)])
+    assert np.all(hit[final == targets] >= 1)        # said its target at the end: hit before
+    margin = attacks.multi_targeted_pgd_l2([model, clone], x[:16], targets, **kw,
+                                           loss="margin", kappa=1.0)
+    assert np.all(_norms(margin - x[:16]) <= 2.0 + 1e-5)
+    with pytest.raises(ValueError, match="loss"):
+        attacks.multi_targeted_pgd_l2([model], x[:2], targets[:1, :2], **kw, loss="hinge")
+
+
 def _linear_model(w):
     inputs = keras.Input((4, 4, 1))
     logits = keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inputs))

@@ -138,3 +138,23 @@ def test_findings_use_balanced_accuracy_on_an_unbalanced_test_set():
     result = hand_table(outcomes, labels=labels)
     c = next(f for f in entanglement.findings(result) if f["finding"] == "c")
     assert c["measure"] == "balanced accuracy" and c["held"] is False
+
+
+def test_paired_vs_corrects_over_columns_and_needs_the_column_higher():
+    base = np.zeros(100, bool)
+    up = np.zeros(100, bool)
+    up[:20] = True                                   # 20 discordant, all for the column
+    down = np.zeros(100, bool)
+    base_down = base.copy()
+    base_down[:20] = True
+    tests = stats.paired_vs(base, {"up": up, "same": base.copy()})
+    assert tests["up"]["significant"] and not tests["same"]["significant"]
+    assert tests["up"]["p_holm"] == pytest.approx(min(1.0, 2 * tests["up"]["p"]))
+    assert not stats.paired_vs(base_down, {"down": down})["down"]["significant"]
+
+
+def test_sign_test_is_one_sided_and_drops_zeros():
+    res = stats.sign_test([0.1, 0.2, 0.05, 0.3, 0.0, 0.2, 0.1])
+    assert (res["positive"], res["negative"], res["zero"]) == (6, 0, 1)
+    assert res["p"] == pytest.approx(1 / 64)
+    assert stats.sign_test([-0.1, -0.2, -0.3])["p"] == 1.0

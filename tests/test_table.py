@@ -115,7 +115,7 @@ def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke
     work, _ = smoke_table
     single = work / "results" / "table1-planted-eps1-paper-seed0" / "table.json"
     before = single.stat().st_mtime_ns
-    few = ["--rows=standard,robust", "--columns=0,1"]   # seed 1 builds 5 artifacts, not 14
+    few = ["--rows=standard,robust", "--columns=0,1/4"]  # seed 1: 6 artifacts, not 14
     out = _run(work, "--seeds=0,1", *few)
     assert 0 < _built(out) < 7              # seed 0 is in the store already
     (results,) = glob.glob(str(work / "results" / "table1-planted-eps1-cols*-seed0-1"))
@@ -132,6 +132,36 @@ def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke
     assert _built(again) == 0 and "0 to build" in again
     # another table on the same store gets its own folder: the seed-0 table is untouched
     assert single.stat().st_mtime_ns == before
+
+
+def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_table, tmp_path):
+    """Figures 3, 4 and 2 on the smoke table's store: nothing is built, every column has a
+    finite accuracy, and each title names the dataset, the scale, the seed and n."""
+    from absl import flags
+
+    from entangle import entanglement
+    from entangle import flags as entangle_flags
+
+    work, _ = smoke_table
+    fv = flags.FlagValues()
+    entangle_flags.define_all(fv)
+    entangle_flags.parse(["--flagfile=" + entangle_flags.flagfile("smoke.cfg"), "--eps=1.0",
+                          f"--workdir={work}", "--quiet"], fv)
+    exp_cfg, cfg = entangle_flags.experiment_config(fv), entangle_flags.table_config(fv)
+    context = "planted, smoke.cfg, seed 0"
+    for run, name in ((entanglement.run_figure3, "figure3"),
+                      (entanglement.run_figure4, "figure4")):
+        result = run(exp_cfg, cfg, results_dir=str(tmp_path / name), log=lambda m: None,
+                     context=context)
+        assert result.built == []
+        (series,) = result.series.values()
+        assert sorted(series) == sorted(cfg.columns)
+        assert all(0 <= r["accuracy"] <= 1 for r in series.values())
+        assert result.title.endswith(f"({context}, n=128 test images)")
+        assert os.path.exists(result.files["png"]) and os.path.exists(result.files["csv"])
+    files = entanglement.run_figure2(exp_cfg, cfg, results_dir=str(tmp_path / "figure2"),
+                                     log=lambda m: None, context=context)
+    assert os.path.getsize(files["png"]) > 10_000
 
 
 def test_figure2_shows_distinct_classes():

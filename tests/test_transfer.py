@@ -79,6 +79,68 @@ def test_class_aware_ratios_on_hand_made_predictions():
     assert empty["n"] == 0 and math.isnan(empty["same"])
 
 
+def test_conditioned_metrics_on_hand_made_predictions():
+    y = np.array([0, 1, 2, 0, 1, 2])
+    clean = np.array([0, 1, 2, 0, 2, 0])       # the victim gets 4 right: its clean error 2/6
+    pred = np.array([1, 1, 0, 0, 2, 1])        # wrong on 0, 2, 4, 5
+    target = np.array([1, 2, 0, 1, 0, 1])      # hits on 0, 2, 5
+    m = transfer.conditioned(y, pred, clean, target)
+    assert m["error_rate"] == pytest.approx(4 / 6) and m["clean_error"] == pytest.approx(2 / 6)
+    assert m["excess_error"] == pytest.approx(2 / 6)
+    assert m["victim_right_n"] == 4
+    assert m["error_rate_victim_right"] == pytest.approx(2 / 4)         # images 0, 2
+    assert m["target_hit_rate"] == pytest.approx(3 / 6)
+    assert m["target_hit_rate_victim_right"] == pytest.approx(2 / 4)    # images 0, 2
+    # Waseda's D'_F1 restricted to victim-right images
+    src_clean = np.array([0, 1, 2, 0, 1, 2])   # the source is right everywhere
+    src_adv = np.array([1, 2, 0, 1, 1, 1])     # fooled on 0, 1, 2, 3, 5
+    full = transfer.class_aware(y, src_clean, src_adv, pred)
+    assert full["n"] == 5
+    restricted = transfer.class_aware(y, src_clean, src_adv, pred, victim_clean=clean)
+    # D'_F1 and victim right: images 0, 1, 2, 3; victim says 1 (=y1), 1 (=y), 0 (=y1), 0 (=y)
+    assert restricted == {"unfooled": 0.5, "different": 0.0, "same": 0.5, "n": 4}
+
+
+def _outcomes_result(rates, victims=("a", "b", "c", "d", "e", "f"), n=400, seed=0):
+    """A per-source TransferResult whose outcomes hit at ``rates[eps]`` per victim, drawn so
+    that the same images flip (paired), with every victim right on its clean images."""
+    rng = np.random.default_rng(seed)
+    u = rng.random(n)
+    outcomes = {}
+    for v in victims:
+        for attack in ("targeted", "untargeted"):
+            for e, r in rates.items():
+                outcomes[transfer.outcome_key(attack, e, v)] = u < r
+        for e in rates:
+            outcomes[transfer.outcome_key("clean", e, v)] = np.ones(n, bool)
+    return transfer.TransferResult(
+        dataset="planted", mode="per_source", sources=list(rates), victims=list(victims),
+        victim_weights="none", records=[], clean_accuracy={}, chance=0.1, built=[],
+        seconds=0.0, outcomes=outcomes)
+
+
+def test_findings_test_each_source_against_eps0_with_holm_and_a_sign_test(monkeypatch):
+    from entangle import stats
+
+    calls = []
+    real = stats.paired_vs
+    monkeypatch.setattr(stats, "paired_vs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    up = transfer.findings(_outcomes_result({0.0: 0.10, 0.0625: 0.30, 0.25: 0.25, 1.0: 0.1}))
+    assert calls                                 # the shared McNemar/Holm helper
+    targeted = next(f for f in up if f["finding"] == "targeted, all images")
+    assert targeted["held"] and targeted["victims_held"] == 6
+    assert targeted["sign_test"]["positive"] == 6
+    assert targeted["sign_test"]["p"] == pytest.approx(1 / 64)
+    tests = targeted["per_victim"]["a"]["tests"]
+    assert tests["1/16"]["significant"] and not tests["1"]["significant"]   # equal rates
+    assert {f["view"] for f in up} == {"all images", "victim right on clean"}
+    flat = transfer.findings(_outcomes_result({0.0: 0.2, 0.0625: 0.2, 0.25: 0.2, 1.0: 0.2}))
+    assert not any(f["held"] for f in flat)
+    assert all(f["victims_held"] == 0 for f in flat)
+    down = transfer.findings(_outcomes_result({0.0: 0.3, 0.0625: 0.1, 0.25: 0.1, 1.0: 0.1}))
+    assert not any(f["held"] for f in down)   # one-sided: lower transfer is not the finding
+
+
 def test_config_errors_name_what_is_allowed():
     with pytest.raises(ValueError, match="two or more sources"):
         transfer.TransferConfig(sources=(0.0,), mode="n_targeted")
@@ -204,6 +266,14 @@ def test_n_targeted_reports_each_source_and_all_at_once(smoke_transfer):
     assert os.path.exists(os.path.join(results, "class_aware.png"))
     targets = np.load(glob.glob(str(work / "datasets" / "adv-n-*" / "targets.npy"))[0])
     assert targets.shape[0] == 2 and (targets[0] != targets[1]).all()
+    first = np.load(glob.glob(str(work / "datasets" / "adv-n-*" / "first_hit.npy"))[0])
+    assert first.shape == targets.shape and first.min() >= -1 and first.max() <= 10
+    hits = {r["source_eps"]: r for r in recs if r["model"] == "first hit"}
+    assert hits[0.0]["target_hit_rate"] >= white[0.0]["target_hit_rate"]   # hit at some step
+    # the control for budget allocation: clipped margins, its own set and its own report
+    margin = _run(work, "--attack=n_targeted", "--n_targeted_loss=margin").stdout
+    assert _built(margin) == 1 and "first predicted its own target" in margin
+    assert glob.glob(str(work / "datasets" / "adv-nm-*" / "first_hit.npy"))
 
 
 def test_imagenet_weights_offline_fail_fast_naming_the_file(tmp_path):

@@ -91,7 +91,8 @@ def transfer_config(f=FLAGS) -> transfer.TransferConfig:
     return transfer.TransferConfig(sources=parse_columns(f.sources), victims=tuple(f.victims),
                                    eps=f.transfer_eps, steps=f.transfer_steps,
                                    step_size=f.transfer_step_size, mode=f.attack,
-                                   target_seed=f.target_seed, grid_images=f.grid_images)
+                                   target_seed=f.target_seed, grid_images=f.grid_images,
+                                   n_targeted_loss=f.n_targeted_loss, kappa=f.margin_kappa)
 
 
 def study_config(f=FLAGS) -> planted_study.StudyConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import entanglement, models, transfer
+from entangle import attacks, entanglement, models, transfer
 from entangle.flags._checks import FLAGS, columns_ok, eps_validators, validator
 
 
@@ -54,6 +54,13 @@ def define_transfer_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("transfer_step_size", 0.1, "Transfer attacks: step size.",
                        lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("n_targeted_loss", "ce", list(attacks.N_TARGETED_LOSSES),
+                      "N-targeted attack: the sum of cross-entropies (Waseda et al.), or "
+                      "clipped margins (each source stops pulling once it says its target "
+                      "with margin --margin_kappa): the control for budget allocation.",
+                      flag_values=fv)
+    flags.DEFINE_float("margin_kappa", 2.0, "The margin (logits) of --n_targeted_loss=margin.",
+                       lower_bound=0.0, flag_values=fv)
     eps_validators(fv, {"transfer_eps": False})
     validator("sources", columns_ok, "must be paper, extended or a comma list of eps >= 0",
               fv)
