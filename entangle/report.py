@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import textwrap
 
 import numpy as np
 
@@ -156,7 +157,7 @@ def _finish(plt, fig, ax, path: str, title: str, ylabel: str, top: float | None 
     as PNG."""
     ax.set_ylabel(ylabel)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), top)   # below 0 only for signed quantities
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title if "\n" in title else "\n".join(textwrap.wrap(title, 72)), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_file(path) as f:
@@ -355,7 +356,7 @@ def transfer_markdown(result, title: str) -> str:
     models_ = list(dict.fromkeys(models_))
     eps = sorted({r["source_eps"] for r in result.records if r["source_eps"] is not None})
 
-    def grid(attack, field, caption):
+    def grid(attack, field, caption, fmt=_pct):
         rows = [m for m in models_ if any(r["attack"] == attack and r["model"] == m
                                           and r.get(field) is not None
                                           and r["source_eps"] is not None
@@ -369,13 +370,13 @@ def transfer_markdown(result, title: str) -> str:
             for e in eps:
                 hit = [r for r in result.records if r["attack"] == attack and r["model"] == m
                        and r["source_eps"] == e]
-                cells.append(_pct(hit[0][field]) if hit else "")
+                cells.append(fmt(hit[0][field]) if hit else "")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
 
     if result.mode == "n_targeted":
         grid("n_targeted", "target_hit_rate", "N-targeted attack: hit rate of each source's "
-             "target (%), per source ε (columns)")
+             "target (%), per source ε (columns); first hit: the source said it at some step")
         both = [r for r in result.records if r["model"] == "all sources"]
         if both:
             lines += [f"All sources hit their own targets at once: "
@@ -392,7 +393,8 @@ def transfer_markdown(result, title: str) -> str:
         grid("targeted", "target_hit_rate_victim_right", "Targeted, conditioned: target hit "
              "rate (%) over the images the model classifies correctly when clean")
     grid("n_targeted", "first_hit_median_step", "N-targeted: median step at which each "
-         "source first predicted its own target (over the images where it did)")
+         "source first predicted its own target (over the images where it did)",
+         fmt=lambda v: f"{v:g}")
     for attack in dict.fromkeys(r["attack"] for r in result.records):
         rows = [r for r in result.records if r["attack"] == attack and r["model"] not in
                 ("source (white-box)", "all sources", "first hit")]

@@ -254,7 +254,7 @@ def test_n_targeted_reports_each_source_and_all_at_once(smoke_transfer):
     assert _built(out) == 1                                # only the N-targeted set
     assert "All sources hit their own targets at once" in out
     assert not any(l.startswith("| all sources") for l in _tables(out))
-    results = glob.glob(str(work / "results" / "transfer-n_targeted-planted-*"))[0]
+    results = glob.glob(str(work / "results" / "transfer-n_targeted-ce-planted-*"))[0]
     data = json.load(open(os.path.join(results, "transfer.json")))
     recs = [r for r in data["records"] if r["attack"] == "n_targeted"]
     white = {r["source_eps"]: r for r in recs if r["model"] == "source (white-box)"}

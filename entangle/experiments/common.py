@@ -89,9 +89,10 @@ def with_default_flagfile(argv, name):
     return argv[:1] + [f"--flagfile={name}"] + argv[1:]
 
 
-def results_dir(f, name: str, table: bool = False) -> str:
-    """--results_dir, or <workdir>/results/<name>-<dataset>[-eps<eps>-<columns>]-seed<seeds>:
-    every distinct table (dataset, robust-row eps, columns, seeds) gets its own folder."""
+def results_dir(f, name: str, table: bool = False, extra: list | None = None) -> str:
+    """--results_dir, or <workdir>/results/<name>-<dataset>[-eps<eps>-<columns>][-<extra>]
+    -seed<seeds>: every distinct table (dataset, robust-row eps, columns, seeds) or study
+    (``extra``: what else tells it apart) gets its own folder."""
     import hashlib
 
     from entangle import flags as entangle_flags
@@ -106,6 +107,7 @@ def results_dir(f, name: str, table: bool = False) -> str:
         columns = f.columns if f.columns in ("paper", "extended") else \
             "cols" + hashlib.sha256(f.columns.encode()).hexdigest()[:8]
         parts += [f"eps{entangle_flags.table_config(f).eps:g}", columns]
+    parts += list(extra or [])
     parts.append("seed" + ("-".join(str(s) for s in entangle_flags.seeds(f)) if table
                            else str(f.seed)))
     return os.path.join(f.workdir or default_workdir(), "results", "-".join(parts))

@@ -11,6 +11,7 @@ from entangle.experiments.common import configure_environment
 
 configure_environment()
 
+import hashlib  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app  # noqa: E402
@@ -32,9 +33,13 @@ QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folde
 def main(argv):
     def body():
         cfg = entangle_flags.transfer_config(FLAGS)
-        name = "transfer" if cfg.mode == "per_source" else "transfer-n_targeted"
+        name = "transfer" if cfg.mode == "per_source" else \
+            f"transfer-n_targeted-{cfg.n_targeted_loss}"
+        sources = [] if FLAGS.sources == "paper" else \
+            ["src" + hashlib.sha256(FLAGS.sources.encode()).hexdigest()[:8]]
         return transfer.run_transfer(entangle_flags.experiment_config(FLAGS), cfg,
-                                     results_dir=common.results_dir(FLAGS, name),
+                                     results_dir=common.results_dir(FLAGS, name,
+                                                                    extra=sources),
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, {
