@@ -408,17 +408,17 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
     if random_start:
         raise ValueError("first_hit runs the loop step by step: no random start")
     hit = np.full((len(models), len(x)), -1, np.int64)
+    forwards = [logits_fn(m) for m in models]   # once: a softmax model builds a sub-model
     x_adv = x.astype(np.float32)
     for step in range(1, steps + 1):
         x_adv = run_attack(fn, x, targets, x0=x_adv, eps=eps, steps=1, step_size=step_size,
                            batch_size=batch_size, seed=seed, verbose=False)
-        for i, m in enumerate(models):
-            now = _predict_classes(m, x_adv, batch_size) == targets[:, i]
+        for i, forward in enumerate(forwards):
+            now = _predict_classes(forward, x_adv, batch_size) == targets[:, i]
             hit[i][(hit[i] < 0) & now] = step
     return x_adv, hit
 
 
-def _predict_classes(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    forward = logits_fn(model)
+def _predict_classes(forward: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([np.argmax(forward(tf.constant(x[i:i + batch_size])).numpy(), 1)
                            for i in range(0, len(x), batch_size)])

@@ -298,6 +298,10 @@ class Lock:
                 pass
         return age > self.stale_after
 
+    def held(self) -> bool:
+        """Whether a live process holds this lock (it exists and is not stale)."""
+        return os.path.exists(self.path) and not self._stale(self.owner())
+
     def try_acquire(self) -> bool:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         for _ in range(3):
@@ -387,6 +391,11 @@ def atomic_save_npz(path: str, **arrays) -> None:
     """np.savez through atomic_file."""
     with atomic_file(path) as f:
         np.savez(f, **arrays)
+
+
+def _temporaries_in(folder: str) -> list[str]:
+    """The ``atomic_file`` temporaries anywhere under ``folder`` (e.g. a ``.partial`` state)."""
+    return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".tmp")]
 
 
 def _listdir(path: str) -> list[str]:
@@ -535,9 +544,7 @@ class Store:
         folder = os.path.join(self.root, kind)
         candidates = [os.path.join(folder, n) for n in _listdir(folder)
                       if n.startswith(f".{key}.tmp-")]
-        partial = self.path(kind, key) + ".partial"
-        candidates += [os.path.join(d, f) for d, _, fs in os.walk(partial) for f in fs
-                       if f.endswith(".tmp")]
+        candidates += _temporaries_in(self.path(kind, key) + ".partial")
         for path in candidates:
             if orphaned(path, other_hosts_dead=True):
                 size = _tree_size(path)
@@ -568,12 +575,10 @@ class Store:
                     what, removable = "leftover", True
                 elif name.endswith(".partial"):
                     key = name[:-len(".partial")]
-                    lock = Lock(self.path(kind, key) + ".lock")
-                    busy = os.path.exists(lock.path) and not lock._stale(lock.owner())
+                    busy = self.lock(kind, key).held()
                     what = "resumable state" + (" (being built)" if busy else "")
                     removable = not busy
-                    orphans = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                               if f.endswith(".tmp") and orphaned(os.path.join(d, f))]
+                    orphans = [p for p in _temporaries_in(path) if orphaned(p)]
                     out += [{"path": p, "what": "temporary (owner dead)",
                              "bytes": _tree_size(p), "removable": True} for p in orphans]
                 if what:

@@ -529,11 +529,11 @@ def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int
     and trace the model and take its first step): a few steps on random images, for plan
     estimates. Adversarial training costs about (attack steps + 1) times as many passes."""
     strategy = strategy or tf.distribute.get_strategy()
+    clean = dataclasses.replace(cfg, eps=0.0)
     start = time.time()
     with seeded(cfg.seed):
-        model, optimizer = build_for_training(dataclasses.replace(cfg, eps=0.0), strategy,
-                                              input_shape, num_classes)
-        step = make_train_step(model, optimizer, dataclasses.replace(cfg, eps=0.0), strategy)
+        model, optimizer = build_for_training(clean, strategy, input_shape, num_classes)
+        step = make_train_step(model, optimizer, clean, strategy)
         rng = np.random.default_rng(0)
         x = tf.constant(rng.random((cfg.batch_size,) + tuple(input_shape), np.float32))
         y = tf.constant(rng.integers(0, num_classes, cfg.batch_size), tf.int32)

@@ -93,8 +93,6 @@ def results_dir(f, name: str, table: bool = False, extra: list | None = None) ->
     """--results_dir, or <workdir>/results/<name>-<dataset>[-eps<eps>-<columns>][-<extra>]
     -seed<seeds>: every distinct table (dataset, robust-row eps, columns, seeds) or study
     (``extra``: what else tells it apart) gets its own folder."""
-    import hashlib
-
     from entangle import flags as entangle_flags
     from entangle.store import default_workdir
 
@@ -104,13 +102,19 @@ def results_dir(f, name: str, table: bool = False, extra: list | None = None) ->
                if f.dataset.startswith("folder:") else f.dataset)
     parts = [name, dataset]
     if table:
-        columns = f.columns if f.columns in ("paper", "extended") else \
-            "cols" + hashlib.sha256(f.columns.encode()).hexdigest()[:8]
+        columns = f.columns if f.columns in ("paper", "extended") else tag("cols", f.columns)
         parts += [f"eps{entangle_flags.table_config(f).eps:g}", columns]
     parts += list(extra or [])
     parts.append("seed" + ("-".join(str(s) for s in entangle_flags.seeds(f)) if table
                            else str(f.seed)))
     return os.path.join(f.workdir or default_workdir(), "results", "-".join(parts))
+
+
+def tag(prefix: str, text: str) -> str:
+    """A short, stable folder-name part for a flag's free-form value (columns, sources)."""
+    import hashlib
+
+    return prefix + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def provenance(f) -> dict:

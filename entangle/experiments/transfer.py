@@ -11,7 +11,6 @@ from entangle.experiments.common import configure_environment
 
 configure_environment()
 
-import hashlib  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app  # noqa: E402
@@ -35,8 +34,7 @@ def main(argv):
         cfg = entangle_flags.transfer_config(FLAGS)
         name = "transfer" if cfg.mode == "per_source" else \
             f"transfer-n_targeted-{cfg.n_targeted_loss}"
-        sources = [] if FLAGS.sources == "paper" else \
-            ["src" + hashlib.sha256(FLAGS.sources.encode()).hexdigest()[:8]]
+        sources = [] if FLAGS.sources == "paper" else [common.tag("src", FLAGS.sources)]
         return transfer.run_transfer(entangle_flags.experiment_config(FLAGS), cfg,
                                      results_dir=common.results_dir(FLAGS, name,
                                                                     extra=sources),
