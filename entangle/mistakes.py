@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from entangle import attacks, data, entanglement, pipeline, plan as plan_lib, progress, store
-from entangle import train
+from entangle import attacks, data, entanglement, pipeline, plan as plan_lib, probe, progress
+from entangle import stats, store, train
 from entangle.plan import PlanItem
 
 TARGET_MODES = ("distinct", "independent")
@@ -42,6 +42,8 @@ class MistakesConfig:
     targets: str = "distinct"
     target_seed: int = 0
     relabel_kind: str = "zero_robust"   # whose hyperparameters train the relabelled models
+    leakage_eps: float = 0.5            # robust model of the leakage probe; 0: no control
+    probe_l2: float = 1e-3              # L2 penalty of the probe's logistic regression
 
     def __post_init__(self):
         if self.targets not in TARGET_MODES:
@@ -49,6 +51,9 @@ class MistakesConfig:
         if not self.eps > 0 or self.steps < 1 or not self.step_size > 0:
             raise ValueError(f"the attack needs eps > 0, steps >= 1 and step_size > 0; got "
                              f"{self.eps}, {self.steps}, {self.step_size}")
+        if self.leakage_eps < 0 or self.probe_l2 < 0:
+            raise ValueError(f"leakage_eps and probe_l2 must be >= 0; got {self.leakage_eps}, "
+                             f"{self.probe_l2}")
         if self.relabel_kind not in pipeline.KINDS:
             raise ValueError(f"relabel_kind must be one of {pipeline.KINDS}; got "
                              f"{self.relabel_kind!r}")
@@ -81,6 +86,7 @@ class MistakesResult:
     seconds: float
     findings: list = dataclasses.field(default_factory=list)
     files: dict = dataclasses.field(default_factory=dict)
+    leakage: dict = dataclasses.field(default_factory=dict)  # probe -> accuracy, interval
 
 
 class Mistakes:
@@ -213,6 +219,13 @@ class Mistakes:
                        lambda: self.adversarial(self._nowait),
                        n_fit * 2 * (self.cfg.steps + 1))
         items += [f1, f2, adv]
+        if self.cfg.leakage_eps > 0:
+            rob = exp.train_config("robust", self.cfg.leakage_eps)
+            items.append(PlanItem(
+                f"probe: {exp.model_name('robust', self.cfg.leakage_eps)}", train.MODEL_KIND,
+                exp.model_key("robust", self.cfg.leakage_eps), (),
+                lambda: exp.model("robust", self.cfg.leakage_eps, runtime=self._nowait),
+                rob.epochs * n_fit * (2.0 + rob.attack_steps)))
         rcfg = exp.train_config(self.cfg.relabel_kind)
         for by in ("Y1", "Y2"):
             items.append(PlanItem(f"model on (X', {by})", train.MODEL_KIND,
@@ -240,19 +253,22 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
     built = entanglement.build_plan(exp, m.plan(), log, poll, "mistakes")
     test = exp.splits().test
     adv = m.adversarial()
-    relabelled = {}
+    relabelled, correct = {}, {}
     for by in ("Y1", "Y2"):
         trained = m.relabelled(by)
         rep = dict(exp.accuracy_on(trained, test, "Test"))
         rep["lower"], rep["upper"] = entanglement.wilson_interval(rep["accuracy"], rep["n"])
         rep["key"] = trained.key
         relabelled[by] = rep
+        correct[by] = exp.evaluate(trained, outcomes=True)["clean_correct"]
         del trained
     result = MistakesResult(
         dataset=exp_cfg.data.dataset, models={w: m.model_key(w) for w in ("F1", "F2")},
         success={p: adv[p][2] for p in ("train", "val")}, relabelled=relabelled,
         chance=1.0 / test.num_classes, config=dataclasses.asdict(cfg), built=built,
         seconds=time.time() - start)
+    if cfg.leakage_eps > 0:
+        result.leakage = leakage_control(m, adv, correct)
     result.findings = findings(result)
     if results_dir:
         from entangle import report
@@ -261,13 +277,60 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
     return result
 
 
+def leakage_control(m: Mistakes, adv: dict, correct: dict) -> dict:
+    """Goh's linear probe on the eps-robust representation: trained on (X', Y1), (X', Y2)
+    and, as the robust features' own ceiling, on the clean images with their labels; each
+    scored on the test set. Per relabelled set, the model is compared with its probe on the
+    same test images (exact McNemar, Holm over Y1 and Y2)."""
+    exp, cfg = m.exp, m.cfg
+    test = exp.splits().test
+    robust = exp.model("robust", cfg.leakage_eps)
+    batch = exp.cfg.runtime.eval_batch_size
+    x_adv = adv["train"][0]
+    sets = {"Y1": (x_adv, adv["train"][1][0]), "Y2": (x_adv, adv["train"][1][1]),
+            "clean": (exp.splits().fit_part().x, exp.splits().fit_part().y)}
+    out = {"robust_model": robust.key, "eps": cfg.leakage_eps, "l2": cfg.probe_l2}
+    probes = {}
+    for name, (x, y) in sets.items():
+        probes[name] = probe.leakage(robust.model, x, y, test, l2=cfg.probe_l2,
+                                     batch_size=batch)
+        t = stats.chance_test(probes[name], test.y, test.num_classes)
+        out[name] = {"accuracy": t["value"], "lower": t["low"], "upper": t["high"],
+                     "p_above_chance": t["p"], "n": len(probes[name])}
+    tests = [stats.mcnemar_exact(probes[by], correct[by]) for by in ("Y1", "Y2")]
+    for by, t, p in zip(("Y1", "Y2"), tests, stats.holm([t["p"] for t in tests])):
+        out[by]["model_vs_probe"] = {**t, "p_holm": p,
+                                     "significant": p <= stats.ALPHA and t["difference"] > 0}
+    return out
+
+
 def findings(result: MistakesResult) -> list[dict]:
     """Waseda et al.'s conclusion, checked: both relabelled models above chance on the test
-    set (95 % Wilson lower bound), i.e. the same examples carry features of two classes."""
+    set (95 % Wilson lower bound), i.e. the same examples carry features of two classes; with
+    the leakage control, whether robust features leak into the set (a probe above chance)
+    and whether both models beat their probes (the part leakage cannot explain)."""
     lows = {by: r["lower"] for by, r in result.relabelled.items()}
-    return [{"text": "both relabelled models are above chance on the original test set",
-             "held": all(v > result.chance for v in lows.values()),
-             "detail": ", ".join(f"trained on (X', {by}): "
-                                 f"{100 * result.relabelled[by]['accuracy']:.1f} % (95 % from "
-                                 f"{100 * v:.1f} %)" for by, v in lows.items())
-             + f"; chance {100 * result.chance:.1f} %"}]
+    out = [{"text": "both relabelled models are above chance on the original test set",
+            "held": all(v > result.chance for v in lows.values()),
+            "detail": ", ".join(f"trained on (X', {by}): "
+                                f"{100 * result.relabelled[by]['accuracy']:.1f} % (95 % from "
+                                f"{100 * v:.1f} %)" for by, v in lows.items())
+            + f"; chance {100 * result.chance:.1f} %"}]
+    lk = result.leakage
+    if not lk:
+        return out
+    out.append({"text": f"robust features leak into the relabelled set (a linear probe on the "
+                        f"eps {lk['eps']:g} robust representation beats chance)",
+                "held": any(lk[by]["lower"] > result.chance for by in ("Y1", "Y2")),
+                "detail": ", ".join(f"probe on (X', {by}): {100 * lk[by]['accuracy']:.1f} % "
+                                    f"({100 * lk[by]['lower']:.1f}-"
+                                    f"{100 * lk[by]['upper']:.1f})" for by in ("Y1", "Y2"))
+                + f"; probe on the clean labels (ceiling): {100 * lk['clean']['accuracy']:.1f}"
+                  " %"})
+    tests = {by: lk[by]["model_vs_probe"] for by in ("Y1", "Y2")}
+    out.append({"text": "both relabelled models beat robust-feature leakage (model vs probe, "
+                        "exact McNemar on the test images, Holm over Y1 and Y2)",
+                "held": all(t["significant"] for t in tests.values()),
+                "detail": ", ".join(f"{by}: {100 * t['difference']:+.1f} points, p_holm "
+                                    f"{t['p_holm']:.3g}" for by, t in tests.items())})
+    return out

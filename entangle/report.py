@@ -673,6 +673,21 @@ def mistakes_markdown(result) -> str:
     for by, r in result.relabelled.items():
         lines.append(f"| (X', {by}) | {_pct(r['accuracy'])} | {_pct(r['lower'])}-"
                      f"{_pct(r['upper'])} | {100 * result.chance:.1f} |")
+    lk = result.leakage
+    if lk:
+        lines += ["", f"Leakage control (Goh 2019): a linear probe on the representation of "
+                  f"the robust model at eps {lk['eps']:g}, trained on each set, scored on the "
+                  "same test images.", "",
+                  "| Probe trained on | Test accuracy | 95 % interval | Model minus probe "
+                  "(points) | McNemar p (Holm) |", "|---|---|---|---|---|"]
+        for name in ("Y1", "Y2", "clean"):
+            r = lk[name]
+            t = r.get("model_vs_probe")
+            label = "(X, y): clean, true labels" if name == "clean" else f"(X', {name})"
+            lines.append(f"| {label} | {_pct(r['accuracy'])} | {_pct(r['lower'])}-"
+                         f"{_pct(r['upper'])} | "
+                         + (f"{100 * t['difference']:+.1f} | {t['p_holm']:.3g} |" if t
+                            else "(ceiling) | |"))
     lines.append("")
     for f in result.findings:
         lines.append(f"- {f['text']}: {'held' if f['held'] else 'did NOT hold'} "
@@ -692,20 +707,28 @@ def write_mistakes(result, directory: str) -> dict:
         for by, r in result.relabelled.items():
             for k in ("accuracy", "lower", "upper", "balanced_accuracy", "n"):
                 w.writerow(["relabelled_test", by, k, r[k]])
+        for name, r in result.leakage.items():
+            if isinstance(r, dict):
+                for k in ("accuracy", "lower", "upper", "n"):
+                    w.writerow(["leakage_probe_test", name, k, r[k]])
     with atomic_file(files["json"], "w") as f:
         json.dump({k: v for k, v in dataclasses.asdict(result).items() if k != "files"}, f,
                   indent=1, default=str)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     hits = ("F1 hits Y1", "F2 hits Y2", "both")
+    evals = [(f"test acc.\n(X', {by})", r, "C2") for by, r in result.relabelled.items()]
+    evals += [(f"probe\n(X', {by})", result.leakage[by], "C1") for by in ("Y1", "Y2")
+              if by in result.leakage]
     vals = [100 * result.success["train"][k] for k in hits] + \
-        [100 * r["accuracy"] for r in result.relabelled.values()]
-    err = [[0, 0, 0] + [100 * (r["accuracy"] - r["lower"]) for r in result.relabelled.values()],
-           [0, 0, 0] + [100 * (r["upper"] - r["accuracy"]) for r in result.relabelled.values()]]
-    ax.bar(range(len(vals)), vals, color=["C0", "C0", "C0", "C2", "C2"], yerr=err, capsize=3)
+        [100 * r["accuracy"] for _, r, _ in evals]
+    err = [[0, 0, 0] + [100 * (r["accuracy"] - r["lower"]) for _, r, _ in evals],
+           [0, 0, 0] + [100 * (r["upper"] - r["accuracy"]) for _, r, _ in evals]]
+    ax.bar(range(len(vals)), vals, color=["C0"] * 3 + [c for _, _, c in evals], yerr=err,
+           capsize=3)
     ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xticks(range(len(vals)), [*hits, *(f"test acc.\n(X', {by})"
-                                             for by in result.relabelled)], fontsize=8)
-    _finish(plt, fig, ax, files["png"], "Different mistakes: attack success (blue) and models "
-            "trained on relabelled examples (green)", "%", top=105)
+    ax.set_xticks(range(len(vals)), [*hits, *(label for label, _, _ in evals)], fontsize=7)
+    _finish(plt, fig, ax, files["png"], f"Different mistakes (eps {result.config['eps']:g}): "
+            "attack success (blue), models trained on relabelled examples (green), "
+            "robust-feature leakage probes (orange)", "%", top=105)
     return files

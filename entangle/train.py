@@ -431,6 +431,20 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     return model, optimizer
 
 
+def training_attack(model, cfg: TrainConfig):
+    """The batch attack of adversarial training: untargeted L2 PGD at ``cfg.eps`` (from a
+    random start in the ball if ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no
+    gradient through it. Traced inside the train step."""
+    objective = attacks.cross_entropy_objective(model, targeted=False)
+
+    def attack(x, y, seed):
+        start = attacks.random_l2_start(x, cfg.eps, seed) if cfg.attack_random_start else x
+        return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
+                                                 cfg.attack_steps, cfg.attack_step))
+
+    return attack
+
+
 def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):
     """The compiled global step: (PGD on the batch when eps > 0, then) one Adam update.
 
@@ -438,15 +452,12 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
     """
     replicas = strategy.num_replicas_in_sync
     global_batch = float(cfg.batch_size)
-    objective = attacks.cross_entropy_objective(model, targeted=False)
+    adversarial = training_attack(model, cfg)
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def replica_step(x, y, seed):
         if cfg.eps > 0:
-            start = (attacks.random_l2_start(x, cfg.eps, seed) if cfg.attack_random_start
-                     else x)
-            x = tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
-                                                  cfg.attack_steps, cfg.attack_step))
+            x = adversarial(x, y, seed)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)

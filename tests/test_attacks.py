@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from entangle import attacks
@@ -230,6 +231,53 @@ def test_confident_model_moves_every_example_the_full_step(policy):
                          step_size=0.1)
     out = attacks.pgd_l2(model, x, np.zeros(8, int), eps=0.5, steps=5, step_size=0.1)
     np.testing.assert_allclose(out, ref, atol=2e-2)  # same direction under every policy
+
+
+def _confident_input_gradient_loops(policy):
+    """One step of each input-gradient loop on the confident linear model under ``policy``:
+    the training attack, zero-/neg-robust construction and robustification. Returns
+    name -> (x_start, x_after_one_step, x_after_five_steps)."""
+    from entangle import construct, data, robustify, train
+
+    model = _confident_linear(policy)
+    x = np.full((8, 4, 4, 1), 0.3, np.float32)
+    y = np.zeros(8, np.int32)
+    out = {}
+
+    def training(steps):
+        cfg = train.TrainConfig(arch="resnet11v2", eps=0.5, attack_steps=steps,
+                                attack_step_size=0.1, precision=policy)
+        return train.training_attack(model, cfg)(tf.constant(x), tf.constant(y),
+                                                 tf.constant([0, 0])).numpy()
+
+    out["training attack"] = (x, training(1), training(5))
+    ds = data.Dataset(x, y.astype(np.int64), ["a", "b"], "confident")
+
+    def constructed(steps):
+        cfg = construct.ConstructConfig(eps=0.5, steps=steps, step_size=0.1)
+        return np.asarray(construct.construct_dataset("neg_robust", model, ds, cfg,
+                                                      verbose=False).x, np.float32)
+
+    out["construction"] = (x, constructed(1), constructed(5))
+    x0 = np.full_like(x, 0.5)   # the representation (logits) of 0.3 is the target
+
+    def robustified(steps):
+        cfg = robustify.RobustifyConfig(steps=steps, step_size=0.1, layer=2)
+        return robustify.robustify(model, x, x0, cfg, verbose=False).x
+
+    out["robustification"] = (x0, robustified(1), robustified(5))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_every_input_gradient_loop_moves_the_full_step_under_mixed_precision(policy):
+    reference = _confident_input_gradient_loops("float32")
+    for name, (start, one, five) in _confident_input_gradient_loops(policy).items():
+        # the construction stores float16 images: its steps are exact to float16 rounding
+        tol = 5e-3 if name == "construction" else 1e-3
+        np.testing.assert_allclose(_norms(one - start), 0.1, rtol=tol, err_msg=name)
+        np.testing.assert_allclose(five, reference[name][2], atol=2e-2, err_msg=name)
+        assert np.all(_norms(five - start) > 0.3), name   # it kept moving after step one
 
 
 def test_softmax_models_are_attacked_through_their_logits(trained_tiny):

@@ -6,10 +6,12 @@ import pytest
 from absl import flags
 
 from entangle import flags as entangle_flags
-from entangle import pipeline, train
+from entangle import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust", "victim")
+ALL = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust", "victim",
+       "vgg16")
+VICTIMS = {"victim", "vgg16"}
 RESNETS = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust")
 CONSTRUCTED = ("zero_set", "neg_set", "zero_robust", "neg_robust")
 
@@ -29,10 +31,14 @@ TABLE = [
     ("--weight_decay=0", set(RESNETS)),
     ("--bn_momentum=0.9", set(RESNETS)),          # victims keep their own momentum
     ("--bn_statistics=moving", set(ALL)),
+    ("--victim_weights=imagenet", VICTIMS),
+    ("--learning_rate=3e-3,zero_robust:1e-3,neg_robust:1e-3,victim:1e-3,vgg16:5e-4",
+     {"vgg16"}),
     ("--epochs=5", set(ALL)),
     ("--seed=1", set(ALL)),
     ("--planted_train_size=600", set(ALL)),
-    ("--victim_input_size=48", {"victim"}),
+    ("--victim_input_size=48", VICTIMS),
+    ("--victim_input_size=0,mobilenet_v2:64", {"victim"}),
     ("--robustify_steps=3", set()),
     ("--eval_attack_steps=3", set()),
     ("--eval_batch_size=64", set()),
@@ -45,11 +51,9 @@ def _keys(*args, workdir):
     fv = flags.FlagValues()
     entangle_flags.define_all(fv)
     entangle_flags.parse(["--flagfile=" + entangle_flags.flagfile("smoke.cfg"),
-                          f"--workdir={workdir}", *args], fv)
+                          f"--workdir={workdir}", "--victims=mobilenet_v2,vgg16", *args], fv)
     cfg = entangle_flags.experiment_config(fv)
     exp = pipeline.Experiment(cfg)
-    victim_cfg = entangle_flags.train_config(fv, "victim")
-    victim_cfg = train.TrainConfig(**{**victim_cfg.__dict__, "arch": "mobilenet_v2"})
     return {
         "standard": exp.model_key("standard"),
         "robust": exp.model_key("robust", 1.0),
@@ -57,7 +61,8 @@ def _keys(*args, workdir):
         "neg_set": exp.constructed_key("neg_robust"),
         "zero_robust": exp.model_key("zero_robust"),
         "neg_robust": exp.model_key("neg_robust"),
-        "victim": train.model_key(exp.store, victim_cfg, exp.train_data_key(), 4, "victim"),
+        "victim": exp.victim_key("mobilenet_v2"),
+        "vgg16": exp.victim_key("vgg16"),
     }
 
 

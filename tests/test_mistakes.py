@@ -1,5 +1,6 @@
 """Waseda et al.'s different-mistakes experiment: targets, success table, end to end at smoke
-scale (files, attack norms, success above the clean rate, relabelled models, cache)."""
+scale (files, attack norms, success above the clean rate, relabelled models, cache), and the
+leakage control: the linear probe and the findings it decides."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import pytest
 from absl import flags
 
 from entangle import flags as entangle_flags
-from entangle import mistakes, pipeline, train
+from entangle import mistakes, pipeline, probe, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,12 +62,28 @@ def test_mistakes_smoke_end_to_end(tmp_path):
     exp_cfg, cfg = _config(tmp_path / "work")
     out = tmp_path / "results"
     result = mistakes.run_mistakes(exp_cfg, cfg, results_dir=str(out), log=lambda m: None)
-    assert len(result.built) == 5  # F1, F2, the N-targeted set, two relabelled models
+    # F1, F2, the N-targeted set, two relabelled models, the leakage probe's robust model
+    assert len(result.built) == 6
     assert set(result.files) == {"md", "csv", "json", "png"}
     assert all(os.path.getsize(p) > 0 for p in result.files.values())
     assert "F1(X') = Y1" in open(result.files["md"]).read()
     js = json.load(open(result.files["json"]))
-    assert set(js["relabelled"]) == {"Y1", "Y2"} and js["findings"]
+    assert set(js["relabelled"]) == {"Y1", "Y2"} and len(js["findings"]) == 3
+    # the leakage control ran: probes on both relabelled sets and the clean ceiling, each
+    # scored on the test images, and each relabelled model compared with its probe
+    lk = result.leakage
+    assert lk["eps"] == cfg.leakage_eps and lk["robust_model"]
+    for name in ("Y1", "Y2", "clean"):
+        assert lk[name]["n"] == len(pipeline.Experiment(exp_cfg).splits().test)
+        assert lk[name]["lower"] <= lk[name]["accuracy"] <= lk[name]["upper"]
+    for by in ("Y1", "Y2"):
+        t = lk[by]["model_vs_probe"]
+        assert t["p"] <= t["p_holm"] <= 1 and np.isclose(
+            t["difference"], result.relabelled[by]["accuracy"] - lk[by]["accuracy"])
+    # the robust features are informative about the true labels: the clean probe is the
+    # ceiling, above chance on the planted smoke data
+    assert lk["clean"]["lower"] > result.chance
+    assert "Leakage control" in open(result.files["md"]).read()
 
     exp = pipeline.Experiment(exp_cfg)
     m = mistakes.Mistakes(exp, cfg)
@@ -92,6 +109,59 @@ def test_mistakes_smoke_end_to_end(tmp_path):
         assert trained.manifest["config"]["train"]["early_stopping"]
     again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None)
     assert again.built == [] and again.relabelled == result.relabelled
+
+
+def test_linear_probe_learns_signal_and_not_noise():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 1200)
+    centres = rng.normal(size=(4, 16)) * 3
+    x = centres[y] + rng.normal(size=(1200, 16))
+    fitted = probe.fit_linear(x[:800], y[:800], 4)
+    assert np.mean(fitted.predict(x[800:]) == y[800:]) > 0.95
+    # labels independent of the features: a held-out accuracy near chance (0.25)
+    shuffled = probe.fit_linear(x[:800], rng.permutation(y[:800]), 4, l2=1e-2)
+    assert np.mean(shuffled.predict(x[800:]) == y[800:]) < 0.4
+    # a heavy penalty shrinks the weights
+    small = probe.fit_linear(x[:800], y[:800], 4, l2=10.0)
+    assert np.abs(small.weights[:-1]).max() < np.abs(fitted.weights[:-1]).max()
+    with pytest.raises(ValueError, match="features"):
+        probe.fit_linear(x[:10], y[:9], 4)
+
+
+def _result_with(model_right, probe_right, n=400):
+    """A MistakesResult whose Y1/Y2 models and probes are right on the given test images."""
+    rel, lk = {}, {"eps": 0.5, "robust_model": "k", "l2": 1e-3}
+    probes = {}
+    for by in ("Y1", "Y2"):
+        acc = float(np.mean(model_right[by]))
+        lo, hi = mistakes.entanglement.wilson_interval(acc, n)
+        rel[by] = {"accuracy": acc, "lower": lo, "upper": hi, "n": n}
+        probes[by] = probe_right[by]
+    for name in ("Y1", "Y2", "clean"):
+        right = probe_right.get(name, np.ones(n, bool))
+        t = mistakes.stats.chance_test(right, np.arange(n) % 10, 10)
+        lk[name] = {"accuracy": t["value"], "lower": t["low"], "upper": t["high"], "n": n}
+    tests = [mistakes.stats.mcnemar_exact(probes[by], model_right[by]) for by in ("Y1", "Y2")]
+    for by, t, p in zip(("Y1", "Y2"), tests, mistakes.stats.holm([t["p"] for t in tests])):
+        lk[by]["model_vs_probe"] = {**t, "p_holm": p, "significant": p <= 0.05
+                                    and t["difference"] > 0}
+    return mistakes.MistakesResult("d", {}, {}, rel, 0.1, {}, [], 0.0, leakage=lk)
+
+
+def test_findings_separate_leakage_from_the_rest():
+    n = 400
+    idx = np.arange(n)
+    model = {by: idx % 4 == 0 for by in ("Y1", "Y2")}            # 25 %: above chance
+    at_chance = {by: idx % 10 == 3 for by in ("Y1", "Y2")}       # 10 %
+    found = mistakes.findings(_result_with(model, at_chance, n))
+    assert [f["held"] for f in found] == [True, False, True]
+    # the probes do as well as the models: leakage can explain the whole effect
+    found = mistakes.findings(_result_with(model, model, n))
+    assert [f["held"] for f in found] == [True, True, False]
+    # one relabelled model beats its probe, the other does not: not held for both
+    mixed = {"Y1": at_chance["Y1"], "Y2": model["Y2"]}
+    found = mistakes.findings(_result_with(model, mixed, n))
+    assert [f["held"] for f in found] == [True, True, False]
 
 
 def test_mistakes_binary_bad_flag_fails_cleanly(tmp_path):

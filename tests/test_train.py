@@ -117,19 +117,38 @@ def test_interrupted_training_resumes_to_the_same_result(planted, tmp_path, monk
         np.testing.assert_array_equal(a, b)
 
 
-def test_early_stopping_keeps_best_validation_weights(planted, tmp_path):
+def test_early_stopping_keeps_best_validation_weights(planted, tmp_path, monkeypatch):
+    """Validation accuracy scripted to peak at epoch 1 and then fall: training stops after
+    the patience runs out, and the model it returns and stores holds epoch 1's weights
+    exactly, not the last epoch's."""
     tr, te = planted
-    # moving statistics: the restored model is exactly the best epoch's (a recompute after
-    # the restore would change its statistics, and so its accuracy, on purpose)
-    cfg = dataclasses.replace(TINY, epochs=4, early_stopping=True, patience=1,
-                              learning_rate=3e-2, bn_statistics="moving")
-    trained = train.train_classifier(cfg, tr, te, Store(str(tmp_path)), runtime=QUIET)
-    best = trained.manifest["metrics"]["best_val"]
+    cfg = dataclasses.replace(TINY, epochs=6, early_stopping=True, patience=1,
+                              bn_statistics="moving")   # no recompute after the restore
+    scripted = iter([0.50, 0.70, 0.60, 0.55, 0.65, 0.66])
+    seen = []
+    real_accuracy = train.accuracy
+
+    def scripted_accuracy(model, x, y, batch_size=256):
+        seen.append([w.copy() for w in model.get_weights()])
+        return next(scripted)
+
+    monkeypatch.setattr(train, "accuracy", scripted_accuracy)
+    store = Store(str(tmp_path))
+    trained = train.train_classifier(cfg, tr, te, store, runtime=QUIET)
+    monkeypatch.setattr(train, "accuracy", real_accuracy)
     hist = trained.manifest["history"]
-    assert best["val_accuracy"] == max(h["val_accuracy"] for h in hist)
-    assert train.accuracy(trained.model, te.x, te.y) == pytest.approx(best["val_accuracy"])
+    assert [h["val_accuracy"] for h in hist] == [0.50, 0.70, 0.60]   # epoch 3 - 1 > patience
+    assert trained.manifest["metrics"]["best_val"] == {"val_accuracy": 0.70, "epoch": 1}
+    best, last = seen[1], seen[2]
+    assert any(not np.array_equal(a, b) for a, b in zip(best, last))  # it did train on
+    for a, b in zip(best, trained.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    stored = train.train_classifier(cfg, tr, te, store, runtime=QUIET)
+    assert stored.cached
+    for a, b in zip(best, stored.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="validation"):
-        train.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
+        train.train_classifier(cfg, tr, None, Store(str(tmp_path / "b")), runtime=QUIET)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

@@ -25,7 +25,7 @@ def train_config(f, kind: str) -> train.TrainConfig:
         patience=f.patience, weight_decay=f.weight_decay, pooling=f.pooling,
         bn_momentum=f.bn_momentum, bn_statistics=f.bn_statistics,
         pretrained=victim and f.victim_weights == "imagenet",
-        input_size=f.victim_input_size if victim else 0,
+        input_size=per_kind(f.victim_input_size, kind, int) if victim else 0,
         precision=f.precision, seed=f.seed)
 
 
@@ -106,4 +106,5 @@ def mistakes_config(f=FLAGS) -> mistakes.MistakesConfig:
     """The MistakesConfig of the parsed flags."""
     return mistakes.MistakesConfig(second_model=f.second_model, eps=f.mistakes_eps,
                                    steps=f.mistakes_steps, step_size=f.mistakes_step_size,
-                                   targets=f.mistakes_targets, target_seed=f.target_seed)
+                                   targets=f.mistakes_targets, target_seed=f.target_seed,
+                                   leakage_eps=f.leakage_eps, probe_l2=f.probe_l2)

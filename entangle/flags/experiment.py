@@ -96,6 +96,13 @@ def define_mistakes_flags(fv=FLAGS):
                       "Different mistakes: Y1 uniform over all classes and Y2 uniform over the "
                       "others (distinct), or Y1, Y2 independent and uniform (Waseda 4.2: they "
                       "may coincide).", flag_values=fv)
-    eps_validators(fv, {"mistakes_eps": False})
+    flags.DEFINE_float("leakage_eps", 0.5, "Different mistakes, leakage control (Goh 2019): "
+                       "the linear probe reads the representation of the robust model at this "
+                       "L2 eps (choice: 0.5, the robust CIFAR-10 model Goh probed; 0: no "
+                       "control).", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_float("probe_l2", 1e-3, "Different mistakes, leakage control: L2 penalty "
+                       "of the probe's logistic regression on standardised features (choice: "
+                       "Goh does not give one).", lower_bound=0.0, flag_values=fv)
+    eps_validators(fv, {"mistakes_eps": False, "leakage_eps": False})
     validator("second_model", lambda v: v == "seed" or v in models.VICTIMS,
               f"must be 'seed' or one of {', '.join(models.VICTIMS)}", fv)

@@ -30,13 +30,22 @@ def define_model_flags(fv=FLAGS):
 
 
 def define_victim_flags(fv=FLAGS):
-    flags.DEFINE_integer("victim_input_size", 0, "Victims resize inputs to this size inside the "
-                         "model (0: the dataset's size, raised to the architecture's minimum).",
-                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_string("victim_input_size", "0", "Victims resize inputs to this size inside the "
+                        "model (0: the dataset's size, raised to the architecture's minimum), "
+                        "optionally per victim ('0,mobilenet_v2:64').", flag_values=fv)
     flags.DEFINE_list("victims", list(models.VICTIMS), "Victim architectures for transfer.",
                       flag_values=fv)
     flags.DEFINE_enum("victim_weights", "imagenet", list(VICTIM_WEIGHTS),
                       "Victims start from ImageNet weights (Table 3; the files must be in the "
                       "Keras cache when offline) or from scratch (none).", flag_values=fv)
+    validator("victim_input_size", _sizes_ok, "must be an integer >= 0, optionally per victim "
+              "('0,mobilenet_v2:64')", fv)
     validator("victims", lambda v: set(v) <= set(models.VICTIMS),
               f"must be a subset of {', '.join(models.VICTIMS)}", fv)
+
+
+def _sizes_ok(text: str) -> bool:
+    try:
+        return all(per_kind(text, v, int) >= 0 for v in models.VICTIMS)
+    except ValueError:
+        return False
