@@ -42,6 +42,7 @@ class MistakesConfig:
     targets: str = "distinct"
     target_seed: int = 0
     relabel_kind: str = "zero_robust"   # whose hyperparameters train the relabelled models
+    relabel_seed_offset: int = 2        # relabelled models' init seed: seed + offset
     leakage_eps: float = 0.5            # robust model of the leakage probe; 0: no control
     probe_l2: float = 1e-3              # L2 penalty of the probe's logistic regression
 
@@ -176,14 +177,20 @@ class Mistakes:
         return self.adversarial()
 
     # -------------------------------------------------------------- relabelled models
-    def relabelled_key(self, by: str) -> str:
+    def relabel_config(self) -> train.TrainConfig:
+        """The relabelled models' hyperparameters; their seed is offset so that, by default,
+        neither starts from F1's initial weights (seed) nor F2's (seed + 1)."""
         cfg = self.exp.train_config(self.cfg.relabel_kind)
+        return dataclasses.replace(cfg, seed=cfg.seed + self.cfg.relabel_seed_offset)
+
+    def relabelled_key(self, by: str) -> str:
+        cfg = self.relabel_config()
         return train.model_key(self.exp.store, cfg, f"{self.adversarial_key()}|{by}",
                                self.exp.splits().train.num_classes, f"mistakes-{by}")
 
     def relabelled(self, by: str, runtime=None) -> train.TrainedModel:
         """A fresh model trained on the adversarial set labelled by ``by`` (Y1 or Y2)."""
-        cfg = self.exp.train_config(self.cfg.relabel_kind)
+        cfg = self.relabel_config()
         names = self.exp.splits().train.class_names
         row = {"Y1": 0, "Y2": 1}[by]
         if self.exp.store.has(train.MODEL_KIND, self.relabelled_key(by)):
@@ -226,7 +233,7 @@ class Mistakes:
                 exp.model_key("robust", self.cfg.leakage_eps), (),
                 lambda: exp.model("robust", self.cfg.leakage_eps, runtime=self._nowait),
                 rob.epochs * n_fit * (2.0 + rob.attack_steps)))
-        rcfg = exp.train_config(self.cfg.relabel_kind)
+        rcfg = self.relabel_config()
         for by in ("Y1", "Y2"):
             items.append(PlanItem(f"model on (X', {by})", train.MODEL_KIND,
                                   self.relabelled_key(by), (adv.key,),

@@ -7,6 +7,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_flags(*args, flagfile="smoke.cfg"):
+    """Fresh FlagValues with every entangle flag, parsed from a shipped flagfile plus
+    ``args`` (paths in args are taken as given; the flagfile's own are relative to it)."""
+    from absl import flags
+
+    from entangle import flags as entangle_flags
+
+    fv = flags.FlagValues()
+    entangle_flags.define_all(fv)
+    entangle_flags.parse([f"--flagfile={entangle_flags.flagfile(flagfile)}", *args], fv)
+    return fv
+
 
 def colour_dataset(n=384, size=16, num_classes=3, seed=0):
     """Class c = noisy grey image whose channel c is brighter by 0.2: learnable in a few steps."""

@@ -56,14 +56,19 @@ def test_multi_targeted_with_one_model_equals_targeted(trained_tiny):
 
 
 def test_multi_targeted_two_models_two_targets(trained_tiny):
+    """Two different models with distinct targets per image: F2 names class (c + 1) mod 3
+    where F1 names c, and the targets ask F1 for y + 1 and F2 for y + 2 (consistent, so both
+    can be met). Each model lands on its own target row; with the rows swapped the first
+    would land on y + 2."""
     model, x, y = trained_tiny
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    targets = np.stack([(y + 1) % 3, (y + 1) % 3])
-    adv = attacks.multi_targeted_pgd_l2([model, clone], x, targets, eps=5.0, steps=25,
+    shifted = keras.Model(model.inputs, keras.ops.roll(model.outputs[0], 1, axis=-1))
+    targets = np.stack([(y + 1) % 3, (y + 2) % 3])
+    assert np.all(targets[0] != targets[1])
+    adv = attacks.multi_targeted_pgd_l2([model, shifted], x, targets, eps=5.0, steps=25,
                                         step_size=0.4)
     assert np.all(_norms(adv - x) <= 5.0 + 1e-5)
-    assert _accuracy(clone, adv, targets[1]) > 0.9
+    assert _accuracy(model, adv, targets[0]) > 0.9
+    assert _accuracy(shifted, adv, targets[1]) > 0.9
 
 
 def test_margin_term_of_a_model_already_at_its_target_is_constant(trained_tiny):

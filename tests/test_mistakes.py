@@ -2,6 +2,7 @@
 scale (files, attack norms, success above the clean rate, relabelled models, cache), and the
 leakage control: the linear probe and the findings it decides."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -107,6 +108,14 @@ def test_mistakes_smoke_end_to_end(tmp_path):
         assert trained.cached and trained.key == result.relabelled[by]["key"]
         assert not trained.manifest["config"]["train"]["augment"]
         assert trained.manifest["config"]["train"]["early_stopping"]
+        # fresh models: neither starts from F1's or F2's initial weights
+        seeds = {m.model("F1").manifest["config"]["train"]["seed"],
+                 m.model("F2").manifest["config"]["train"]["seed"]}
+        assert trained.manifest["config"]["train"]["seed"] not in seeds
+    shared = mistakes.Mistakes(exp, dataclasses.replace(cfg, relabel_seed_offset=0))
+    assert shared.relabel_config().seed == m.model("F1").manifest["config"]["train"]["seed"]
+    assert shared.adversarial_key() == m.adversarial_key()
+    assert shared.relabelled_key("Y1") != m.relabelled_key("Y1")
     again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None)
     assert again.built == [] and again.relabelled == result.relabelled
 

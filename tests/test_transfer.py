@@ -198,14 +198,9 @@ def test_transfer_smoke_writes_every_file_with_every_cell(smoke_transfer):
     recs = data["records"]
     # 2 attacks x 2 sources x (source + 1 victim)
     assert len(recs) == 8
-    for r in recs:
-        assert 0 <= r["error_rate"] <= 1
-        if r["attack"] == "targeted":
-            assert 0 <= r["target_hit_rate"] <= 1
-        if r["class_aware_n"]:
-            total = r["class_aware_unfooled"] + r["class_aware_different"] + \
-                r["class_aware_same"]
-            assert total == pytest.approx(1.0)
+    assert {(r["attack"], r["source_eps"], r["model"]) for r in recs} == {
+        (a, e, m) for a in ("targeted", "untargeted") for e in (0.0, 1.0)
+        for m in ("source (white-box)", "mobilenet_v2")}
     white = [r for r in recs if r["model"] == "source (white-box)"]
     # on the source itself every fooled example is, by definition, its own mistake
     assert all(r["class_aware_same"] == 1.0 for r in white if r["class_aware_n"])
@@ -231,9 +226,19 @@ def test_untargeted_attack_fools_the_white_box_source_and_sets_are_bounded(smoke
                and r["attack"] == "untargeted" and r["source_eps"] == 0.0)
     clean = data["clean_accuracy"]["source eps 0"]
     assert std["error_rate"] > (1 - clean) + 0.1    # the attack lowers accuracy
-    for m in glob.glob(str(work / "datasets" / "adv-*" / "manifest.json")):
-        metrics = json.load(open(m))["metrics"]
-        assert metrics["max_l2"] <= 2.0 + 0.02      # eps 2.0, float16 storage
+    from conftest import smoke_flags
+    from entangle import flags as entangle_flags, pipeline
+
+    test = pipeline.Experiment(entangle_flags.experiment_config(smoke_flags(
+        *SMOKE[1:], f"--workdir={work}"))).splits().test
+    sets = glob.glob(str(work / "datasets" / "adv-*" / "x.npy"))
+    assert len(sets) >= 4           # targeted and untargeted sets of both sources (+ N-targeted)
+    for path in sets:               # norms from the stored images, not the reported max_l2
+        x = np.load(path).astype(np.float32)
+        delta = (x - test.float_images()).reshape(len(x), -1)
+        norms = np.linalg.norm(delta, axis=1)
+        assert norms.max() <= 2.0 + 0.02, path     # eps 2.0, float16 storage
+        assert np.median(norms) > 0.5, path        # and the attacks did move the images
 
 
 def test_rerun_reuses_sets_and_victims_and_adding_a_victim_builds_only_it(smoke_transfer):

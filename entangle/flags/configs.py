@@ -107,4 +107,5 @@ def mistakes_config(f=FLAGS) -> mistakes.MistakesConfig:
     return mistakes.MistakesConfig(second_model=f.second_model, eps=f.mistakes_eps,
                                    steps=f.mistakes_steps, step_size=f.mistakes_step_size,
                                    targets=f.mistakes_targets, target_seed=f.target_seed,
+                                   relabel_seed_offset=f.relabel_seed_offset,
                                    leakage_eps=f.leakage_eps, probe_l2=f.probe_l2)

@@ -96,6 +96,11 @@ def define_mistakes_flags(fv=FLAGS):
                       "Different mistakes: Y1 uniform over all classes and Y2 uniform over the "
                       "others (distinct), or Y1, Y2 independent and uniform (Waseda 4.2: they "
                       "may coincide).", flag_values=fv)
+    flags.DEFINE_integer("relabel_seed_offset", 2, "Different mistakes: the relabelled models "
+                         "start from the initial weights of seed + this offset (choice: 2, so "
+                         "that neither shares F1's (seed) or F2's (seed + 1) initialisation; "
+                         "Waseda trains fresh models; 0 reproduces the shared start).",
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_float("leakage_eps", 0.5, "Different mistakes, leakage control (Goh 2019): "
                        "the linear probe reads the representation of the robust model at this "
                        "L2 eps (choice: 0.5, the robust CIFAR-10 model Goh probed; 0: no "
