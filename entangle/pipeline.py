@@ -26,6 +26,8 @@ DATASET_KIND = "datasets"
 PREDICTIONS_KIND = "predictions"
 # Bump when a change alters what Experiment.evaluate computes (2: per-image outcomes kept).
 EVAL_VERSION = 2
+# Images per resumable chunk of an R_eps build: a kill loses at most this much work.
+CHUNK_IMAGES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,12 @@ class Experiment:
     def _log(self, msg: str):
         if self.cfg.runtime.verbose:
             print(msg, flush=True)
+
+    def writes(self) -> bool:
+        """Whether this process writes to the store: not on a non-chief multi-worker task,
+        which reads what the chief stored and computes the rest for itself."""
+        return train.is_chief(train.get_strategy(self.cfg.runtime.strategy,
+                                                 self.cfg.runtime.devices))
 
     def splits(self) -> Splits:
         """The data, loaded once."""
@@ -367,7 +375,8 @@ class Experiment:
                                         jit_compile=self.cfg.runtime.jit_compile, verbose=False)
                 return {"x": r.x.astype(np.float16), "relative_distance": r.relative_distance}
 
-            store_lib.build_chunks(work, len(test), 1024, make, bar=self._bar(len(test)))
+            store_lib.build_chunks(work, len(test), CHUNK_IMAGES, make,
+                                   bar=self._bar(len(test)))
             config = {"generator": gen.key, "robustify": rcfg.key_fields(), "eps": eps}
             metrics = {}
             with self.store.writing(DATASET_KIND, key, config, metrics=metrics) as d:
@@ -416,7 +425,7 @@ class Experiment:
         key = self.store.key("eval", config)
         path = os.path.join(self.store.path("evals", key), "outcomes.npz")
 
-        def build():
+        def compute():
             x = test.float_images()
             batch = self.cfg.runtime.eval_batch_size
             pred = train.predict(trained.model, x, batch)
@@ -433,6 +442,10 @@ class Experiment:
                 metrics["pgd_accuracy"] = float(arrays["pgd_correct"].mean())
                 metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
                                                         .sum(1)).max())
+            return metrics, arrays
+
+        def build():
+            metrics, arrays = compute()
             with self.store.writing("evals", key, config, metrics=metrics) as d:
                 np.savez(os.path.join(d, "outcomes.npz"), **arrays)
             return load()
@@ -443,6 +456,9 @@ class Experiment:
                 arrays = {k: z[k] for k in z.files}
             return {**metrics, **arrays} if outcomes else metrics
 
+        if not self.writes() and not self.store.has("evals", key):
+            metrics, arrays = compute()
+            return {**metrics, **arrays} if outcomes else metrics
         return self._cached("evals", key, build, load)
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--flagfile=flags/smoke.cfg", "--kind=standard", "--strategy=multi_worker",
         "--early_stopping=standard", "--epochs=4", "--patience=3"]
@@ -24,10 +26,13 @@ def _free_ports(n):
     return ports
 
 
-def _start(workdir, ports):
+def _start(workdir, ports, workdirs=None):
+    """Two workers of one cluster; ``workdirs`` gives each its own --workdir."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(len(ports)):
+        if workdirs:
+            workdir = workdirs[i]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
                                                                      "index": i}})}
@@ -52,9 +57,31 @@ def _finish(procs, timeout=300):
     return outs
 
 
+def _finished(work):
+    done = [d for d in os.listdir(work / "models") if not d.endswith((".partial", ".lock"))]
+    assert len(done) == 1, done
+    return work / "models" / done[0]
+
+
+def _weights(model_dir):
+    import keras
+
+    return keras.models.load_model(str(model_dir / "model.keras")).get_weights()
+
+
+def _files(root):
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+
+
 def test_two_workers_train_resume_store_and_hit_the_cache(tmp_path):
+    # 0. uninterrupted, the reference; worker 1 gets a store of its own, which must stay empty:
+    # only the chief writes (models, checkpoints, evaluations, logs)
+    ref, other = tmp_path / "ref", tmp_path / "worker1"
+    _finish(_start(None, _free_ports(2), workdirs=(ref, other)))
+    assert _files(other) == [] if other.exists() else True
+    reference = _finished(ref)
     work = tmp_path / "w"
-    # 1. both workers killed after the chief's first checkpoint
+    # 1. both workers killed after the chief's first checkpoint, which holds the best weights
     procs = _start(work, _free_ports(2))
     deadline = time.time() + 300
     while not glob.glob(str(work / "models" / "*.partial" / "state.npz")):
@@ -66,14 +93,23 @@ def test_two_workers_train_resume_store_and_hit_the_cache(tmp_path):
         p.wait()
     assert not [d for d in os.listdir(work / "models")
                 if not d.endswith((".partial", ".lock"))]  # nothing finished
-    # 2. both resume from the chief's checkpoint (best weights included) and finish
+    state = np.load(glob.glob(str(work / "models" / "*.partial" / "state.npz"))[0])
+    meta = json.loads(str(state["meta"]))
+    assert meta["best"]["epoch"] >= 0 and any(k.startswith("b") for k in state.files)
+    # 2. both resume from the chief's checkpoint (best weights included) and finish with the
+    # uninterrupted run's history and weights, exactly
     outs = _finish(_start(work, _free_ports(2)))
     assert all("resuming" in out for out in outs)
-    finished = [d for d in os.listdir(work / "models") if not d.endswith((".partial", ".lock"))]
-    assert len(finished) == 1
-    manifest = json.load(open(work / "models" / finished[0] / "manifest.json"))
+    resumed = _finished(work)
+    manifest = json.load(open(resumed / "manifest.json"))
     assert manifest["replicas"] == 2
     assert manifest["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    expected = json.load(open(reference / "manifest.json"))
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in expected["history"]]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in manifest["history"]] == strip
+    assert manifest["metrics"]["best_val"] == expected["metrics"]["best_val"]
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        np.testing.assert_array_equal(a, b)
     acc = [[l for l in out.splitlines() if l.startswith("  test accuracy")] for out in outs]
     # 3. a rerun is a cache hit on both workers, with the stored model's numbers
     again = _finish(_start(work, _free_ports(2)))

@@ -208,3 +208,41 @@ def test_flagfile_paths_are_relative_to_the_flagfile(tmp_path):
     args = entangle_flags.expand_flagfiles([f"--flagfile={sub / 'top.cfg'}", "--epochs=9"])
     assert args == [f"--dataset=folder:{tmp_path / 'images'}", "--epochs=7",
                     f"--workdir={sub / 'work'}", "--epochs=9"]
+
+
+def test_r_eps_build_stopped_between_chunks_resumes_to_the_same_images(smoke_config,
+                                                                     monkeypatch):
+    """Preempted inside an R_0 build (after 2 of its 4 chunks), the rerun robustifies only
+    the rest, and the stored R_0 equals an uninterrupted build of it exactly."""
+    import shutil
+
+    from entangle import preempt, robustify
+
+    monkeypatch.setattr(pipeline, "CHUNK_IMAGES", 32)        # 128 test images: 4 chunks
+    exp = pipeline.Experiment(smoke_config)
+    exp.model("standard")
+    calls = []
+    real = robustify.robustify
+
+    def counting(model, x, *args, **kwargs):
+        calls.append(len(x))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(robustify, "robustify", counting)
+    monkeypatch.setattr(preempt, "requested", lambda: 15 if len(calls) >= 2 else None)
+    with pytest.raises(preempt.Preempted, match="after chunk 2 of 4"):
+        exp.robustified(0.0)
+    key = exp.robustified_key(0.0)
+    assert not exp.store.has(pipeline.DATASET_KIND, key)
+    monkeypatch.setattr(preempt, "requested", lambda: None)
+    resumed, extra = exp.robustified(0.0)
+    assert calls == [32, 32, 32, 32]                          # two before, two after
+    resumed_x = np.array(resumed.x)
+    resumed_rel = extra["relative_distance"].copy()
+    del resumed
+    shutil.rmtree(exp.store.path(pipeline.DATASET_KIND, key))
+    calls.clear()
+    whole, extra = exp.robustified(0.0)
+    assert calls == [32, 32, 32, 32]
+    np.testing.assert_array_equal(np.asarray(whole.x), resumed_x)
+    np.testing.assert_array_equal(extra["relative_distance"], resumed_rel)

@@ -266,7 +266,9 @@ def test_mixed_precision_trains(planted, tmp_path, precision):
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after building
 
 
-def test_only_the_chief_writes_under_multi_worker():
+def test_is_chief_names_the_chief_or_worker_0():
+    """Which task writes under multi-worker (test_multiworker checks that the others write
+    nothing); no cluster: the one process writes."""
     import types
 
     def strategy(task_type, task_id, cluster):
