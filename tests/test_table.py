@@ -223,11 +223,24 @@ def test_second_run_reuses_every_artifact(smoke_table):
     assert _table(again) == _table(out)
 
 
+def _artifacts(work) -> dict:
+    """key -> what must not depend on interruptions: a model's history without timings, a
+    dataset's file checksums."""
+    out = {}
+    for kind in ("models", "datasets"):
+        for m in glob.glob(str(work / kind / "*" / "manifest.json")):
+            man = json.load(open(m))
+            out[man["key"]] = ([{k: v for k, v in h.items() if k != "seconds"}
+                                for h in man["history"]] if kind == "models" else
+                               {f: v["sha256"] for f, v in man["files"].items()})
+    return out
+
+
 def test_two_processes_share_the_work_and_a_killed_one_is_taken_over(smoke_table, tmp_path):
     """Two processes on one store: each artifact is built once, by one of them. One is killed
     (-9) mid-plan; the other takes over its lock (dead pid) and resumes its checkpoint, and
     a rerun builds nothing: every table equals the uninterrupted one."""
-    _, reference = smoke_table
+    ref_work, reference = smoke_table
     procs = [subprocess.Popen(_cmd(tmp_path), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     deadline = time.time() + 600
@@ -247,6 +260,9 @@ def test_two_processes_share_the_work_and_a_killed_one_is_taken_over(smoke_table
                              ["built_by"]["pid"])
     assert builders == {p.pid for p in procs}   # both contributed
     assert _table(out) == _table(reference)
+    # exactly the uninterrupted run's artifacts: every model's training history (the killed
+    # one's resumed from its checkpoint) and every dataset's bytes
+    assert _artifacts(tmp_path) == _artifacts(ref_work)
     again = _run(tmp_path)
     assert _built(again) == 0 and _table(again) == _table(reference)
 
