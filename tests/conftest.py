@@ -10,6 +10,22 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run_binary(binary, *args, env=None, timeout=600, check=False):
+    """``python -m experiments.<binary> args`` from the repository root, output captured;
+    ``check``: assert it exited 0, showing the end of its output if not."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", f"experiments.{binary}", *args], cwd=ROOT,
+                          capture_output=True, text=True, env=env or ENV, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
 def smoke_flags(*args, flagfile="smoke.cfg"):
     """Fresh FlagValues with every entangle flag, parsed from a shipped flagfile plus
     ``args`` (paths in args are taken as given; the flagfile's own are relative to it)."""
@@ -36,14 +52,14 @@ def colour_dataset(n=384, size=16, num_classes=3, seed=0):
 def trained_tiny():
     """A tiny ResNet v2 (depth 11, width 4) trained on colour_dataset: (model, x_test, y_test)."""
     import keras
-    from entangle import models
+    from entangle import models, train
 
-    keras.utils.set_random_seed(0)
     x, y = colour_dataset(1024)
-    model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    model.fit(x, y, batch_size=32, epochs=8, verbose=0)
+    with train.seeded(0):       # the caller's random state is restored afterwards
+        model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
+        model.compile(keras.optimizers.Adam(3e-3),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        model.fit(x, y, batch_size=32, epochs=8, verbose=0)
     xt, yt = colour_dataset(128, seed=1)
     return model, xt, yt

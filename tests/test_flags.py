@@ -7,8 +7,8 @@ from absl import flags
 
 from entangle import flags as entangle_flags
 from entangle.flags import hparams
+from conftest import ROOT, run_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, "..", "shared", "papers", "springer2021_entanglement.txt")
 
 # Appendix Tables 3 and 4 of Springer et al. (2021), transcribed cell by cell.
@@ -177,9 +177,7 @@ def test_smoke_flagfile_builds_typed_config(monkeypatch):
 
 
 def _run_cli(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return run_binary("train", *args, timeout=300)
 
 
 def test_cli_bad_flag_exits_cleanly():

@@ -3,7 +3,6 @@ the models it must change; what is built from those models (R_eps, transfer's ad
 sets) must follow, and nothing else may move."""
 
 import dataclasses
-import os
 
 import pytest
 from absl import flags
@@ -11,7 +10,6 @@ from absl import flags
 from entangle import flags as entangle_flags
 from entangle import pipeline, transfer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust", "victim",
           "vgg16")
 # built from the standard model (eps 0) and from the eps-1 robust model

@@ -10,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 from entangle import flags as entangle_flags
 from entangle import mistakes, pipeline, probe, train
+from conftest import ROOT, smoke_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_target_pairs_are_uniform_distinct_and_seeded():
@@ -46,17 +45,9 @@ def test_config_rejects_bad_values():
 
 
 def _config(workdir, *extra):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        fv = flags.FlagValues()
-        entangle_flags.define_all(fv)
-        entangle_flags.parse(["--flagfile=flags/smoke.cfg", "--quiet", f"--workdir={workdir}",
-                              "--mistakes_eps=1.5", "--mistakes_steps=10",
-                              "--mistakes_step_size=0.3", *extra], fv)
-        return entangle_flags.experiment_config(fv), entangle_flags.mistakes_config(fv)
-    finally:
-        os.chdir(cwd)
+    fv = smoke_flags("--quiet", f"--workdir={workdir}", "--mistakes_eps=1.5",
+                     "--mistakes_steps=10", "--mistakes_step_size=0.3", *extra)
+    return entangle_flags.experiment_config(fv), entangle_flags.mistakes_config(fv)
 
 
 def test_mistakes_smoke_end_to_end(tmp_path):

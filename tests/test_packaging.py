@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_non_editable_install_runs_the_smoke_table_from_any_directory(tmp_path):

@@ -7,26 +7,17 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 from entangle import flags as entangle_flags
 from entangle import construct, pipeline, train
+from conftest import ROOT, run_binary, smoke_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def smoke_config(tmp_path_factory):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        fv = flags.FlagValues()
-        entangle_flags.define_all(fv)
-        entangle_flags.parse(["--flagfile=flags/smoke.cfg", "--quiet",
-                              f"--workdir={tmp_path_factory.mktemp('work')}"], fv)
-        return entangle_flags.experiment_config(fv)
-    finally:
-        os.chdir(cwd)
+    return entangle_flags.experiment_config(smoke_flags(
+        "--quiet", f"--workdir={tmp_path_factory.mktemp('work')}"))
 
 
 def test_constructed_datasets(smoke_config):
@@ -82,9 +73,7 @@ def test_experiment_rejects_bad_kind_and_eps(smoke_config):
 
 
 def _run(*args, env=None):
-    env = env or {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=600)
+    return run_binary("train", *args, env=env)
 
 
 def test_train_binary_trains_reports_and_hits_cache(tmp_path):

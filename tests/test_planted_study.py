@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 from entangle import flags as entangle_flags
 from entangle import data, planted_study, train
+from conftest import ROOT, smoke_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = data.PlantedConfig(image_size=16, num_classes=4, train_size=640, test_size=256,
                          features="ABC", seed=3)
 
@@ -64,7 +63,7 @@ def test_matched_filter_finds_exactly_the_planted_types():
     assert found["B"] < 0.45  # chance 0.25
 
 
-def test_robust_model_uses_a_not_b_or_c():
+def test_robust_model_uses_a_not_b_or_c(tmp_path):
     """Ground truth of the generator: an eps-1 robust model (B and C have norm 1) is high on
     A-only probes and near chance on B-only and C-only."""
     cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
@@ -76,7 +75,7 @@ def test_robust_model_uses_a_not_b_or_c():
                                  attack_steps=3, attack_step_size=0.5, batch_size=64,
                                  epochs=6, learning_rate=3e-3, lr_decay="cosine",
                                  augment=False)
-        m = _train(tcfg, tr)
+        m = _train(tcfg, tr, tmp_path)
         accs[eps] = {f: train.accuracy(m, *_xy(data.make_planted_probe(cfg, f))) for f in "ABC"}
     robust = accs[1.0]
     assert robust["A"] > 0.8
@@ -87,28 +86,18 @@ def _xy(ds):
     return ds.x, ds.y
 
 
-def _train(tcfg, ds):
-    import tempfile
-
+def _train(tcfg, ds, root):
     from entangle.store import Store
 
-    return train.train_classifier(tcfg, ds, store=Store(tempfile.mkdtemp()),
+    return train.train_classifier(tcfg, ds, store=Store(str(root)),
                                   runtime=train.RuntimeOptions(verbose=False)).model
 
 
 def _study_config(workdir, *extra):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        fv = flags.FlagValues()
-        entangle_flags.define_all(fv)
-        entangle_flags.parse(["--flagfile=flags/smoke.cfg", "--quiet", "--augment=none",
-                              "--eps=1.0", "--columns=0,1", f"--workdir={workdir}",
-                              "--feature_sets=AB,A", "--study_seeds=0", "--probe_size=128",
-                              *extra], fv)
-        return entangle_flags.experiment_config(fv), entangle_flags.study_config(fv)
-    finally:
-        os.chdir(cwd)
+    fv = smoke_flags("--quiet", "--augment=none", "--eps=1.0", "--columns=0,1",
+                     f"--workdir={workdir}", "--feature_sets=AB,A", "--study_seeds=0",
+                     "--probe_size=128", *extra)
+    return entangle_flags.experiment_config(fv), entangle_flags.study_config(fv)
 
 
 def test_study_smoke_end_to_end_writes_every_file(tmp_path):

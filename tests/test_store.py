@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from entangle import store as store_lib
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_keys_follow_configuration(tmp_path):
@@ -81,7 +81,6 @@ def test_atomic_file_keeps_the_old_content_when_a_write_fails(tmp_path):
 
 # ---------------------------------------------------------------------------- concurrency
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_finished_artifact_is_never_overwritten(tmp_path):
@@ -128,15 +127,17 @@ def test_get_or_build_waits_for_the_holder_or_reports_busy(tmp_path):
         s.get_or_build("evals", "e", lambda: 1, lambda: 2, wait=False)
     import threading
 
-    def finish():
-        time.sleep(0.5)
+    waiting = threading.Event()
+
+    def finish():       # the holder finishes only once the other is seen waiting for it
+        assert waiting.wait(60)
         s.record("evals", "e", {})
         held.release()
     threading.Thread(target=finish).start()
     built = []
     assert s.get_or_build("evals", "e", lambda: built.append(1), lambda: "loaded",
-                          poll=0.1) == "loaded"
-    assert not built
+                          poll=0.1, log=lambda m: "waiting" in m and waiting.set()) == "loaded"
+    assert waiting.is_set() and not built
 
 
 TWO_PROCESSES = """

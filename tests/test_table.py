@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, run_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--eps=1.0"]
 
@@ -22,10 +22,8 @@ def _cmd(workdir, *extra):
 
 
 def _run(workdir, *extra):
-    proc = subprocess.run(_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
-                          env=ENV, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return run_binary("table1", *SMOKE, f"--workdir={workdir}", *extra, timeout=900,
+                      check=True).stdout
 
 
 def _table(out):

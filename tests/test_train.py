@@ -11,8 +11,8 @@ import pytest
 
 from entangle import attacks, data, preempt, train
 from entangle.store import Store
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLANTED = data.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
                              robust_norm=6.0, entangled_norm=1.0, artifact_norm=1.0)
 TINY = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=3,
@@ -223,8 +223,7 @@ SGD_SCRIPT = textwrap.dedent("""
     out = {}
     for name, devices in (("default", None), ("mirrored", ("/cpu:0", "/cpu:1"))):
         strategy = train.get_strategy("mirrored" if devices else "default", devices)
-        with strategy.scope():
-            keras.utils.set_random_seed(0)
+        with strategy.scope(), train.seeded(0):
             inputs = keras.Input((4, 4, 3))
             h = keras.layers.Dense(8, activation="tanh", kernel_regularizer=keras.regularizers.L2(
                 0.1))(keras.layers.Flatten()(inputs))
@@ -325,6 +324,7 @@ def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
     import keras
 
     tr, _ = planted
+    saved_np, saved_py = np.random.get_state(), random.getstate()
     np.random.seed(123)
     random.seed(123)
     expected_np, expected_py = np.random.get_state()[1].copy(), random.getstate()
@@ -340,6 +340,8 @@ def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
     del trained
     gc.collect()
     assert ref() is None
+    np.random.set_state(saved_np)
+    random.setstate(saved_py)
 
 
 def test_recomputed_bn_statistics_are_the_average_batch_statistics():

@@ -6,27 +6,21 @@ import glob
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from entangle import transfer
+from conftest import run_binary
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--sources=0,1"]
 
 
 def _run(workdir, *extra, env=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "experiments.transfer", *SMOKE,
-                           f"--workdir={workdir}", *extra], cwd=ROOT, capture_output=True,
-                          text=True, env=env or ENV, timeout=900)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+    return run_binary("transfer", *SMOKE, f"--workdir={workdir}", *extra, env=env,
+                      timeout=900, check=check)
 
 
 def _tables(out):
