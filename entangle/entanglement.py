@@ -289,16 +289,16 @@ def _table_result(table: Table, built: list[str], start: float, results_dir: str
     if results_dir:
         from entangle import report
 
-        result.files, result.write_error = _write(report.write_table, result, results_dir,
+        result.files, result.write_error = write_results(report.write_table, result, results_dir,
                                                   title)
     return result
 
 
-def _write(writer, result, results_dir: str, title: str) -> tuple[dict, str | None]:
+def write_results(writer, result, results_dir: str, *args) -> tuple[dict, str | None]:
     """(files, None), or ({}, why) when the results folder cannot be written (a read-only
-    store): the table was computed and is still returned."""
+    store): the result was computed and is still returned, for the caller to show."""
     try:
-        return writer(result, results_dir, title), None
+        return writer(result, results_dir, *args), None
     except OSError as e:
         return {}, (f"cannot write the results to {results_dir} ({describe_os_error(e)}); "
                     f"pass --results_dir=DIR to write them elsewhere")
@@ -353,7 +353,7 @@ def run_seeds(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, seeds: list[
     if results_dir:
         from entangle import report
 
-        result.files, result.write_error = _write(report.write_seeds, result, results_dir,
+        result.files, result.write_error = write_results(report.write_seeds, result, results_dir,
                                                   title)
     return result
 

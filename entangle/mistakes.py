@@ -88,6 +88,8 @@ class MistakesResult:
     findings: list = dataclasses.field(default_factory=list)
     files: dict = dataclasses.field(default_factory=dict)
     leakage: dict = dataclasses.field(default_factory=dict)  # probe -> accuracy, interval
+    seed: int = 0                                            # F1's seed (F2: seed + 1)
+    write_error: str | None = None      # why results_dir could not be written, if it could not
 
 
 class Mistakes:
@@ -273,14 +275,15 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
         dataset=exp_cfg.data.dataset, models={w: m.model_key(w) for w in ("F1", "F2")},
         success={p: adv[p][2] for p in ("train", "val")}, relabelled=relabelled,
         chance=1.0 / test.num_classes, config=dataclasses.asdict(cfg), built=built,
-        seconds=time.time() - start)
+        seconds=time.time() - start, seed=exp_cfg.hparams["standard"].seed)
     if cfg.leakage_eps > 0:
         result.leakage = leakage_control(m, adv, correct)
     result.findings = findings(result)
     if results_dir:
         from entangle import report
 
-        result.files = report.write_mistakes(result, results_dir)
+        result.files, result.write_error = entanglement.write_results(report.write_mistakes,
+                                                                      result, results_dir)
     return result
 
 

@@ -77,6 +77,7 @@ class StudyResult:
     verdict: dict          # feature set -> {"truth", "says_b" per seed, "outcome", "why"}
     summary: str
     files: dict = dataclasses.field(default_factory=dict)
+    write_error: str | None = None      # why results_dir could not be written, if it could not
 
 
 def planted_config(exp_cfg: pipeline.ExperimentConfig, features: str, seed: int
@@ -186,5 +187,6 @@ def run_planted_study(exp_cfg: pipeline.ExperimentConfig, cfg: StudyConfig, *,
     if results_dir:
         from entangle import report
 
-        result.files = report.write_planted_study(result, results_dir)
+        result.files, result.write_error = entanglement.write_results(
+            report.write_planted_study, result, results_dir)
     return result

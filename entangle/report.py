@@ -662,7 +662,8 @@ def mistakes_markdown(result) -> str:
     second = ("standard, another seed" if result.config["second_model"] == "seed"
               else result.config["second_model"])
     c = result.config
-    lines = [f"**Different mistakes (Waseda et al. section 4): F1 standard, F2 {second}**", "",
+    lines = [f"**Different mistakes (Waseda et al. section 4): F1 standard (seed {result.seed}), "
+             f"F2 {second}**", "",
              f"N-targeted attack: L2 eps {c['eps']:g}, {c['steps']} steps of {c['step_size']:g}, "
              f"targets {c['targets']}.", "",
              "| Set | F1(X') = Y1 | F2(X') = Y2 | both | images |", "|---|---|---|---|---|"]
@@ -728,7 +729,9 @@ def write_mistakes(result, directory: str) -> dict:
            capsize=3)
     ax.axhline(100 * result.chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(range(len(vals)), [*hits, *(label for label, _, _ in evals)], fontsize=7)
-    _finish(plt, fig, ax, files["png"], f"Different mistakes (eps {result.config['eps']:g}): "
-            "attack success (blue), models trained on relabelled examples (green), "
-            "robust-feature leakage probes (orange)", "%", top=105)
+    where = os.path.basename(result.dataset.rstrip("/").split(":")[-1])
+    n = next(iter(result.relabelled.values()))["n"]
+    _finish(plt, fig, ax, files["png"], f"Different mistakes ({where}, seed {result.seed}, eps "
+            f"{result.config['eps']:g}, test n = {n}): attack success (blue), models trained on "
+            "relabelled examples (green), robust-feature leakage probes (orange)", "%", top=105)
     return files

@@ -139,6 +139,7 @@ class TransferResult:
     seconds: float
     findings: list = dataclasses.field(default_factory=list)
     files: dict = dataclasses.field(default_factory=dict)
+    write_error: str | None = None      # why results_dir could not be written, if it could not
     outcomes: dict = dataclasses.field(default_factory=dict)   # outcome_key -> bool per image
     n_targeted_loss: str = "ce"
 
@@ -423,7 +424,9 @@ def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
     if results_dir:
         from entangle import report
 
-        result.files = report.write_transfer(result, grids, exp.splits().test, results_dir)
+        result.files, result.write_error = entanglement.write_results(
+            lambda r, d: report.write_transfer(r, grids, exp.splits().test, d), result,
+            results_dir)
     return result
 
 

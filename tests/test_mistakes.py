@@ -107,8 +107,13 @@ def test_mistakes_smoke_end_to_end(tmp_path):
     assert shared.relabel_config().seed == m.model("F1").manifest["config"]["train"]["seed"]
     assert shared.adversarial_key() == m.adversarial_key()
     assert shared.relabelled_key("Y1") != m.relabelled_key("Y1")
-    again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+    again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None,
+                                  results_dir=str(blocked / "results"))
     assert again.built == [] and again.relabelled == result.relabelled
+    # a results folder that cannot be written: the result is still returned, with the reason
+    assert again.files == {} and "cannot write the results" in again.write_error
 
 
 def test_linear_probe_learns_signal_and_not_noise():

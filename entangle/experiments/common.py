@@ -133,6 +133,19 @@ def dataset_label(f) -> str:
     return {"cifar10": "CIFAR-10", "imagenet9": "ImageNet-9"}.get(f.dataset, f.dataset)
 
 
+def finish(result):
+    """The closing lines of a binary: what it built, how long, where the files are; after
+    them exit 1 if the results folder could not be written (the result was still shown)."""
+    files = ", ".join(result.files.values()) or "none"
+    if hasattr(result, "built"):
+        print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
+              f"{files}")
+    else:
+        print(f"\nfiles: {files}")
+    if result.write_error:
+        fail(result.write_error, code=1)
+
+
 def fail(message: str, quick_hint: str = "", code: int = 2):
     """Exit with a clear message (no traceback)."""
     print(f"error: {message}" + (f"\n\n{quick_hint}" if quick_hint else ""), file=sys.stderr)

@@ -42,8 +42,7 @@ def main(argv):
 
     print()
     print(report.mistakes_markdown(result))
-    print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
-          + ", ".join(result.files.values()))
+    common.finish(result)
 
 
 def run(argv=None):

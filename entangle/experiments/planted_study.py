@@ -36,7 +36,7 @@ def main(argv):
 
     print()
     print(report.planted_study_markdown(result))
-    print("\nfiles: " + ", ".join(result.files.values()))
+    common.finish(result)
 
 
 def run(argv=None):

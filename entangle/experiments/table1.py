@@ -55,10 +55,7 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
         print(report.seeds_markdown(result, label))
     else:
         print(report.table_markdown(result, f"{label}, seed {seeds[0]}"))
-    print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
-          + (", ".join(result.files.values()) or "none"))
-    if result.write_error:
-        common.fail(result.write_error, code=1)
+    common.finish(result)
 
 
 def run(argv=None):

@@ -49,8 +49,7 @@ def main(argv):
 
     print()
     print(report.transfer_markdown(result, "Transfer from robust sources"))
-    print(f"\nbuilt here: {len(result.built)} artifacts; {result.seconds:.0f}s; files: "
-          + ", ".join(result.files.values()))
+    common.finish(result)
 
 
 def run(argv=None):
