@@ -104,15 +104,18 @@ def dataset_names() -> str:
 
 
 def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: int | None = None,
-                 seed: int = 0, download: bool = False, cache_dir: str | None = None,
+                 seed: int = 0, download: str | bool = "auto", cache_dir: str | None = None,
                  planted: "PlantedConfig | None" = None, verbose: bool = True,
                  allow_empty_classes: bool = False) -> Dataset:
     """Loads ``split`` ('train' or 'test') of a named dataset as uint8 arrays.
 
     ``limit`` keeps a seeded, class-stratified subset of that many images. tfds datasets are
-    read from ``data_dir`` and never downloaded unless ``download=True``, so an offline machine
-    gets an error within seconds rather than a long retry loop.
+    read from ``data_dir``; one that is not prepared there is downloaded with ``download``
+    "yes", never with "no", and with "auto" only after a short connection attempt reached the
+    download host, so an offline machine gets an error within seconds rather than tfds' long
+    retry loop.
     """
+    download = download_mode(download)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     if limit is not None and limit < 1:
@@ -186,7 +189,48 @@ def split_validation(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Datas
 # ---------------------------------------------------------------------------- tfds
 
 
-def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool,
+DOWNLOAD_MODES = ("auto", "yes", "no")
+# Where tfds downloads CIFAR-10 and imagenet_resized from; "auto" tries to reach it first.
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
+def download_mode(value: str | bool) -> str:
+    """'auto', 'yes' or 'no' (True/False are 'yes'/'no')."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value not in DOWNLOAD_MODES:
+        raise ValueError(f"download must be one of {DOWNLOAD_MODES}; got {value!r}")
+    return value
+
+
+def network_reachable(host: tuple[str, int] = DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` (or the HTTPS proxy, if one is set) opens within
+    ``timeout`` seconds, name lookup included (it runs in a thread that is abandoned if it
+    hangs)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host = (parsed.hostname or "", parsed.port or 80)
+    result = []
+
+    def attempt():
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: str,
                tfds_split: str | None = None, label_map: np.ndarray | None = None) -> dict:
     """A tfds split as uint8 images and int64 labels.
 
@@ -197,18 +241,27 @@ def _load_tfds(tfds_name: str, split: str, data_dir: str | None, download: bool,
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
+    def load(allow_download: bool):
+        return tfds.load(tfds_name, split=tfds_split or split, data_dir=data_dir,
+                         download=allow_download, as_supervised=False)
+
     try:
-        data = tfds.load(tfds_name, split=tfds_split or split, data_dir=data_dir,
-                         download=download, as_supervised=False)
+        data = load(download == "yes")
     except AssertionError as e:  # tfds: "Dataset X: could not find data in DIR"
-        where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-        raise DatasetUnavailableError(
-            f"tfds dataset {tfds_name!r} is not prepared in {where!r} and downloading is off. "
-            f"Point --data_dir (data_dir=) at a directory holding prepared tfds data, prepare "
-            f"it on a machine with network access (`tfds build {tfds_name}`) and copy it here, "
-            f"pass --download (download=True) where the network is reachable, or use a local "
-            f"image folder with --dataset=folder:PATH (PATH/train/<class>/*.jpg, "
-            f"PATH/test/<class>/*.jpg). ({e})") from e
+        if download == "auto" and network_reachable():
+            data = load(True)
+        else:
+            where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+            why = ("--download=no" if download == "no" else
+                   f"--download=auto found no network ({DOWNLOAD_HOST[0]} did not answer "
+                   f"within 3 s)")
+            raise DatasetUnavailableError(
+                f"tfds dataset {tfds_name!r} is not prepared in {where!r} and cannot be "
+                f"downloaded ({why}). Point --data_dir (data_dir=) at a directory holding "
+                f"prepared tfds data, prepare it on a machine with network access (`tfds "
+                f"build {tfds_name}`) and copy it here, pass --download=yes where the network "
+                f"is reachable, or use a local image folder with --dataset=folder:PATH "
+                f"(PATH/train/<class>/*.jpg, PATH/test/<class>/*.jpg). ({e})") from e
     data = data.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int64)))
     if label_map is not None:
         table = tf.constant(label_map, tf.int64)
@@ -237,7 +290,7 @@ def imagenet9_label_map(wnids: Sequence[str]) -> np.ndarray:
     return np.array([to_class.get(w, -1) for w in wnids], np.int64)
 
 
-def _load_imagenet9(split: str, data_dir: str | None, download: bool) -> Dataset:
+def _load_imagenet9(split: str, data_dir: str | None, download: str) -> Dataset:
     import tensorflow_datasets as tfds
 
     name = "imagenet_resized/64x64"

@@ -34,7 +34,7 @@ CHUNK_IMAGES = 1024
 class DataConfig:
     dataset: str = "cifar10"
     data_dir: str | None = None
-    download: bool = False
+    download: str = "auto"              # tfds: "auto" (if the network answers), "yes", "no"
     train_limit: int | None = None
     test_limit: int | None = None
     # Held out of the training split, only for models that early-stop (zero-/neg-robust in

@@ -79,7 +79,61 @@ def test_offline_tfds_fails_fast_with_advice(tmp_path, dataset):
     assert time.time() - start < 2.0
     message = str(e.value)
     assert "--data_dir" in message and str(tmp_path) in message
-    assert "--dataset=folder:PATH" in message and "--download" in message
+    assert "--dataset=folder:PATH" in message and "--download=yes" in message
+
+
+def test_download_auto_asks_tfds_only_when_the_network_answers(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def fake_load(name, split, data_dir, download, as_supervised):
+        calls.append(download)
+        if not download:
+            raise AssertionError(f"Dataset {name}: could not find data in {data_dir}")
+        raise RuntimeError("stop here: the download was asked for")
+
+    monkeypatch.setattr(tfds, "load", fake_load)
+    monkeypatch.setattr(data, "network_reachable", lambda *a, **k: True)
+    with pytest.raises(RuntimeError, match="download was asked"):
+        data.load_dataset("cifar10", "train", data_dir=str(tmp_path))        # auto
+    assert calls == [False, True]
+    calls.clear()
+    monkeypatch.setattr(data, "network_reachable", lambda *a, **k: False)
+    with pytest.raises(data.DatasetUnavailableError, match="found no network"):
+        data.load_dataset("cifar10", "train", data_dir=str(tmp_path))
+    assert calls == [False]
+    calls.clear()
+    with pytest.raises(RuntimeError, match="download was asked"):
+        data.load_dataset("cifar10", "train", data_dir=str(tmp_path), download="yes")
+    assert calls == [True]
+    calls.clear()
+    monkeypatch.setattr(data, "network_reachable", lambda *a, **k: True)
+    with pytest.raises(data.DatasetUnavailableError, match="--download=no"):
+        data.load_dataset("cifar10", "train", data_dir=str(tmp_path), download="no")
+    assert calls == [False]
+    with pytest.raises(ValueError, match="download must be one of"):
+        data.load_dataset("cifar10", "train", download="maybe")
+
+
+def test_network_check_is_bounded_and_honours_the_proxy(monkeypatch):
+    import socket
+
+    seen = []
+
+    def refuse(address, timeout):
+        seen.append((address, timeout))
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert data.network_reachable(timeout=0.5) is False
+    assert seen == [(("proxy.example", 3128), 0.5)]
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("https_proxy", raising=False)
+    seen.clear()
+    assert data.network_reachable(timeout=0.5) is False
+    assert seen[0][0] == data.DOWNLOAD_HOST
 
 
 def test_unknown_dataset_and_split():

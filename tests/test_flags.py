@@ -147,6 +147,7 @@ def _parse(*args):
     ("--probe_l2=-1", "--probe_l2"),
     ("--victim_input_size=0,mobilenet_v2:-3", "--victim_input_size"),
     ("--victim_input_size=0,alexnet:64", "--victim_input_size"),
+    ("--download=maybe", "--download"),
     ("--attack_eps=nan", "--attack_eps"),
     ("--robustify_eps=nan", "--robustify_eps"),
     ("--seeds=0,0", "--seeds"),

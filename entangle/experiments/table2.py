@@ -17,7 +17,7 @@ from entangle import flags as entangle_flags  # noqa: E402
 from entangle.experiments import common, table1  # noqa: E402
 
 QUICK = ("ImageNet-9 needs prepared tfds data for imagenet_resized/64x64 (--data_dir, or "
-         "--download with network). To try the pipeline without it:\n"
+         "downloaded by tfds where the network answers). To try the pipeline without it:\n"
          "  python -m experiments.table1 --flagfile=flags/smoke.cfg")
 
 def run(argv=None):

@@ -12,8 +12,9 @@ def define_data_flags(fv=FLAGS):
     flags.DEFINE_string("dataset", "cifar10", f"Dataset: {data.dataset_names()}.", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "tfds data directory with prepared datasets.",
                         flag_values=fv)
-    flags.DEFINE_bool("download", False, "Let tfds download missing data (needs network).",
-                      flag_values=fv)
+    flags.DEFINE_enum("download", "auto", list(data.DOWNLOAD_MODES), "tfds data missing "
+                      "from --data_dir: download it if a short connection attempt reaches the "
+                      "download host (auto), always (yes) or never (no).", flag_values=fv)
     flags.DEFINE_integer("train_limit", None, "Stratified subset of the training split.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("test_limit", None, "Stratified subset of the test split.",
