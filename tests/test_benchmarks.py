@@ -1,0 +1,27 @@
+"""The benchmark scripts start where users install: from an active virtual environment."""
+
+import glob
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_pgd_benchmark_venv_sees_the_active_environment(tmp_path):
+    """A user's venv is active (first on PATH): the benchmark venv must see its packages,
+    not the base interpreter's (`venv --system-site-packages` gave "No module named
+    'keras'" there). Offline, without installing the peers, the benchmark starts."""
+    user = tmp_path / "user-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(user)], check=True, timeout=120)
+    env = {**os.environ, "PATH": f"{user / 'bin'}:{os.environ['PATH']}",
+           "VIRTUAL_ENV": str(user), "BENCH_VENV": str(tmp_path / "bench"),
+           "BENCH_SKIP_INSTALL": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "run_pgd.sh"), "--help"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--train_steps" in proc.stdout
+    pth = glob.glob(str(tmp_path / "bench" / "lib" / "python*" / "site-packages" /
+                        "_entangle_parent.pth"))
+    assert pth and str(user) in open(pth[0]).read()   # the active venv's site directory
