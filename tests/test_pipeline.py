@@ -124,7 +124,7 @@ def test_sigterm_checkpoints_releases_the_lock_and_resumes(tmp_path):
     import signal
     import time
 
-    args = ["--flagfile=flags/smoke.cfg", "--kind=robust", "--eps=1.0", "--epochs=8",
+    args = ["--flagfile=flags/smoke.cfg", "--kind=robust", "--eps=1.0", "--epochs=4",
             "--eval_attack_steps=2"]
     work = tmp_path / "b"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -241,7 +241,8 @@ def test_rerun_reuses_sets_and_victims_and_adding_a_victim_builds_only_it(smoke_
     assert _built(again) == 0 and "0 to build" in again
     assert _tables(again) == _tables(out)
     sets = sorted(os.listdir(work / "datasets"))
-    more = _run(work, "--victims=mobilenet_v2,vgg16").stdout
+    # the added victim trains one epoch (the others' keys do not change: --epochs is per kind)
+    more = _run(work, "--victims=mobilenet_v2,vgg16", "--epochs=3,vgg16:1").stdout
     assert "1 to build" in more and _built(more) == 1
     assert sorted(os.listdir(work / "datasets")) == sets   # no adversarial set rebuilt
     assert any(l.startswith("| vgg16 |") for l in _tables(more))
