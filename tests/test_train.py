@@ -160,7 +160,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from entangle.store import Store
     cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
     tr, te = data.make_planted("train", cfg), data.make_planted("test", cfg)
-    tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=2,
+    tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=1,
                            learning_rate=3e-3, lr_decay="none", augment=False, eps=float(sys.argv[2]),
                            attack_steps=2)
     out = {}
@@ -198,11 +198,11 @@ def test_mirrored_strategy_on_two_cpus_matches_default(tmp_path, eps):
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
     assert out["mirrored"]["replicas"] == 2 and out["default"]["replicas"] == 1
-    # BatchNorm sees half batches per replica, so losses agree closely, not exactly
+    # BatchNorm sees half batches per replica, so losses agree closely, not exactly (exact
+    # agreement without batch norm: test_mirrored_sgd_steps_equal_the_default_strategy_exactly)
     mirrored, default = out["mirrored"]["loss"], out["default"]["loss"]
-    assert mirrored[0] == pytest.approx(default[0], rel=0.08)
-    assert mirrored[1] == pytest.approx(default[1], abs=0.1)
-    assert out["mirrored"]["loss"][-1] < out["mirrored"]["loss"][0]
+    assert len(mirrored) == 1 and mirrored[0] == pytest.approx(default[0], rel=0.08)
+    assert out["mirrored"]["acc"] > 0.25 + 0.1      # it learned (4 classes) in one epoch
     assert "divisible" in out["odd_batch_error"] and "33" in out["odd_batch_error"]
     assert "jit_compile" in out["jit_error"] and "2 replicas" in out["jit_error"]
 
