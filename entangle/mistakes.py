@@ -296,14 +296,12 @@ def leakage_control(m: Mistakes, adv: dict, correct: dict) -> dict:
     test = exp.splits().test
     robust = exp.model("robust", cfg.leakage_eps)
     batch = exp.cfg.runtime.eval_batch_size
-    x_adv = adv["train"][0]
+    x_adv, fit = adv["train"][0], exp.splits().fit_part()
     sets = {"Y1": (x_adv, adv["train"][1][0]), "Y2": (x_adv, adv["train"][1][1]),
-            "clean": (exp.splits().fit_part().x, exp.splits().fit_part().y)}
+            "clean": (fit.x, fit.y)}
     out = {"robust_model": robust.key, "eps": cfg.leakage_eps, "l2": cfg.probe_l2}
-    probes = {}
-    for name, (x, y) in sets.items():
-        probes[name] = probe.leakage(robust.model, x, y, test, l2=cfg.probe_l2,
-                                     batch_size=batch)
+    probes = probe.leakage(robust.model, sets, test, l2=cfg.probe_l2, batch_size=batch)
+    for name in sets:
         t = stats.chance_test(probes[name], test.y, test.num_classes)
         out[name] = {"accuracy": t["value"], "lower": t["low"], "upper": t["high"],
                      "p_above_chance": t["p"], "n": len(probes[name])}

@@ -58,13 +58,19 @@ def fit_linear(features: np.ndarray, labels: np.ndarray, num_classes: int,
     return LinearProbe(mean, scale, res.x.reshape(shape))
 
 
-def leakage(robust_model, train_x: np.ndarray, train_labels: np.ndarray, test: data.Dataset,
-            *, l2: float = 1e-3, batch_size: int = 256,
-            layer=models.REPRESENTATION_LAYER) -> np.ndarray:
-    """Per-image correctness on ``test`` of a linear probe on ``robust_model``'s
-    representation, trained on ``train_x`` labelled ``train_labels``."""
+def leakage(robust_model, train_sets: dict, test: data.Dataset, *, l2: float = 1e-3,
+            batch_size: int = 256, layer=models.REPRESENTATION_LAYER) -> dict:
+    """name -> per-image correctness on ``test`` of a linear probe on ``robust_model``'s
+    representation, trained on ``train_sets[name] = (images, labels)``. The representation
+    is computed once for the test set and once per distinct array of images (relabelled sets
+    share theirs)."""
     rep = models.representation_model(robust_model, layer)
-    probe = fit_linear(robustify.representations(rep, train_x, batch_size), train_labels,
-                       test.num_classes, l2)
-    pred = probe.predict(robustify.representations(rep, test.x, batch_size))
-    return pred == np.asarray(test.y)
+    test_features = robustify.representations(rep, test.x, batch_size)
+    features = {}
+    out = {}
+    for name, (x, labels) in train_sets.items():
+        if id(x) not in features:
+            features[id(x)] = robustify.representations(rep, x, batch_size)
+        probe = fit_linear(features[id(x)], labels, test.num_classes, l2)
+        out[name] = probe.predict(test_features) == np.asarray(test.y)
+    return out

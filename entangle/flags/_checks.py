@@ -69,13 +69,15 @@ def eps_validators(fv, names: dict):
                  f"pixel units){'; inf for no bound' if allow_inf else ', finite'}", fv)
 
 
-def per_kind_ok(cast):
-    """Validator: every entry parses with ``cast`` and is > 0, and every kind has a value."""
+def per_kind_ok(cast, kinds=MODEL_KINDS, minimum=None):
+    """Validator: every entry parses with ``cast``, every kind in ``kinds`` has a value, and
+    each is > 0 (or >= ``minimum`` if given)."""
     def check(text):
         try:
-            return all(per_kind(text, k, cast) > 0 for k in MODEL_KINDS)
+            values = [per_kind(text, k, cast) for k in kinds]
         except ValueError:
             return False
+        return all(v > 0 if minimum is None else v >= minimum for v in values)
     return check
 
 

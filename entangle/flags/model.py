@@ -5,7 +5,8 @@ from __future__ import annotations
 from absl import flags
 
 from entangle import models, train
-from entangle.flags._checks import FLAGS, MODEL_KINDS, VICTIM_WEIGHTS, per_kind, validator
+from entangle.flags._checks import (FLAGS, MODEL_KINDS, VICTIM_WEIGHTS, per_kind, per_kind_ok,
+                                    validator)
 
 
 def define_model_flags(fv=FLAGS):
@@ -38,14 +39,7 @@ def define_victim_flags(fv=FLAGS):
     flags.DEFINE_enum("victim_weights", "imagenet", list(VICTIM_WEIGHTS),
                       "Victims start from ImageNet weights (Table 3; the files must be in the "
                       "Keras cache when offline) or from scratch (none).", flag_values=fv)
-    validator("victim_input_size", _sizes_ok, "must be an integer >= 0, optionally per victim "
+    validator("victim_input_size", per_kind_ok(int, models.VICTIMS, minimum=0), "must be an integer >= 0, optionally per victim "
               "('0,mobilenet_v2:64')", fv)
     validator("victims", lambda v: set(v) <= set(models.VICTIMS),
               f"must be a subset of {', '.join(models.VICTIMS)}", fv)
-
-
-def _sizes_ok(text: str) -> bool:
-    try:
-        return all(per_kind(text, v, int) >= 0 for v in models.VICTIMS)
-    except ValueError:
-        return False
