@@ -9,25 +9,8 @@ Names accepted by :func:`load_dataset`:
   (``resources/imagenet9.json``), never through label indices.
 * ``folder:PATH``: ``PATH/{train,test}/<class>/<image>``, sorted class names as labels; decoded
   arrays are cached (atomically, keyed by the folder's file list, sizes and mtimes).
-* ``planted``: a synthetic dataset whose robust and non-robust features are known.
-
-The planted dataset. Each class c owns three patterns, added to a random background
-(grey level U(0.35, 0.65) plus N(0, 0.03) pixel noise):
-
-* ``A_c`` robust: low spatial frequency (a random shape of 4x4-cell blocks covering about
-  40 % of the image, in a class colour), L2 norm ``robust_norm`` (default 6.0);
-* ``B_c`` non-robust and entangled with A_c: high-frequency +-1 pixel noise living only inside
-  A_c's support, L2 norm ``entangled_norm`` (default 1.0);
-* ``C_c`` non-robust artifact independent of A_c: high-frequency +-1 pixel noise anywhere,
-  L2 norm ``artifact_norm`` (default 1.0).
-
-Every image of class c carries each present pattern with an amplitude jitter U(0.8, 1.2);
-with ``robust_reliability`` p < 1, a fraction 1 - p of the images carry A of another, random
-class instead, so that A alone predicts the label only for p of them and a standard model
-gains by also using B and C (as real non-robust features are useful beyond robust ones).
-An L2 adversary with budget eps >= 1.2 * norm(B) can erase or forge B (likewise C), so an
-eps-robust classifier cannot rely on them, while a standard classifier is free to; A needs a
-perturbation of norm about norm(A) / 2 to be confused with another class's shape.
+* ``planted``: synthetic images whose robust and non-robust features are known
+  (``entangle/planted.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from entangle import planted as planted_lib
 from entangle.store import atomic_save_npz
 
 SPLITS = ("train", "test")
@@ -105,7 +89,7 @@ def dataset_names() -> str:
 
 def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: int | None = None,
                  seed: int = 0, download: str | bool = "auto", cache_dir: str | None = None,
-                 planted: "PlantedConfig | None" = None, verbose: bool = True,
+                 planted: "planted_lib.PlantedConfig | None" = None, verbose: bool = True,
                  allow_empty_classes: bool = False) -> Dataset:
     """Loads ``split`` ('train' or 'test') of a named dataset as uint8 arrays.
 
@@ -129,7 +113,7 @@ def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: i
         ds = load_folder(name[len("folder:"):], split, cache_dir=cache_dir, verbose=verbose,
                          allow_empty_classes=allow_empty_classes)
     elif name == "planted":
-        ds = make_planted(split, planted or PlantedConfig(seed=seed))
+        ds = make_planted(split, planted or planted_lib.PlantedConfig(seed=seed))
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {dataset_names()}")
     if limit is not None and limit < len(ds):
@@ -399,128 +383,20 @@ def load_folder(root: str, split: str, *, cache_dir: str | None = None,
 # ---------------------------------------------------------------------------- planted features
 
 
-@dataclasses.dataclass(frozen=True)
-class PlantedConfig:
-    """Parameters of the planted dataset (see the module docstring)."""
-
-    image_size: int = 32
-    num_classes: int = 10
-    train_size: int = 5000
-    test_size: int = 1000
-    features: str = "ABC"           # which of A (robust), B (entangled), C (artifact) are present
-    robust_norm: float = 6.0
-    entangled_norm: float = 1.0
-    artifact_norm: float = 1.0
-    robust_reliability: float = 1.0  # fraction of images whose A is their own class's
-    seed: int = 0
-
-    def __post_init__(self):
-        if not set(self.features) <= set("ABC"):
-            raise ValueError(f"planted features must be a subset of 'ABC'; got {self.features!r}")
-        if self.image_size < 8 or self.num_classes < 2:
-            raise ValueError("planted image_size must be >= 8 and num_classes >= 2")
-        for f in ("robust_norm", "entangled_norm", "artifact_norm"):
-            if getattr(self, f) < 0:
-                raise ValueError(f"planted {f} must be >= 0; got {getattr(self, f)}")
-        if not 0 < self.robust_reliability <= 1:
-            raise ValueError("planted robust_reliability must be in (0, 1]; got "
-                             f"{self.robust_reliability}")
+def make_planted(split: str, cfg: planted_lib.PlantedConfig = planted_lib.PlantedConfig()) -> Dataset:
+    """The planted world's ``split`` as uint8 images (deterministic for a configuration)."""
+    x, y, _ = planted_lib.images(cfg, split)
+    return Dataset(to_uint8(x), y, _planted_names(cfg), "planted")
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(np.linalg.norm(v), 1e-12)
-
-
-def planted_patterns(cfg: PlantedConfig) -> dict[str, np.ndarray]:
-    """The class patterns A, B, C (each (num_classes, s, s, 3), float32) of a configuration."""
-    rng = np.random.default_rng([cfg.seed, 7919])
-    s, k = cfg.image_size, cfg.num_classes
-    cells = max(2, s // 8)
-    A, B, C = (np.zeros((k, s, s, 3), np.float32) for _ in range(3))
-    for c in range(k):
-        mask = rng.random((cells, cells)) < 0.4
-        mask[rng.integers(cells), rng.integers(cells)] = True
-        mask = np.kron(mask, np.ones((-(-s // cells),) * 2))[:s, :s].astype(bool)
-        colour = _unit(rng.uniform(-1, 1, 3))
-        A[c] = _unit(mask[..., None] * colour) * cfg.robust_norm
-        B[c] = _unit(mask[..., None] * rng.choice([-1.0, 1.0], (s, s, 3))) * cfg.entangled_norm
-        C[c] = _unit(rng.choice([-1.0, 1.0], (s, s, 3))) * cfg.artifact_norm
-    return {"A": A, "B": B, "C": C}
-
-
-def make_planted(split: str, cfg: PlantedConfig = PlantedConfig()) -> Dataset:
-    """Draws the planted dataset's ``split`` (deterministic for a given config)."""
-    n = cfg.train_size if split == "train" else cfg.test_size
-    rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1])
-    y = np.arange(n) % cfg.num_classes
-    rng.shuffle(y)
-    x = _planted_background(rng, n, cfg.image_size)
-    patterns = planted_patterns(cfg)
-    owner = {f: y for f in cfg.features}
-    if cfg.robust_reliability < 1:
-        flip_rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1, 11])
-        flip = flip_rng.random(n) >= cfg.robust_reliability
-        owner["A"] = np.where(flip, other_class(flip_rng, y, cfg.num_classes), y)
-    for f in cfg.features:
-        x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][owner[f]]
-    return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg), "planted")
-
-
-PROBE_OTHERS = ("absent", "other")
-
-
-def make_planted_probe(cfg: PlantedConfig, feature: str, others: str = "absent",
+def make_planted_probe(cfg: planted_lib.PlantedConfig, feature: str, others: str = "absent",
                        n: int | None = None) -> Dataset:
-    """Test images that carry one pattern type of their class only: ``feature`` (A, B or C)
-    of class y on the planted background, labelled y. The other types of ``cfg.features``
-    are absent (``others="absent"``) or present with another, random class each
-    (``"other"``: a conflict probe). A classifier scores above chance on the probe only if
-    it responds to that pattern type. ``n`` defaults to the test size."""
-    if feature not in ("A", "B", "C"):
-        raise ValueError(f"probe feature must be one of A, B, C; got {feature!r}")
-    if others not in PROBE_OTHERS:
-        raise ValueError(f"probe others must be one of {PROBE_OTHERS}; got {others!r}")
-    n = cfg.test_size if n is None else n
-    rng = np.random.default_rng([cfg.seed, 2, "ABC".index(feature), PROBE_OTHERS.index(others)])
-    y = np.arange(n) % cfg.num_classes
-    rng.shuffle(y)
-    x = _planted_background(rng, n, cfg.image_size)
-    patterns = planted_patterns(cfg)
-    x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[feature][y]
-    if others == "other":
-        for f in cfg.features.replace(feature, ""):
-            wrong = other_class(rng, y, cfg.num_classes)  # drawn before the jitter
-            x += rng.uniform(0.8, 1.2, (n, 1, 1, 1)) * patterns[f][wrong]
-    return Dataset(to_uint8(x), y.astype(np.int64), _planted_names(cfg),
-                   f"planted-probe-{feature}-{others}")
+    """``planted_lib.probe`` as a uint8 Dataset: one pattern type of the label's class only."""
+    x, y = planted_lib.probe(cfg, feature, others, n)
+    return Dataset(to_uint8(x), y, _planted_names(cfg), f"planted-probe-{feature}-{others}")
 
 
-def pattern_presence(x: np.ndarray, y: np.ndarray, cfg: PlantedConfig) -> dict[str, float]:
-    """For each pattern type T, how often a matched filter finds T of the labelled class:
-    the fraction of images whose mean-removed pixels correlate most with T[y] among the
-    classes' T patterns (chance 1/num_classes when T of the label is absent)."""
-    x = to_float(np.asarray(x)).reshape(len(x), -1)
-    x = x - x.mean(axis=1, keepdims=True)
-    out = {}
-    for t, pat in planted_patterns(cfg).items():
-        p = pat.reshape(cfg.num_classes, -1)
-        p = p - p.mean(axis=1, keepdims=True)
-        p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-        out[t] = float(np.mean(np.argmax(x @ p.T, axis=1) == np.asarray(y)))
-    return out
-
-
-def other_class(rng: np.random.Generator, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per label, a class drawn uniformly from the other ``num_classes - 1``."""
-    return (np.asarray(y) + rng.integers(1, num_classes, len(y))) % num_classes
-
-
-def _planted_background(rng, n: int, s: int) -> np.ndarray:
-    """Grey images of random brightness with a little pixel noise."""
-    return rng.uniform(0.35, 0.65, (n, 1, 1, 1)) + 0.03 * rng.standard_normal((n, s, s, 3))
-
-
-def _planted_names(cfg: PlantedConfig) -> tuple[str, ...]:
+def _planted_names(cfg: planted_lib.PlantedConfig) -> tuple[str, ...]:
     return tuple(f"class{c}" for c in range(cfg.num_classes))
 
 

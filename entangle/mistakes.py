@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from entangle import attacks, data, entanglement, pipeline, plan as plan_lib, probe, progress
-from entangle import stats, store, train
+from entangle import planted, stats, store, train
 from entangle.plan import PlanItem
 
 TARGET_MODES = ("distinct", "independent")
@@ -69,7 +69,7 @@ def draw_target_pair(n: int, num_classes: int, mode: str = "distinct", seed: int
     rng = np.random.default_rng([seed, 4242])
     y1 = rng.integers(0, num_classes, n)
     if mode == "distinct":
-        y2 = data.other_class(rng, y1, num_classes)
+        y2 = planted.other_class(rng, y1, num_classes)
     else:
         y2 = rng.integers(0, num_classes, n)
     return np.stack([y1, y2]).astype(np.int64)

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from entangle import attacks, construct, data, models, robustify, train
+from entangle import planted as planted_lib
 from entangle import store as store_lib
 from entangle.store import Store, fingerprint_arrays
 
@@ -47,7 +48,7 @@ class DataConfig:
     balance: bool = False               # class-balanced subsample (ImageNet-9 is 58 % dogs)
     seed: int = 0
     cache_dir: str | None = None
-    planted: data.PlantedConfig | None = None
+    planted: planted_lib.PlantedConfig | None = None
     allow_empty_classes: bool = False   # folder datasets: keep class folders without images
 
     def __post_init__(self):

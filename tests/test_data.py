@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from entangle import data
+from entangle import data, planted
 
 CIFAR_COPY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg")
 
@@ -240,15 +240,15 @@ def test_real_cifar10_copy(tmp_path, monkeypatch):
 
 def test_limit_is_stratified_and_seeded():
     ds = data.load_dataset("planted", "train", limit=200, seed=3,
-                           planted=data.PlantedConfig(train_size=1000, num_classes=10))
+                           planted=planted.PlantedConfig(train_size=1000, num_classes=10))
     assert len(ds) == 200 and np.bincount(ds.y).tolist() == [20] * 10
     again = data.load_dataset("planted", "train", limit=200, seed=3,
-                              planted=data.PlantedConfig(train_size=1000, num_classes=10))
+                              planted=planted.PlantedConfig(train_size=1000, num_classes=10))
     np.testing.assert_array_equal(ds.x, again.x)
 
 
 def test_validation_split_is_stratified_and_disjoint():
-    ds = data.make_planted("train", data.PlantedConfig(train_size=500, num_classes=5))
+    ds = data.make_planted("train", planted.PlantedConfig(train_size=500, num_classes=5))
     ds.x = np.arange(len(ds))[:, None, None, None] * np.ones((1, 2, 2, 1), np.int64)
     train, val = data.split_validation(ds, 0.2, seed=1)
     assert len(train) == 400 and len(val) == 100
@@ -259,37 +259,97 @@ def test_validation_split_is_stratified_and_disjoint():
 
 
 def test_planted_dataset_properties():
-    cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=400, test_size=200)
-    pats = data.planted_patterns(cfg)
-    for name, norm in (("A", 6.0), ("B", 1.0), ("C", 1.0)):
+    cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=400, test_size=200)
+    pats = planted.patterns(cfg)
+    for name, norm in (("A", 4.0), ("B", 1.0), ("C", 1.0), ("D", 1.0)):
         np.testing.assert_allclose(np.linalg.norm(pats[name].reshape(4, -1), axis=1), norm,
                                    rtol=1e-5)
-    # B lives only inside A's support; A is piecewise constant (low frequency)
-    assert np.all((pats["B"] != 0) <= (pats["A"] != 0))
     tr = data.make_planted("train", cfg)
     assert tr.x.dtype == np.uint8 and tr.x.shape == (400, 16, 16, 3)
     assert np.bincount(tr.y).tolist() == [100] * 4
     np.testing.assert_array_equal(tr.x, data.make_planted("train", cfg).x)
-    assert not np.array_equal(tr.x, data.make_planted("train", data.PlantedConfig(
+    assert not np.array_equal(tr.x, data.make_planted("train", planted.PlantedConfig(
         image_size=16, num_classes=4, train_size=400, seed=1)).x)
-    with pytest.raises(ValueError, match="subset of 'ABC'"):
-        data.PlantedConfig(features="AD")
+    for bad, match in (("AE", "letters of ABCD"), ("BC", "need A"), ("AA", "distinct")):
+        with pytest.raises(ValueError, match=match):
+            planted.PlantedConfig(features=bad)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        planted.PlantedConfig(image_size=18)
 
 
-def _linear_probe_accuracy(train, test):
-    def feats(ds):
-        f = data.to_float(ds.x).reshape(len(ds), -1)
-        return np.hstack([f - f.mean(1, keepdims=True), np.ones((len(f), 1))])
-    onehot = np.eye(train.num_classes)[train.y]
-    w, *_ = np.linalg.lstsq(feats(train), onehot, rcond=1e-3)
-    return np.mean(np.argmax(feats(test) @ w, 1) == test.y)
+def test_b_is_a_component_of_a():
+    """B is A's own texture: on A's support only, orthogonal to every A, a fixed function of
+    A's shape and colour, at its norm, and present in an image exactly when A of that class
+    is (riding on A's amplitude)."""
+    cfg = planted.PlantedConfig(num_classes=10, features="AB", test_size=400, seed=2)
+    pats = planted.patterns(cfg)
+    a, b = pats["A"], pats["B"]
+    assert np.all((b != 0) == (a != 0))                      # exactly A's support
+    np.testing.assert_allclose(np.linalg.norm(b.reshape(10, -1), axis=1), 1.0, rtol=1e-5)
+    assert np.abs(b.reshape(10, -1) @ a.reshape(10, -1).T).max() < 1e-4
+    # the texture is A's colour times a one-pixel checkerboard: a function of A alone
+    checker = np.where(np.add.outer(np.arange(16), np.arange(16)) % 2 == 0, 1.0, -1.0)
+    np.testing.assert_allclose(np.sign(b), np.sign(a) * checker[None, :, :, None])
+    # D is co-located (A's support) but not a function of A
+    assert np.all((pats["D"] != 0) <= (a != 0))
+    assert not np.array_equal(np.sign(pats["D"]), np.sign(b))
+    # in the images B rides on A's amplitude (unconfused images: the same projection ratio)
+    x, y, confused = planted.images(cfg, "test")
+    idx = np.arange(len(y))
+    amp_a = planted.projections(x, cfg, "A")[idx, y]
+    amp_b = planted.projections(x, cfg, "B")[idx, y]
+    ratio = amp_b[~confused] / amp_a[~confused]
+    assert ratio.std() < 0.05 * ratio.mean()
+    # and is absent exactly where A is absent
+    without_a, yc, _ = planted.images(planted.PlantedConfig(num_classes=10, features="C",
+                                                            test_size=400, seed=2), "test")
+    assert np.abs(planted.projections(without_a, cfg, "B")).max() < 0.1 < amp_b.min()
 
 
-def test_linear_probe_on_entangled_feature_alone_beats_chance():
-    cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=2000, test_size=400,
-                             features="B", entangled_norm=2.0)
-    acc = _linear_probe_accuracy(data.make_planted("train", cfg), data.make_planted("test", cfg))
-    assert acc > 0.25 + 0.25  # chance is 0.25
+def test_planted_shapes_are_distinct(monkeypatch):
+    for size, k in ((16, 10), (32, 10), (16, 4)):
+        for seed in range(3):
+            a = planted.patterns(planted.PlantedConfig(image_size=size, num_classes=k,
+                                                       seed=seed))["A"].reshape(k, -1)
+            a = a / np.linalg.norm(a, axis=1, keepdims=True)
+            cos = a @ a.T
+            assert cos[~np.eye(k, dtype=bool)].max() < 0.5
+    monkeypatch.setattr(planted, "MAX_COSINE", -1.0)    # no two shapes can be that distinct
+    with pytest.raises(ValueError, match="cannot draw 10 shapes"):
+        planted.PlantedConfig(image_size=16, num_classes=10, seed=99)
+
+
+def test_planted_patterns_never_saturate():
+    """Every pixel stays inside [0, 1] before rounding, in every world, and settings that
+    could clip are refused with the flags to change."""
+    for features in ("ABC", "AD", "ACD", "A"):
+        cfg = planted.PlantedConfig(num_classes=10, features=features, test_size=2000,
+                                    robust_reliability=0.6, seed=1)
+        x, _, _ = planted.images(cfg, "test")
+        assert x.min() > 0.0 and x.max() < 1.0
+        for t in "ABCD":
+            for others in planted.PROBE_OTHERS:
+                px, _ = planted.probe(cfg, t, others, 500)
+                assert px.min() > 0.0 and px.max() < 1.0
+    with pytest.raises(ValueError, match="--planted_robust_norm"):
+        planted.PlantedConfig(robust_norm=6.0)
+
+
+def test_confused_images_blend_the_labels_shape_with_another():
+    cfg = planted.PlantedConfig(num_classes=10, features="ABC", test_size=2000,
+                                robust_reliability=0.6)
+    x, y, confused = planted.images(cfg, "test")
+    assert abs(confused.mean() - 0.4) < 0.05
+    own = planted.projections(x, cfg, "A")[np.arange(len(y)), y]
+    assert own[~confused].min() > 1.3 * own[confused].max() > 0     # half the shape
+    # the texture and the artifact stay the label's in every image
+    for t in "BC":
+        assert np.all(np.argmax(planted.projections(x, cfg, t), axis=1) == y)
+    same = planted.images(planted.PlantedConfig(num_classes=10, features="ABC",
+                                                test_size=2000), "test")
+    np.testing.assert_array_equal(y, same[1])
+    with pytest.raises(ValueError, match="robust_reliability"):
+        planted.PlantedConfig(robust_reliability=0.0)
 
 
 def test_augmentation_keeps_shape_and_range_and_is_seeded():

@@ -142,9 +142,9 @@ def test_get_or_build_waits_for_the_holder_or_reports_busy(tmp_path):
 
 TWO_PROCESSES = """
 import sys, json
-from entangle import data, train
+from entangle import data, planted, train
 from entangle.store import Store
-cfg = data.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
+cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
 tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=2,
                        learning_rate=3e-3, lr_decay="none", augment=False)
 t = train.train_classifier(tc, data.make_planted("train", cfg), None, Store(sys.argv[1]),

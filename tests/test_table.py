@@ -179,7 +179,9 @@ def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_
     work, out = smoke_table
     copy = tmp_path / "store"
     shutil.copytree(work, copy, ignore=shutil.ignore_patterns("results"))
-    x_path = glob.glob(str(copy / "datasets" / "R0-*" / "x.npy"))[0]
+    # the R_0 this table used, from its plan (other tests may add R_0 sets of other keys)
+    key = next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("R_0 "))
+    x_path = str(copy / "datasets" / key / "x.npy")
     x = np.load(x_path, mmap_mode="r+")
     x[:64] = 0.5
     x.flush()
@@ -187,7 +189,6 @@ def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_
     proc = subprocess.run(_cmd(copy), cwd=ROOT, capture_output=True, text=True, env=ENV,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    key = os.path.basename(os.path.dirname(x_path))
     assert f"damaged artifact datasets/{key}" in proc.stderr and "SHA-256" in proc.stderr
     assert glob.glob(str(copy / "datasets" / f".{key}.corrupt-*" / "x.npy"))
     assert _built(proc.stdout) == 1                     # R_0 alone, rebuilt in the plan

@@ -1,6 +1,7 @@
-"""Ground truth for the paper's inference: the Table 1 protocol on planted features (ABC, AB,
-AC, A; two seeds each), probes of what each classifier uses and what R_eps carries, and a
-verdict: does the test say "Type B present" exactly when B was planted?
+"""Ground truth for the paper's inference: the Table 1 protocol on planted worlds (ABC, AB, AD,
+AC, A; two seeds; construction budgets 0.5 and 1.0) beside the measured truth (probes,
+calibrated detectors, premise checks, Goh's leakage) and the verdict: a confusion table of the
+protocol's "Type B present" against "R_eps carries B and the zero-robust model uses it".
 
     python -m experiments.planted_study                       # quick scale, no files needed
     python -m experiments.planted_study --flagfile=flags/smoke.cfg --feature_sets=AB,A
@@ -32,10 +33,10 @@ def main(argv):
             log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body)
-    from entangle import report
+    from entangle import planted_report
 
     print()
-    print(report.planted_study_markdown(result))
+    print(planted_report.markdown(result))
     common.finish(result)
 
 

@@ -3,8 +3,9 @@ ExperimentConfig, TableConfig, TransferConfig, StudyConfig and MistakesConfig.""
 
 from __future__ import annotations
 
-from entangle import (construct, data, entanglement, mistakes, models, paper, pipeline,
+from entangle import (construct, entanglement, mistakes, models, paper, pipeline,
                       planted_study, robustify, train, transfer)
+from entangle import planted as planted_lib
 from entangle.flags._checks import FLAGS, MODEL_KINDS, kinds_on, parse_columns, per_kind
 
 
@@ -33,7 +34,7 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
     """All parsed flags as one typed ExperimentConfig."""
     planted = None
     if f.dataset == "planted":
-        planted = data.PlantedConfig(
+        planted = planted_lib.PlantedConfig(
             image_size=f.planted_image_size, num_classes=f.planted_num_classes,
             train_size=f.planted_train_size, test_size=f.planted_test_size,
             features=f.planted_features, robust_norm=f.planted_robust_norm,
@@ -99,7 +100,10 @@ def study_config(f=FLAGS) -> planted_study.StudyConfig:
     """The StudyConfig of the parsed flags (the table flags give eps, columns and rows)."""
     return planted_study.StudyConfig(feature_sets=tuple(f.feature_sets),
                                      seeds=tuple(int(t) for t in f.study_seeds),
-                                     table=table_config(f), probe_size=f.probe_size)
+                                     table=table_config(f), probe_size=f.probe_size,
+                                     construct_eps=tuple(float(t) for t in
+                                                         f.study_construct_eps),
+                                     detector_fpr=f.detector_fpr)
 
 
 def mistakes_config(f=FLAGS) -> mistakes.MistakesConfig:

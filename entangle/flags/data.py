@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import data, pipeline
+from entangle import data, pipeline, planted
 from entangle.flags._checks import FLAGS, validator
 
 
@@ -38,8 +38,10 @@ def define_data_flags(fv=FLAGS):
     flags.DEFINE_string("image_cache_dir", None, "Cache of decoded image folders "
                         "(default ~/.cache/entangle or $ENTANGLE_CACHE).", flag_values=fv)
     flags.DEFINE_string("planted_features", "ABC", "Planted dataset: which patterns are present "
-                        "(A robust, B entangled non-robust, C artifact).", flag_values=fv)
-    flags.DEFINE_integer("planted_image_size", 32, "Planted dataset image size.", lower_bound=8,
+                        "(A robust shape, B its texture: entangled, C artifact, D noise on A's "
+                        "shape: co-located; B and D need A).", flag_values=fv)
+    flags.DEFINE_integer("planted_image_size", 16, "Planted dataset image size (a multiple of "
+                         "4).", lower_bound=16,
                          flag_values=fv)
     flags.DEFINE_integer("planted_num_classes", 10, "Planted dataset classes.", lower_bound=2,
                          flag_values=fv)
@@ -47,20 +49,25 @@ def define_data_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_integer("planted_test_size", 1000, "Planted test images.", lower_bound=1,
                          flag_values=fv)
-    flags.DEFINE_float("planted_robust_norm", 6.0, "L2 norm of the robust pattern A.",
+    flags.DEFINE_float("planted_robust_norm", 4.0, "L2 norm of the robust pattern A.",
                        lower_bound=0, flag_values=fv)
-    flags.DEFINE_float("planted_entangled_norm", 1.0, "L2 norm of the entangled pattern B.",
+    flags.DEFINE_float("planted_entangled_norm", 1.0, "L2 norm of the entangled pattern B (and D).",
                        lower_bound=0, flag_values=fv)
     flags.DEFINE_float("planted_artifact_norm", 1.0, "L2 norm of the artifact pattern C.",
                        lower_bound=0, flag_values=fv)
     flags.DEFINE_float("planted_robust_reliability", 1.0,
-                       "Fraction of planted images whose robust pattern A is their own "
-                       "class's (the rest carry another class's A).", flag_values=fv)
+                       "Fraction of planted images whose shape is their own class's A alone "
+                       "(the rest: a 50/50 blend with another class's shape).", flag_values=fv)
 
     def dataset_ok(name):
         return name in ("cifar10", "imagenet9", "planted") or (
             name.startswith("folder:") and len(name) > 7)
     validator("dataset", dataset_ok, f"must be one of {data.dataset_names()}", fv)
-    validator("planted_features", lambda s: bool(s) and set(s) <= set("ABC"),
-              "must be a non-empty subset of ABC", fv)
+    def features_ok(v):
+        try:
+            return bool(planted.check_features(v))
+        except ValueError:
+            return False
+    validator("planted_features", features_ok, "must be distinct letters of ABCD where B and "
+              "D come with A", fv)
     validator("planted_robust_reliability", lambda v: 0 < v <= 1, "must be in (0, 1]", fv)

@@ -3,9 +3,11 @@ mistakes."""
 
 from __future__ import annotations
 
+import math
+
 from absl import flags
 
-from entangle import attacks, entanglement, models, transfer
+from entangle import attacks, entanglement, models, planted, planted_study, transfer
 from entangle.flags._checks import FLAGS, columns_ok, eps_validators, validator
 
 
@@ -67,16 +69,31 @@ def define_transfer_flags(fv=FLAGS):
 
 
 def define_study_flags(fv=FLAGS):
-    flags.DEFINE_list("feature_sets", ["ABC", "AB", "AC", "A"], "Planted study: the feature "
-                      "sets, each letters of ABC (A robust, B entangled, C artifact).",
+    flags.DEFINE_list("feature_sets", list(planted_study.WORLDS), "Planted study: the worlds, "
+                      "each distinct letters of ABCD (A robust shape, B its texture: entangled, "
+                      "C artifact, D noise on A's shape: co-located; B and D need A).",
                       flag_values=fv)
     flags.DEFINE_list("study_seeds", ["0", "1"], "Planted study: seeds (each a planted world, "
                       "its data and models).", flag_values=fv)
     flags.DEFINE_integer("probe_size", 1000, "Planted study: images per probe set.",
                          lower_bound=1, flag_values=fv)
-    validator("feature_sets", lambda v: bool(v) and all(
-        s and set(s) <= set("ABC") and len(set(s)) == len(s) for s in v),
-        "must be a comma list of distinct letters of ABC (e.g. ABC,AB,AC,A)", fv)
+    flags.DEFINE_list("study_construct_eps", ["0.5", "1.5"], "Planted study: the constructed "
+                      "sets' L2 budgets (Table 4's 0.5, and one above the non-robust patterns' "
+                      "norm, so that the construction can forge them fully).", flag_values=fv)
+    flags.DEFINE_float("detector_fpr", 0.05, "Planted study: false-positive rate at which the "
+                       "pattern detectors are calibrated.", lower_bound=1e-6, upper_bound=0.49,
+                       flag_values=fv)
+
+    def worlds_ok(v):
+        try:
+            return bool(v) and all(planted.check_features(s) for s in v)
+        except ValueError:
+            return False
+    validator("feature_sets", worlds_ok, "must be a comma list of worlds, each distinct "
+              "letters of ABCD where B and D come with A (e.g. ABC,AB,AD,AC,A)", fv)
+    validator("study_construct_eps", lambda v: bool(v) and all(
+        _positive_float(t) for t in v) and len(set(v)) == len(v),
+        "must be a comma list of distinct numbers > 0", fv)
     validator("study_seeds", lambda v: bool(v) and all(t.strip().lstrip("-").isdigit()
                                                         for t in v) and len(set(v)) == len(v),
               "must be a comma list of distinct integers", fv)
@@ -111,3 +128,10 @@ def define_mistakes_flags(fv=FLAGS):
     eps_validators(fv, {"mistakes_eps": False, "leakage_eps": False})
     validator("second_model", lambda v: v == "seed" or v in models.VICTIMS,
               f"must be 'seed' or one of {', '.join(models.VICTIMS)}", fv)
+
+
+def _positive_float(text: str) -> bool:
+    try:
+        return float(text) > 0 and math.isfinite(float(text))
+    except ValueError:
+        return False
