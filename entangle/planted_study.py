@@ -166,80 +166,94 @@ def study_run(exp_cfg: pipeline.ExperimentConfig, cfg: StudyConfig, features: st
     world = base.data.planted
     tables, exps = {}, {}
     for b in cfg.construct_eps:
-        ecfg = with_budget(base, b)
+        exps[b] = pipeline.Experiment(with_budget(base, b))
         sub = os.path.join(results_dir, budget_label(b).replace(" ", "-")) if results_dir \
             else None
         tables[b] = entanglement.run_table(
-            ecfg, cfg.table, results_dir=sub,
+            exps[b].cfg, cfg.table, results_dir=sub,
             title=f"Planted {features}, seed {seed}, {budget_label(b)}", log=log)
-        exps[b] = pipeline.Experiment(ecfg)
     exp = exps[cfg.construct_eps[0]]
-    t = entanglement.Table(exp, cfg.table)
     chance = tables[cfg.construct_eps[0]].chance
+    positive = [f"R_{paper.eps_label(e)}" for e in sorted(set(cfg.table.columns)) if e > 0]
+    probes = _probes(exps, cfg, world)
+    detectors, carries, premise = _carries_and_premise(exp, cfg, world)
     test = exp.splits().test
-    cols = {e: f"R_{paper.eps_label(e)}" for e in sorted(set(cfg.table.columns))}
-    positive = {e: c for e, c in cols.items() if e > 0}
+    leakage, protocol, truth = {}, {}, {}
+    for b, e in exps.items():
+        leakage[b] = {kind: {p: template_leakage(*_xy(e.constructed(kind)[0]), test, world, p,
+                                                 cfg.probe_l2) for p in planted.TYPES}
+                      for kind in ("zero_robust", "neg_robust")}
+        protocol[b] = _protocol(tables[b].cells, positive, chance)
+        used = probes[f"zero_robust ({budget_label(b)})"]
+        truth[b] = {}
+        for c in positive:
+            routes = {p: p in features and carries[c][p]["carried"]
+                      and _above(used[f"{p}-absent"], chance) for p in "BCD"}
+            truth[b][c] = {"b": routes["B"], "routes": routes}
+    return RunResult(features, seed, tables, probes, detectors, carries, premise, leakage,
+                     protocol, truth)
 
+
+def _xy(ds: data.Dataset) -> tuple:
+    return ds.x, ds.y
+
+
+def _probes(exps: dict, cfg: StudyConfig, world: planted.PlantedConfig) -> dict:
+    """Accuracy on every probe set of the standard model, each robust generator and, per
+    budget, the zero- and neg-robust models."""
+    exp = next(iter(exps.values()))
+    t = entanglement.Table(exp, cfg.table)
     probe_sets = {f"{p}-{o}": data.make_planted_probe(world, p, o, cfg.probe_size)
                   for p in planted.TYPES for o in planted.PROBE_OTHERS}
-    classifiers = {"standard": ("standard", 0.0, 0)}
-    classifiers.update({f"robust (eps {e:g})": ("robust", e, 0) for e in positive})
-    probes = {}
-
-    def probe_all(name, e, spec):
+    who = [("standard", exp, ("standard", 0.0, 0))]
+    who += [(f"robust (eps {e:g})", exp, ("robust", e, 0))
+            for e in sorted(set(cfg.table.columns)) if e > 0]
+    who += [(f"{row} ({budget_label(b)})", e, t.row_model(row))
+            for b, e in exps.items() for row in ("zero_robust", "neg_robust")]
+    out = {}
+    for name, e, spec in who:
         trained = e.model(*spec)
-        probes[name] = {p: e.accuracy_on(trained, ds, f"probe {p}") for p, ds in probe_sets.items()}
+        out[name] = {p: e.accuracy_on(trained, ds, f"probe {p}") for p, ds in probe_sets.items()}
+        del trained
+    return out
 
-    for name, spec in classifiers.items():
-        probe_all(name, exp, spec)
-    for b, e in exps.items():
-        for row in ("zero_robust", "neg_robust"):
-            probe_all(f"{row} ({budget_label(b)})", e, t.row_model(row))
 
+def _carries_and_premise(exp: pipeline.Experiment, cfg: StudyConfig,
+                         world: planted.PlantedConfig) -> tuple[dict, dict, dict]:
+    """(detectors, what Test and each R_eps carry, the premise per R_eps with eps > 0)."""
     detectors = {p: planted.calibrate(world, p, target_fpr=cfg.detector_fpr)
                  for p in planted.TYPES}
     decoys = {p: [planted.calibrate(world, p, target_fpr=cfg.detector_fpr, decoy=i)
                   for i in range(1, DECOYS + 1)] for p in planted.TYPES}
-    sets = {"Test": test}
-    extras = {}
-    for e, c in cols.items():
+    sets, extras = {"Test": exp.splits().test}, {}
+    for e in sorted(set(cfg.table.columns)):
+        c = f"R_{paper.eps_label(e)}"
         sets[c], extras[c] = exp.robustified(e)
     carries = {name: {p: carry_test(d, decoys[p], ds.x, ds.y, world)
                       for p, d in detectors.items()} for name, ds in sets.items()}
-
     premise = {}
-    for e, c in positive.items():
+    for e in sorted(set(cfg.table.columns)):
+        if e <= 0:
+            continue
+        c = f"R_{paper.eps_label(e)}"
         gen = exp.model(*exp.generator(e))
         own = exp.accuracy_on(gen, sets[c], f"generator on {c}")
         premise[c] = {"relative_distance": float(np.median(extras[c]["relative_distance"])),
                       "generator_accuracy": own["accuracy"],
                       "carries_A": carries[c]["A"]["rate"], "met": carries[c]["A"]["carried"]}
         del gen
+    return {p: dataclasses.asdict(d) for p, d in detectors.items()}, carries, premise
 
-    leakage, protocol, truth = {}, {}, {}
-    for b, e in exps.items():
-        leakage[b] = {}
-        for kind in ("zero_robust", "neg_robust"):
-            part, _ = e.constructed(kind)
-            leakage[b][kind] = {p: template_leakage(part.x, part.y, test, world, p, cfg.probe_l2)
-                                for p in planted.TYPES}
-        cells = tables[b].cells
-        zero = {c: entanglement.lower_bound(cells["zero_robust"][c]) for c in positive.values()}
-        neg = {c: entanglement.lower_bound(cells["neg_robust"][c]) for c in positive.values()}
-        protocol[b] = {c: {"zero_low": zero[c], "neg_low": neg[c],
-                           "says_b": zero[c] > chance and neg[c] > chance}
-                       for c in positive.values()}
-        protocol[b]["all"] = (all(v > chance for v in zero.values())
-                              and any(v > chance for v in neg.values()))
-        used = probes[f"zero_robust ({budget_label(b)})"]
-        truth[b] = {}
-        for c in positive.values():
-            routes = {p: p in features and carries[c][p]["carried"]
-                      and _above(used[f"{p}-absent"], chance) for p in "BCD"}
-            truth[b][c] = {"b": routes["B"], "routes": routes}
-    return RunResult(features, seed, tables, probes,
-                     {p: dataclasses.asdict(d) for p, d in detectors.items()}, carries, premise,
-                     leakage, protocol, truth)
+
+def _protocol(cells: dict, columns: list[str], chance: float) -> dict:
+    """The protocol's answer per R_eps column (zero- and neg-robust both above chance) and
+    overall (zero-robust on every column, neg-robust on one)."""
+    zero = {c: entanglement.lower_bound(cells["zero_robust"][c]) for c in columns}
+    neg = {c: entanglement.lower_bound(cells["neg_robust"][c]) for c in columns}
+    out = {c: {"zero_low": zero[c], "neg_low": neg[c],
+               "says_b": zero[c] > chance and neg[c] > chance} for c in columns}
+    out["all"] = all(v > chance for v in zero.values()) and any(v > chance for v in neg.values())
+    return out
 
 
 def explain(r: RunResult, b: float, column: str, chance: float) -> str:
