@@ -383,9 +383,10 @@ def load_folder(root: str, split: str, *, cache_dir: str | None = None,
 # ---------------------------------------------------------------------------- planted features
 
 
-def make_planted(split: str, cfg: planted_lib.PlantedConfig = planted_lib.PlantedConfig()) -> Dataset:
-    """The planted world's ``split`` as uint8 images (deterministic for a configuration)."""
-    x, y, _ = planted_lib.images(cfg, split)
+def make_planted(split: str, cfg: planted_lib.PlantedConfig | None = None) -> Dataset:
+    """The planted world's ``split`` as uint8 images (deterministic for a configuration;
+    the default world when ``cfg`` is None)."""
+    x, y, _ = planted_lib.images(cfg or planted_lib.PlantedConfig(), split)
     return Dataset(to_uint8(x), y, _planted_names(cfg), "planted")
 
 

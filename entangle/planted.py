@@ -89,9 +89,6 @@ class PlantedConfig:
                 f"--planted_entangled_norm or --planted_artifact_norm, or raise "
                 f"--planted_image_size ({self.image_size})")
 
-    def with_features(self, features: str) -> "PlantedConfig":
-        return dataclasses.replace(self, features=features)
-
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)

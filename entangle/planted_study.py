@@ -174,9 +174,10 @@ def study_run(exp_cfg: pipeline.ExperimentConfig, cfg: StudyConfig, features: st
             title=f"Planted {features}, seed {seed}, {budget_label(b)}", log=log)
     exp = exps[cfg.construct_eps[0]]
     chance = tables[cfg.construct_eps[0]].chance
-    positive = [f"R_{paper.eps_label(e)}" for e in sorted(set(cfg.table.columns)) if e > 0]
-    probes = _probes(exps, cfg, world)
-    detectors, carries, premise = _carries_and_premise(exp, cfg, world)
+    cols = {e: f"R_{paper.eps_label(e)}" for e in sorted(set(cfg.table.columns))}
+    positive = [c for e, c in cols.items() if e > 0]
+    probes = _probes(exps, cfg, world, [e for e in cols if e > 0])
+    detectors, carries, premise = _carries_and_premise(exp, cfg, world, cols)
     test = exp.splits().test
     leakage, protocol, truth = {}, {}, {}
     for b, e in exps.items():
@@ -198,16 +199,16 @@ def _xy(ds: data.Dataset) -> tuple:
     return ds.x, ds.y
 
 
-def _probes(exps: dict, cfg: StudyConfig, world: planted.PlantedConfig) -> dict:
-    """Accuracy on every probe set of the standard model, each robust generator and, per
-    budget, the zero- and neg-robust models."""
+def _probes(exps: dict, cfg: StudyConfig, world: planted.PlantedConfig,
+            robust_eps: list[float]) -> dict:
+    """Accuracy on every probe set of the standard model, the robust generator at each of
+    ``robust_eps`` and, per budget, the zero- and neg-robust models."""
     exp = next(iter(exps.values()))
     t = entanglement.Table(exp, cfg.table)
     probe_sets = {f"{p}-{o}": data.make_planted_probe(world, p, o, cfg.probe_size)
                   for p in planted.TYPES for o in planted.PROBE_OTHERS}
     who = [("standard", exp, ("standard", 0.0, 0))]
-    who += [(f"robust (eps {e:g})", exp, ("robust", e, 0))
-            for e in sorted(set(cfg.table.columns)) if e > 0]
+    who += [(f"robust (eps {e:g})", exp, ("robust", e, 0)) for e in robust_eps]
     who += [(f"{row} ({budget_label(b)})", e, t.row_model(row))
             for b, e in exps.items() for row in ("zero_robust", "neg_robust")]
     out = {}
@@ -219,23 +220,22 @@ def _probes(exps: dict, cfg: StudyConfig, world: planted.PlantedConfig) -> dict:
 
 
 def _carries_and_premise(exp: pipeline.Experiment, cfg: StudyConfig,
-                         world: planted.PlantedConfig) -> tuple[dict, dict, dict]:
-    """(detectors, what Test and each R_eps carry, the premise per R_eps with eps > 0)."""
+                         world: planted.PlantedConfig, cols: dict) -> tuple[dict, dict, dict]:
+    """(detectors, what Test and each R_eps carry, the premise per R_eps with eps > 0);
+    ``cols`` maps each column's eps to its label."""
     detectors = {p: planted.calibrate(world, p, target_fpr=cfg.detector_fpr)
                  for p in planted.TYPES}
     decoys = {p: [planted.calibrate(world, p, target_fpr=cfg.detector_fpr, decoy=i)
                   for i in range(1, DECOYS + 1)] for p in planted.TYPES}
     sets, extras = {"Test": exp.splits().test}, {}
-    for e in sorted(set(cfg.table.columns)):
-        c = f"R_{paper.eps_label(e)}"
+    for e, c in cols.items():
         sets[c], extras[c] = exp.robustified(e)
     carries = {name: {p: carry_test(d, decoys[p], ds.x, ds.y, world)
                       for p, d in detectors.items()} for name, ds in sets.items()}
     premise = {}
-    for e in sorted(set(cfg.table.columns)):
+    for e, c in cols.items():
         if e <= 0:
             continue
-        c = f"R_{paper.eps_label(e)}"
         gen = exp.model(*exp.generator(e))
         own = exp.accuracy_on(gen, sets[c], f"generator on {c}")
         premise[c] = {"relative_distance": float(np.median(extras[c]["relative_distance"])),

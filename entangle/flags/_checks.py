@@ -69,6 +69,18 @@ def eps_validators(fv, names: dict):
                  f"pixel units){'; inf for no bound' if allow_inf else ', finite'}", fv)
 
 
+def accepts(check):
+    """Validator from a library check that raises ValueError on bad input (so the flag and
+    the library refuse the same values)."""
+    def ok(value):
+        try:
+            check(value)
+        except ValueError:
+            return False
+        return True
+    return ok
+
+
 def per_kind_ok(cast, kinds=MODEL_KINDS, minimum=None):
     """Validator: every entry parses with ``cast``, every kind in ``kinds`` has a value, and
     each is > 0 (or >= ``minimum`` if given)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from absl import flags
 
 from entangle import data, pipeline, planted
-from entangle.flags._checks import FLAGS, validator
+from entangle.flags._checks import FLAGS, accepts, validator
 
 
 def define_data_flags(fv=FLAGS):
@@ -63,11 +63,6 @@ def define_data_flags(fv=FLAGS):
         return name in ("cifar10", "imagenet9", "planted") or (
             name.startswith("folder:") and len(name) > 7)
     validator("dataset", dataset_ok, f"must be one of {data.dataset_names()}", fv)
-    def features_ok(v):
-        try:
-            return bool(planted.check_features(v))
-        except ValueError:
-            return False
-    validator("planted_features", features_ok, "must be distinct letters of ABCD where B and "
-              "D come with A", fv)
+    validator("planted_features", accepts(planted.check_features), "must be distinct letters "
+              "of ABCD where B and D come with A", fv)
     validator("planted_robust_reliability", lambda v: 0 < v <= 1, "must be in (0, 1]", fv)

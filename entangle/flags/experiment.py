@@ -8,7 +8,7 @@ import math
 from absl import flags
 
 from entangle import attacks, entanglement, models, planted, planted_study, transfer
-from entangle.flags._checks import FLAGS, columns_ok, eps_validators, validator
+from entangle.flags._checks import FLAGS, accepts, columns_ok, eps_validators, validator
 
 
 def define_table_flags(fv=FLAGS):
@@ -84,12 +84,9 @@ def define_study_flags(fv=FLAGS):
                        "pattern detectors are calibrated.", lower_bound=1e-6, upper_bound=0.49,
                        flag_values=fv)
 
-    def worlds_ok(v):
-        try:
-            return bool(v) and all(planted.check_features(s) for s in v)
-        except ValueError:
-            return False
-    validator("feature_sets", worlds_ok, "must be a comma list of worlds, each distinct "
+    validator("feature_sets", lambda v: bool(v) and all(accepts(planted.check_features)(s)
+                                                        for s in v),
+              "must be a comma list of worlds, each distinct "
               "letters of ABCD where B and D come with A (e.g. ABC,AB,AD,AC,A)", fv)
     validator("study_construct_eps", lambda v: bool(v) and all(
         _positive_float(t) for t in v) and len(set(v)) == len(v),

@@ -39,7 +39,7 @@ def define_victim_flags(fv=FLAGS):
     flags.DEFINE_enum("victim_weights", "imagenet", list(VICTIM_WEIGHTS),
                       "Victims start from ImageNet weights (Table 3; the files must be in the "
                       "Keras cache when offline) or from scratch (none).", flag_values=fv)
-    validator("victim_input_size", per_kind_ok(int, models.VICTIMS, minimum=0), "must be an integer >= 0, optionally per victim "
-              "('0,mobilenet_v2:64')", fv)
+    validator("victim_input_size", per_kind_ok(int, models.VICTIMS, minimum=0),
+              "must be an integer >= 0, optionally per victim ('0,mobilenet_v2:64')", fv)
     validator("victims", lambda v: set(v) <= set(models.VICTIMS),
               f"must be a subset of {', '.join(models.VICTIMS)}", fv)
