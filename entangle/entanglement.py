@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats as st
 
-from entangle import data, paper, pipeline, stats
+from entangle import data, estimate, paper, pipeline, stats
 from entangle import plan as plan_lib
 from entangle.plan import PlanItem
 from entangle.store import describe_os_error, git_commit
@@ -116,10 +116,8 @@ class Table:
         sp = exp.splits()
         n_fit, n_test = len(sp.train), len(sp.test)
         items: dict[str, PlanItem] = {}
-
-        def train_passes(kind, eps, n):
-            h = exp.cfg.hparams[kind]
-            return h.epochs * n * (2.0 + (h.attack_steps if eps > 0 else 0))
+        shape, classes = sp.train.image_shape, sp.train.num_classes
+        batch = exp.cfg.runtime.eval_batch_size
 
         def add_model(kind, eps, offset=0):
             key = exp.model_key(kind, eps, offset)
@@ -132,9 +130,10 @@ class Table:
                 deps = (add_constructed(kind),)
                 n = n_fit * (10 if kind == "zero_robust" and
                              exp.cfg.construct.targets == "all" else 1)
-            items[key] = PlanItem(label, "models", key, deps,
-                                  lambda: exp.model(kind, eps, offset, runtime=self._nowait),
-                                  train_passes(kind, eps, n))
+            cfg = exp.train_config(kind, eps, offset)
+            items[key] = plan_lib.training_item(
+                label, key, deps, lambda: exp.model(kind, eps, offset, runtime=self._nowait),
+                cfg, cfg.epochs * n, shape, classes)
             return key
 
         def add_constructed(kind):
@@ -142,9 +141,12 @@ class Table:
             if key not in items:
                 src = add_model("standard", 0.0)
                 mult = 10 if kind == "zero_robust" and exp.cfg.construct.targets == "all" else 1
+                images = n_fit * mult * (exp.cfg.construct.steps + 1)
                 items[key] = PlanItem(f"{kind} set", "datasets", key, (src,),
                                       lambda: exp.constructed(kind, runtime=self._nowait),
-                                      n_fit * mult * (exp.cfg.construct.steps + 1))
+                                      images, work=plan_lib.attack_work(
+                                          exp.train_config("standard"), images, batch, shape,
+                                          classes))
             return key
 
         columns = sorted(set(self.cfg.columns))
@@ -155,9 +157,12 @@ class Table:
         for eps in columns if robustified else ():
             key = exp.robustified_key(eps)
             gen = exp.model_key(*exp.generator(eps))
+            images = n_test * (exp.cfg.robustify.steps + 3)
             items[key] = PlanItem(f"R_{paper.eps_label(eps)}", "datasets", key, (gen,),
                                   lambda eps=eps: exp.robustified(eps, runtime=self._nowait),
-                                  n_test * (exp.cfg.robustify.steps + 3))
+                                  images, work=plan_lib.attack_work(
+                                      exp.train_config(*exp.generator(eps)), images, batch,
+                                      shape, classes))
         return plan_lib.mark_present(store, list(items.values()))
 
     # -------------------------------------------------------------- evaluate
@@ -409,7 +414,10 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
     signature = rate_signature(exp, name)
     rate = None
     if any(not it.present for it in items):
-        rate = plan_lib.remembered_rate(exp.store, signature) or probe_rate(exp)
+        known = estimate.estimate(exp.store, items, probe=False, processes=(1,))
+        rate = (plan_lib.Rate(default_rate(exp), 0.0, "op rates measured here (--estimate)",
+                              {key: s for _, key, s, _ in known.items}) if known else
+                plan_lib.remembered_rate(exp.store, signature) or probe_rate(exp))
     rate = rate or plan_lib.Rate(default_rate(exp))
     log(plan_lib.describe(exp.store, items, rate))
     return plan_lib.build(exp.store, items, rate, log, poll, name, signature)

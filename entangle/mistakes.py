@@ -209,38 +209,40 @@ class Mistakes:
     # -------------------------------------------------------------- plan
     def plan(self) -> list[PlanItem]:
         exp = self.exp
-        n_fit = len(exp.splits().train)
+        sp = exp.splits()
+        n_fit, shape, classes = len(sp.train), sp.train.image_shape, sp.train.num_classes
         items = []
 
-        def passes(cfg, n):
-            return cfg.epochs * n * 2.0
+        def model_item(label, key, deps, build, cfg):
+            return plan_lib.training_item(label, key, deps, build, cfg, cfg.epochs * n_fit,
+                                          shape, classes, kind=train.MODEL_KIND)
 
-        f1 = PlanItem("F1: standard", train.MODEL_KIND, self.model_key("F1"), (),
-                      lambda: self.model("F1", self._nowait),
-                      passes(exp.train_config("standard"), n_fit))
+        f1_cfg = exp.train_config("standard")
+        f1 = model_item("F1: standard", self.model_key("F1"), (),
+                        lambda: self.model("F1", self._nowait), f1_cfg)
         second = ("F2: standard (seed +1)" if self.cfg.second_model == "seed"
                   else f"F2: {self.cfg.second_model}")
-        f2_cfg = (exp.train_config("standard") if self.cfg.second_model == "seed"
+        f2_cfg = (f1_cfg if self.cfg.second_model == "seed"
                   else exp.victim_config(self.cfg.second_model))
-        f2 = PlanItem(second, train.MODEL_KIND, self.model_key("F2"), (),
-                      lambda: self.model("F2", self._nowait), passes(f2_cfg, n_fit))
+        f2 = model_item(second, self.model_key("F2"), (), lambda: self.model("F2", self._nowait),
+                        f2_cfg)
+        images = n_fit * (self.cfg.steps + 1)
         adv = PlanItem("N-targeted set", KIND, self.adversarial_key(), (f1.key, f2.key),
-                       lambda: self.adversarial(self._nowait),
-                       n_fit * 2 * (self.cfg.steps + 1))
+                       lambda: self.adversarial(self._nowait), 2 * images,
+                       work=sum((plan_lib.attack_work(c, images, exp.cfg.runtime.eval_batch_size,
+                                                      shape, classes) for c in (f1_cfg, f2_cfg)),
+                                ()))
         items += [f1, f2, adv]
         if self.cfg.leakage_eps > 0:
             rob = exp.train_config("robust", self.cfg.leakage_eps)
-            items.append(PlanItem(
-                f"probe: {exp.model_name('robust', self.cfg.leakage_eps)}", train.MODEL_KIND,
+            items.append(model_item(
+                f"probe: {exp.model_name('robust', self.cfg.leakage_eps)}",
                 exp.model_key("robust", self.cfg.leakage_eps), (),
-                lambda: exp.model("robust", self.cfg.leakage_eps, runtime=self._nowait),
-                rob.epochs * n_fit * (2.0 + rob.attack_steps)))
+                lambda: exp.model("robust", self.cfg.leakage_eps, runtime=self._nowait), rob))
         rcfg = self.relabel_config()
         for by in ("Y1", "Y2"):
-            items.append(PlanItem(f"model on (X', {by})", train.MODEL_KIND,
-                                  self.relabelled_key(by), (adv.key,),
-                                  lambda by=by: self.relabelled(by, self._nowait),
-                                  passes(rcfg, n_fit)))
+            items.append(model_item(f"model on (X', {by})", self.relabelled_key(by), (adv.key,),
+                                    lambda by=by: self.relabelled(by, self._nowait), rcfg))
         return plan_lib.mark_present(exp.store, items)
 
 

@@ -19,6 +19,46 @@ from typing import Callable
 from entangle.store import ArtifactBusy, Store, atomic_file, builder_id
 
 
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One kind of work an artifact does, as a probe can time it: a training step ("train")
+    or an attack step ("attack", one input gradient) of the model ``config`` (a
+    train.TrainConfig) builds, ``batch`` images at a time."""
+
+    kind: str
+    config: object
+    batch: int
+    input_shape: tuple
+    num_classes: int
+
+    def signature(self) -> str:
+        """What the op's speed depends on (not its weights, seed or learning rate)."""
+        c = self.config
+        model = c.arch if c.is_victim else f"{c.arch}-w{c.width}-{c.pooling}"
+        size = "x".join(str(d) for d in self.input_shape)
+        return (f"{self.kind} {model} in{c.input_size} b{self.batch} {size} "
+                f"c{self.num_classes} {c.precision}")
+
+    def describe(self) -> str:
+        return (f"{self.kind} step of {self.config.arch}, batch {self.batch}, "
+                f"{'x'.join(str(d) for d in self.input_shape)}")
+
+
+def training_work(cfg, images: float, input_shape, num_classes: int) -> tuple:
+    """The ops of training ``cfg`` on ``images`` (epochs included): a training step per image,
+    and for adversarial training its attack steps at the training batch size."""
+    work = [(Op("train", cfg, cfg.batch_size, tuple(input_shape), num_classes), images)]
+    if cfg.eps > 0:
+        work.append((Op("attack", cfg, cfg.batch_size, tuple(input_shape), num_classes),
+                     images * cfg.attack_steps))
+    return tuple(work)
+
+
+def attack_work(cfg, images: float, batch: int, input_shape, num_classes: int) -> tuple:
+    """``images`` attack steps (steps x images) through the model ``cfg`` builds."""
+    return ((Op("attack", cfg, batch, tuple(input_shape), num_classes), images),)
+
+
 @dataclasses.dataclass
 class PlanItem:
     label: str
@@ -28,6 +68,18 @@ class PlanItem:
     build: Callable[[], object]
     passes: float                       # estimated forward+backward image passes
     present: bool = False
+    work: tuple = ()                    # ((Op, images), ...): what a measured estimate times
+
+
+def training_item(label: str, key: str, deps: tuple, build: Callable[[], object], cfg,
+                  images: float, input_shape, num_classes: int, kind: str = "models",
+                  passes: float | None = None) -> PlanItem:
+    """The plan item of a model trained as ``cfg`` says on ``images`` (epochs included):
+    2 passes per image, plus the attack steps of adversarial training."""
+    if passes is None:
+        passes = images * (2.0 + (cfg.attack_steps if cfg.eps > 0 else 0))
+    return PlanItem(label, kind, key, deps, build, passes,
+                    work=training_work(cfg, images, input_shape, num_classes))
 
 
 def mark_present(store: Store, plan: list[PlanItem]) -> list[PlanItem]:
@@ -46,9 +98,21 @@ class Rate:
     passes_per_second: float
     overhead: float = 0.0
     source: str = "a guess"
+    projected: dict = dataclasses.field(default_factory=dict)   # key -> seconds (estimate)
 
     def seconds(self, it: PlanItem) -> float:
+        if it.key in self.projected:
+            return self.projected[it.key]
         return it.passes / self.passes_per_second + self.overhead
+
+    def refined(self, it: PlanItem, took: float, measured: "Rate") -> "Rate":
+        """After building ``it`` in ``took`` seconds: projections scaled by how far off the
+        last one was (halfway), pass rates moved halfway to this run's."""
+        scale = (0.5 + 0.5 * took / max(self.projected[it.key], 1e-9)
+                 if it.key in self.projected else 1.0)
+        return Rate(0.5 * self.passes_per_second + 0.5 * measured.passes_per_second,
+                    0.5 * self.overhead, "this run",
+                    {k: v * scale for k, v in self.projected.items()})
 
 
 RATES = "rates.json"
@@ -143,8 +207,7 @@ def build(store: Store, plan: list[PlanItem], rate: Rate, log=print, poll: float
                             0.0, "this run")
             if signature:
                 remember_rate(store, signature, measured)
-            rate = Rate(0.5 * rate.passes_per_second + 0.5 * measured.passes_per_second,
-                        0.5 * rate.overhead, "this run")
+            rate = rate.refined(it, took, measured)
             left = sum(rate.seconds(p) for p in pending)
             log(f"[{name}] {len(plan) - len(pending)}/{len(plan)} built {it.label} in "
                 f"{fmt_seconds(took)}; {100 * done_passes / total:.0f}% of the work, ETA "

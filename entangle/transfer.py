@@ -265,30 +265,36 @@ class Transfer:
         sp = exp.splits()
         n_train, n_test = len(sp.train), len(sp.test)
         size_factor = entanglement.default_rate(exp) / 600.0
+        shape, classes = sp.train.image_shape, sp.train.num_classes
         items: dict[str, PlanItem] = {}
         for e in self.cfg.sources:
             kind, eps = exp.generator(e)
             key = self.source_key(e)
-            h = exp.cfg.hparams[kind]
-            items[key] = PlanItem(
-                exp.model_name(kind, eps), "models", key, (),
+            h = exp.train_config(kind, eps)
+            items[key] = plan_lib.training_item(
+                exp.model_name(kind, eps), key, (),
                 lambda kind=kind, eps=eps: exp.model(kind, eps, runtime=self._nowait),
-                h.epochs * n_train * (2.0 + (h.attack_steps if eps > 0 else 0)))
+                h, h.epochs * n_train, shape, classes)
         for name in self.cfg.victims:
             key = exp.victim_key(name)
             h = exp.victim_config(name)
-            items[key] = PlanItem(f"victim {name}", "models", key, (),
-                                  lambda name=name: exp.victim(name, runtime=self._nowait),
-                                  h.epochs * n_train * 2.0 * VICTIM_COST[name] * size_factor)
+            items[key] = plan_lib.training_item(
+                f"victim {name}", key, (), lambda name=name: exp.victim(name, runtime=self._nowait),
+                h, h.epochs * n_train, shape, classes,
+                passes=h.epochs * n_train * 2.0 * VICTIM_COST[name] * size_factor)
         for attack in self.attacks():
             for e in ([None] if attack == "n_targeted" else self.cfg.sources):
                 key = self.adversarial_key(attack, e)
                 srcs = self._set_sources(attack, e)
+                images = n_test * (self.cfg.steps + 1)
                 items[key] = PlanItem(
                     f"{attack} set" + ("" if e is None else f" eps {paper.eps_label(e)}"),
                     ADVERSARIAL_KIND, key, tuple(self.source_key(s) for s in srcs),
                     lambda attack=attack, e=e: self.adversarial(attack, e, runtime=self._nowait),
-                    n_test * (self.cfg.steps + 1) * len(srcs))
+                    images * len(srcs),
+                    work=sum((plan_lib.attack_work(exp.train_config(*exp.generator(s)), images,
+                                                   exp.cfg.runtime.eval_batch_size, shape,
+                                                   classes) for s in srcs), ()))
         return plan_lib.mark_present(exp.store, list(items.values()))
 
     # -------------------------------------------------------------- evaluate

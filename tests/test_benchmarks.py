@@ -25,3 +25,10 @@ def test_pgd_benchmark_venv_sees_the_active_environment(tmp_path):
     pth = glob.glob(str(tmp_path / "bench" / "lib" / "python*" / "site-packages" /
                         "_entangle_parent.pth"))
     assert pth and str(user) in open(pth[0]).read()   # the active venv's site directory
+
+
+def test_gpu_check_starts_and_names_its_options():
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--images" in proc.stdout and "--out" in proc.stdout

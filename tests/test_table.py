@@ -2,6 +2,7 @@
 
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -301,34 +302,27 @@ def test_paper_scale_offline_fails_fast_with_directions(tmp_path):
     assert time.time() - start < 60  # TF start-up included; the data check itself is ~0.5 s
 
 
-def test_table2_on_mock_imagenet(tmp_path):
-    import tensorflow_datasets as tfds
-
-    from entangle import flags as entangle_flags
-    from absl import flags
-    from entangle import entanglement
-
-    fv = flags.FlagValues()
-    entangle_flags.define_all(fv)
-    entangle_flags.parse(["--flagfile=" + entangle_flags.flagfile("smoke.cfg"),
-                          "--dataset=imagenet9", "--batch_size=8", "--epochs=1",
-                          "--columns=0,1", f"--workdir={tmp_path}", "--quiet",
-                          "--robustify_steps=3", "--construct_steps=2"], fv)
-    with tfds.testing.mock_data(num_examples=200):
-        result = entanglement.run_table(entangle_flags.experiment_config(fv),
-                                        entangle_flags.table_config(fv),
-                                        results_dir=str(tmp_path / "res"), log=lambda m: None)
-    assert result.columns == ["Test", "R_0", "R_1"] and result.chance == pytest.approx(1 / 9)
-    assert result.rows[1] == "robust (eps 1)"  # ImageNet-9's robust row: Table 6's eps
-    assert all(np.isfinite(c["balanced_accuracy"]) for r in result.cells.values()
-               for c in r.values())
-    assert result.paper["standard"]["Test"] == 94.8
-    assert os.path.exists(result.files["png"])
-
-
 def test_wilson_interval_is_scipys():
     from entangle import entanglement
 
     lo, hi = entanglement.wilson_interval(0.12, 500)
     assert lo < 0.1 < 0.12 < hi
     assert (lo, hi) == pytest.approx((0.0944, 0.1514), abs=1e-4)
+
+
+def test_estimate_projects_every_artifact_within_3x_of_the_smoke_run(smoke_table, tmp_path):
+    _, out = smoke_table
+    wall = float(out.split("built here: ")[1].split("; ")[1].rstrip("s"))
+    proc = run_binary("table1", *SMOKE, f"--workdir={tmp_path}", "--estimate", check=True)
+    lines = proc.stdout.splitlines()
+    rows = [l for l in lines if l.startswith("| ") and "`" in l]
+    assert len(rows) == 15                              # every artifact of the smoke plan
+    projected = [_seconds(r.split(" | ")[1]) for r in rows]
+    assert all(0 < p < math.inf for p in projected)
+    one = _seconds(next(l for l in lines if l.startswith("| 1 |")).split(" | ")[1])
+    two = _seconds(next(l for l in lines if l.startswith("| 2 |")).split(" | ")[1])
+    assert wall / 3 <= one <= wall * 3, (one, wall)
+    assert two < one                                    # independent models run side by side
+    assert not (tmp_path / "models").exists()           # probes only: nothing was built
+    again = run_binary("table1", *SMOKE, f"--workdir={tmp_path}", "--estimate", check=True)
+    assert "probing" not in again.stdout and "measured here" in again.stdout

@@ -146,6 +146,19 @@ def finish(result):
         fail(result.write_error, code=1)
 
 
+def estimate_and_exit(argv, experiment: str, exp_cfg, make_cfg, title: str,
+                      failures: dict | None = None):
+    """--estimate: probe the plan's kinds of work, print the projection as Markdown, exit 0.
+    ``exp_cfg`` and ``make_cfg`` are called inside ``run_main`` (threads and strategy first)."""
+    from entangle import estimate, projections
+
+    est = run_main(argv, lambda: projections.project(exp_cfg(), experiment, make_cfg()),
+                   failures)
+    print()
+    print(estimate.markdown(est, title, estimate.describe_hardware()))
+    sys.exit(0)
+
+
 def fail(message: str, quick_hint: str = "", code: int = 2):
     """Exit with a clear message (no traceback)."""
     print(f"error: {message}" + (f"\n\n{quick_hint}" if quick_hint else ""), file=sys.stderr)

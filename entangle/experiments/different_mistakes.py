@@ -31,6 +31,13 @@ QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folde
 
 
 def main(argv):
+    if FLAGS.estimate:
+        common.estimate_and_exit(argv, "mistakes", lambda: entangle_flags.experiment_config(FLAGS),
+                                 lambda: entangle_flags.mistakes_config(FLAGS),
+                                 f"different mistakes ({common.dataset_label(FLAGS)}, "
+                                 f"{entangle_flags.scale_name()})",
+                                 {data.DatasetUnavailableError: QUICK})
+
     def body():
         return mistakes.run_mistakes(entangle_flags.experiment_config(FLAGS),
                                      entangle_flags.mistakes_config(FLAGS),

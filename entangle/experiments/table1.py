@@ -31,6 +31,14 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
              f"({common.dataset_label(FLAGS)}, {entangle_flags.scale_name()})")
     log = print if not FLAGS.quiet else (lambda m: None)
     seeds = entangle_flags.seeds(FLAGS)
+    failures = {data.DatasetUnavailableError: quick}
+    if FLAGS.estimate:
+        common.estimate_and_exit(
+            argv, "table", lambda: entanglement.with_seed(
+                entangle_flags.experiment_config(FLAGS), seeds[0]),
+            lambda: entangle_flags.table_config(FLAGS),
+            f"{label}, seed {seeds[0]}" + (f" (x{len(seeds)} seeds)" if len(seeds) > 1 else ""),
+            failures)
 
     def body():
         out = common.results_dir(FLAGS, name, table=True)
@@ -44,7 +52,7 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
                                       results_dir=out, title=f"{label}, seed {seeds[0]}",
                                       log=log, provenance=given)
 
-    result = common.run_main(argv, body, {data.DatasetUnavailableError: quick})
+    result = common.run_main(argv, body, failures)
     from entangle import report
 
     print()

@@ -30,6 +30,18 @@ QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folde
 
 
 def main(argv):
+    failures = {
+        data.DatasetUnavailableError: QUICK,
+        models.WeightsUnavailableError: "Or train the victims from scratch: "
+                                        "--victim_weights=none (every table and figure then "
+                                        "says so)."}
+    if FLAGS.estimate:
+        common.estimate_and_exit(argv, "transfer",
+                                 lambda: entangle_flags.experiment_config(FLAGS),
+                                 lambda: entangle_flags.transfer_config(FLAGS),
+                                 f"transfer ({common.dataset_label(FLAGS)}, "
+                                 f"{entangle_flags.scale_name()})", failures)
+
     def body():
         cfg = entangle_flags.transfer_config(FLAGS)
         name = "transfer" if cfg.mode == "per_source" else \
@@ -40,11 +52,7 @@ def main(argv):
                                                                     extra=sources),
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
-    result = common.run_main(argv, body, {
-        data.DatasetUnavailableError: QUICK,
-        models.WeightsUnavailableError: "Or train the victims from scratch: "
-                                        "--victim_weights=none (every table and figure then "
-                                        "says so)."})
+    result = common.run_main(argv, body, failures)
     from entangle import report
 
     print()

@@ -1,0 +1,240 @@
+"""Measured projections of a plan: time a short probe of each kind of work with the real
+model, configuration and hardware, then project every artifact and the whole plan, for one
+process and for N processes (or GPUs) sharing one store.
+
+Work comes in two kinds (``plan.Op``): a training step and an attack step (an input-gradient
+step: construction, robustification, transfer and training attacks all take them). A probe
+times each distinct op once: the first call (building and tracing the model) is the fixed
+cost of every artifact that uses the op; the next calls give seconds per image. Rates are
+remembered in the store per host, CPU and op, so later plans estimate without probing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import os
+import platform
+import socket
+import time
+from typing import Callable
+
+import numpy as np
+
+from entangle import plan as plan_lib
+from entangle.plan import Op, PlanItem
+from entangle.store import Store, atomic_file
+
+RATES = "op_rates.json"
+PROCESSES = (1, 2, 4, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpRate:
+    """Seconds per image of an op, and the seconds to build and trace its model once."""
+
+    seconds_per_image: float
+    overhead: float
+    source: str = "probe"
+
+
+@dataclasses.dataclass
+class Estimate:
+    """Projected seconds per artifact (label, key, seconds, stored) and the plan's wall time
+    for each number of processes sharing the store (artifacts run in dependency order)."""
+
+    items: list[tuple[str, str, float, bool]]
+    wall: dict                           # processes -> seconds
+    rates: dict                          # op signature -> OpRate
+    host: str
+
+
+def host_id() -> str:
+    return f"{socket.gethostname()}|{platform.processor() or platform.machine()}"
+
+
+def cpu_features() -> set:
+    """The CPU's flags (/proc/cpuinfo; empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_hardware() -> str:
+    """The CPU (with AMX / AVX-512 where present) and GPUs the probes ran on, for reports."""
+    import tensorflow as tf
+
+    have = cpu_features()
+    extras = [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"),
+                                      ("avx512f", "AVX-512")) if flag in have]
+    cpu = f"{_cpu_name()}{' with ' + ', '.join(extras) if extras else ''}, " \
+          f"{os.cpu_count()} cores"
+    gpus = tf.config.list_logical_devices("GPU")
+    return f"{len(gpus)} GPU(s) + {cpu}" if gpus else cpu
+
+
+def probe_op(op: Op, repeats: int = 3) -> OpRate:
+    """Times ``op`` on random images: the first call (build and trace) is the overhead;
+    ``repeats`` more give the per-image time. Victims are probed without pretrained weights
+    (the same arithmetic, nothing to download)."""
+    import tensorflow as tf
+
+    from entangle import attacks, train
+
+    cfg = dataclasses.replace(op.config, eps=0.0, pretrained=False)
+    rng = np.random.default_rng(0)
+    x = rng.random((op.batch,) + tuple(op.input_shape), np.float32)
+    y = rng.integers(0, op.num_classes, op.batch).astype(np.int32)
+    strategy = tf.distribute.get_strategy()
+    start = time.time()
+    model, optimizer = train.build_for_training(cfg, strategy, op.input_shape, op.num_classes)
+    if op.kind == "train":
+        step = train.make_train_step(model, optimizer, cfg, strategy)
+        xt, yt, seed = tf.constant(x), tf.constant(y), tf.constant([0, 0], tf.int32)
+        float(step(xt, yt, seed)[0])
+        overhead = time.time() - start
+        t0 = time.time()
+        for _ in range(repeats):
+            float(step(xt, yt, seed)[0])
+        per_image = (time.time() - t0) / (repeats * op.batch)
+    else:
+        def attack(steps):
+            t = time.time()
+            attacks.pgd_l2(model, x, y, eps=1.0, steps=steps, step_size=0.1,
+                           batch_size=op.batch, verbose=False)
+            return time.time() - t
+        attack(1)
+        overhead = time.time() - start
+        one = attack(1)
+        many = attack(1 + repeats)
+        per_image = max(many - one, 1e-9) / (repeats * op.batch)
+    return OpRate(per_image, overhead, f"probe on {host_id().split('|')[0]}")
+
+
+def remembered(store: Store) -> dict:
+    try:
+        with open(os.path.join(store.root, RATES)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def remember(store: Store, rates: dict) -> None:
+    """Merges measured op rates into the store's record; a read-only store just does not."""
+    path = os.path.join(store.root, RATES)
+    entries = remembered(store)
+    when = time.strftime("%Y-%m-%d %H:%M")
+    for sig, r in rates.items():
+        entries[f"{host_id()}|{sig}"] = {"seconds_per_image": r.seconds_per_image,
+                                        "overhead": r.overhead, "when": when}
+    try:
+        os.makedirs(store.root, exist_ok=True)
+        with atomic_file(path, "w") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+    except OSError:
+        pass
+
+
+def known_rates(store: Store, ops) -> dict:
+    """The remembered rate of each op measured on this host, where there is one."""
+    entries, out = remembered(store), {}
+    for op in ops:
+        e = entries.get(f"{host_id()}|{op.signature()}")
+        if e:
+            out[op.signature()] = OpRate(e["seconds_per_image"], e["overhead"],
+                                         f"measured here {e['when']}")
+    return out
+
+
+def item_seconds(it: PlanItem, rates: dict) -> float:
+    """An artifact's projected time: each op's images at its rate, plus each distinct op's
+    build-and-trace cost once."""
+    total, seen = 0.0, set()
+    for op, images in it.work:
+        r = rates[op.signature()]
+        total += images * r.seconds_per_image
+        if op.signature() not in seen:
+            seen.add(op.signature())
+            total += r.overhead
+    return total
+
+
+def schedule(items: list[PlanItem], seconds: dict, processes: int) -> float:
+    """Wall time of ``processes`` workers taking, whenever one is free, the first missing
+    artifact whose dependencies are built (what ``plan.build`` does on a shared store)."""
+    pending = [it for it in items if not it.present]
+    done_at = {it.key: 0.0 for it in items if it.present}
+    free = [0.0] * processes
+    heapq.heapify(free)
+    while pending:
+        now = heapq.heappop(free)
+        ready = [it for it in pending if all(done_at.get(d, np.inf) <= now for d in it.deps)]
+        if not ready:
+            later = [t for t in done_at.values() if t > now]
+            if not later:
+                raise ValueError(f"{pending[0].label} depends on an artifact the plan lacks")
+            heapq.heappush(free, min(later))
+            continue
+        it = ready[0]
+        pending.remove(it)
+        done_at[it.key] = now + seconds[it.key]
+        heapq.heappush(free, done_at[it.key])
+    return max(done_at.values(), default=0.0)
+
+
+def estimate(store: Store, items: list[PlanItem], *, probe: bool = True,
+             processes=PROCESSES, log: Callable[[str], None] = print,
+             probe_fn: Callable[[Op], OpRate] = probe_op) -> Estimate | None:
+    """Projects ``items``: rates remembered on this host, the rest probed (``probe``) and
+    remembered. Without ``probe`` and with an op never measured here, returns None."""
+    ops = {op.signature(): op for it in items if not it.present for op, _ in it.work}
+    rates = known_rates(store, ops.values())
+    missing = [op for sig, op in ops.items() if sig not in rates]
+    if missing and not probe:
+        return None
+    for i, op in enumerate(missing):
+        log(f"[estimate] probing {i + 1}/{len(missing)}: {op.describe()}")
+        rates[op.signature()] = probe_fn(op)
+    if missing:
+        remember(store, {op.signature(): rates[op.signature()] for op in missing})
+    seconds = {it.key: 0.0 if it.present else item_seconds(it, rates) for it in items}
+    return Estimate(items=[(it.label, it.key, seconds[it.key], it.present) for it in items],
+                    wall={n: schedule(items, seconds, n) for n in processes},
+                    rates={sig: rates[sig] for sig in ops}, host=host_id())
+
+
+def markdown(est: Estimate, title: str, hardware: str = "") -> str:
+    """The projection as Markdown: one row per artifact, the wall time per process count, and
+    the rates it rests on."""
+    fmt = plan_lib.fmt_seconds
+    lines = [f"## Projected time: {title}", ""]
+    if hardware:
+        lines += [f"Hardware: {hardware}.", ""]
+    lines += ["| Artifact | Projected | Key |", "|---|---|---|"]
+    lines += [f"| {label} | {'stored' if present else fmt(s)} | `{key}` |"
+              for label, key, s, present in est.items]
+    lines += ["", "| Processes (or GPUs) on one store | Wall time |", "|---|---|"]
+    lines += [f"| {n} | {fmt(s)} |" for n, s in est.wall.items()]
+    lines += ["", "| Op | Seconds per image | Build and trace | From |", "|---|---|---|---|"]
+    lines += [f"| {sig} | {r.seconds_per_image:.3g} | {fmt(r.overhead)} | {r.source} |"
+              for sig, r in est.rates.items()]
+    lines += ["", "Epochs are the upper bound: early-stopped models may finish sooner. "
+              "Evaluation and batch-norm recomputation are not included (a few percent)."]
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Measured projections: the schedule over N processes, per-artifact arithmetic, probes that
+run once per kind of work and are remembered in the store, and real probes on a tiny model."""
+
+import dataclasses
+import math
+
+import pytest
+
+from entangle import estimate, plan, store as store_lib, train
+
+CFG = train.TrainConfig(arch="resnet11v2", width=4, batch_size=8, epochs=1, pooling="global")
+
+
+def _item(key, seconds, deps=(), present=False):
+    op = plan.Op("train", CFG, 8, (16, 16, 3), 4)
+    return plan.PlanItem(key, "models", key, deps, lambda: None, seconds, present=present,
+                         work=((op, seconds),))
+
+
+def test_schedule_respects_dependencies_and_processes():
+    items = [_item("a", 10), _item("b", 10, ("a",)), _item("c", 10), _item("d", 5, ("b", "c"))]
+    seconds = {it.key: float(it.passes) for it in items}
+    assert estimate.schedule(items, seconds, 1) == 35
+    assert estimate.schedule(items, seconds, 2) == 25       # a | c, then b, then d
+    assert estimate.schedule(items, seconds, 8) == 25       # the chain a -> b -> d bounds it
+    items[0].present = True
+    assert estimate.schedule(items, {**seconds, "a": 0.0}, 2) == 15
+    with pytest.raises(ValueError, match="depends on an artifact the plan lacks"):
+        estimate.schedule([_item("x", 1, ("missing",))], {"x": 1.0}, 2)
+
+
+def test_items_count_images_at_each_ops_rate_and_each_trace_once():
+    train_op = plan.Op("train", CFG, 8, (16, 16, 3), 4)
+    attack_op = plan.Op("attack", CFG, 8, (16, 16, 3), 4)
+    robust = dataclasses.replace(CFG, eps=0.5, attack_steps=3)
+    work = plan.training_work(robust, 100, (16, 16, 3), 4)
+    assert [(op.kind, images) for op, images in work] == [("train", 100), ("attack", 300)]
+    rates = {train_op.signature(): estimate.OpRate(0.01, 2.0),
+             attack_op.signature(): estimate.OpRate(0.002, 1.0)}
+    it = plan.training_item("robust", "k", (), lambda: None, robust, 100, (16, 16, 3), 4)
+    assert it.passes == 100 * (2 + 3)
+    assert estimate.item_seconds(it, rates) == pytest.approx(100 * 0.01 + 300 * 0.002 + 3.0)
+
+
+def test_probes_run_once_per_op_are_remembered_and_seed_the_plans_eta(tmp_path):
+    s = store_lib.Store(str(tmp_path))
+    items = [_item("a", 100), _item("b", 50, ("a",))]
+    calls = []
+
+    def fake_probe(op):
+        calls.append(op.signature())
+        return estimate.OpRate(0.1, 3.0)
+
+    assert estimate.estimate(s, items, probe=False) is None        # never measured here
+    first = estimate.estimate(s, items, probe_fn=fake_probe, log=lambda m: None)
+    assert len(calls) == 1                                          # one op, probed once
+    assert [sec for _, _, sec, _ in first.items] == pytest.approx([13.0, 8.0])
+    assert first.wall[1] == first.wall[8] == pytest.approx(21.0)   # a chain: no speed-up
+    again = estimate.estimate(s, items, probe=False)               # remembered in the store
+    assert again.wall == first.wall and len(calls) == 1
+    assert "measured here" in next(iter(again.rates.values())).source
+    rate = plan.Rate(100.0, 0.0, "op rates", {k: sec for _, k, sec, _ in again.items})
+    assert "build, ~13s" in plan.describe(s, items, rate)
+    refined = rate.refined(items[0], 26.0, plan.Rate(100.0))        # took twice the projection
+    assert refined.seconds(items[1]) == pytest.approx(8.0 * 1.5)    # halfway to that
+
+
+def test_real_probes_give_positive_finite_rates():
+    for kind in ("train", "attack"):
+        r = estimate.probe_op(plan.Op(kind, CFG, 8, (16, 16, 3), 4), repeats=2)
+        assert 0 < r.seconds_per_image < 1 and math.isfinite(r.overhead) and r.overhead > 0
