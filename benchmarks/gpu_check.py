@@ -39,8 +39,7 @@ with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
         from entangle import estimate, projections
         est = projections.project(ef.experiment_config(fv), "table", ef.table_config(fv),
                                   log=lambda m: None)
-        print(json.dumps({"markdown": estimate.markdown(est, fv.columns,
-                                                         estimate.describe_hardware())}))
+        print(json.dumps({"markdown": estimate.markdown(est, "", estimate.describe_hardware())}))
     else:
         r = entanglement.run_table(ef.experiment_config(fv), ef.table_config(fv),
                                    log=lambda m: None)
@@ -106,9 +105,9 @@ def main():
             with tempfile.TemporaryDirectory() as work:
                 r = _run(50_000, [f"--workdir={work}", f"--columns={columns}",
                                   "--test_limit=10000", "--estimate", *extra], args.timeout)
-            lines += ["", f"### Paper-scale projection: {table}", ""]
+            lines += ["", f"## Paper-scale projection: {table} (float32)", ""]
             lines.append(r.get("markdown", f"failed: {r.get('error')}").replace(
-                "## Projected time", "Projected time"))
+                "## Projected time: \n", ""))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -4,4 +4,5 @@
 # and 5, written to one Markdown report (default benchmarks/results/gpu_check.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 exec python benchmarks/gpu_check.py "$@"

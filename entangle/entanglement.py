@@ -145,8 +145,8 @@ class Table:
                 items[key] = PlanItem(f"{kind} set", "datasets", key, (src,),
                                       lambda: exp.constructed(kind, runtime=self._nowait),
                                       images, work=plan_lib.attack_work(
-                                          exp.train_config("standard"), images, batch, shape,
-                                          classes))
+                                          (exp.train_config("standard"),), images, batch,
+                                          shape, classes))
             return key
 
         columns = sorted(set(self.cfg.columns))
@@ -161,7 +161,7 @@ class Table:
             items[key] = PlanItem(f"R_{paper.eps_label(eps)}", "datasets", key, (gen,),
                                   lambda eps=eps: exp.robustified(eps, runtime=self._nowait),
                                   images, work=plan_lib.attack_work(
-                                      exp.train_config(*exp.generator(eps)), images, batch,
+                                      (exp.train_config(*exp.generator(eps)),), images, batch,
                                       shape, classes))
         return plan_lib.mark_present(store, list(items.values()))
 

@@ -54,27 +54,21 @@ def host_id() -> str:
     return f"{socket.gethostname()}|{platform.processor() or platform.machine()}"
 
 
-def cpu_features() -> set:
-    """The CPU's flags (/proc/cpuinfo; empty where there is none)."""
+def _cpuinfo(field: str) -> str:
+    """The first value of ``field`` in /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def cpu_features() -> set:
+    """The CPU's feature flags (empty where /proc/cpuinfo is absent)."""
+    return set(_cpuinfo("flags").split())
 
 
 def describe_hardware() -> str:
@@ -84,7 +78,8 @@ def describe_hardware() -> str:
     have = cpu_features()
     extras = [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"),
                                       ("avx512f", "AVX-512")) if flag in have]
-    cpu = f"{_cpu_name()}{' with ' + ', '.join(extras) if extras else ''}, " \
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
+    cpu = f"{name}{' with ' + ', '.join(extras) if extras else ''}, " \
           f"{os.cpu_count()} cores"
     gpus = tf.config.list_logical_devices("GPU")
     return f"{len(gpus)} GPU(s) + {cpu}" if gpus else cpu
@@ -125,7 +120,7 @@ def probe_op(op: Op, repeats: int = 3) -> OpRate:
         one = attack(1)
         many = attack(1 + repeats)
         per_image = max(many - one, 1e-9) / (repeats * op.batch)
-    return OpRate(per_image, overhead, f"probe on {host_id().split('|')[0]}")
+    return OpRate(per_image, overhead, "probed now")
 
 
 def remembered(store: Store) -> dict:
@@ -230,7 +225,8 @@ def markdown(est: Estimate, title: str, hardware: str = "") -> str:
     lines += ["| Artifact | Projected | Key |", "|---|---|---|"]
     lines += [f"| {label} | {'stored' if present else fmt(s)} | `{key}` |"
               for label, key, s, present in est.items]
-    lines += ["", "| Processes (or GPUs) on one store | Wall time |", "|---|---|"]
+    lines += ["", "| Processes on one store (each as fast as this hardware: GPUs, hosts) | "
+              "Wall time |", "|---|---|"]
     lines += [f"| {n} | {fmt(s)} |" for n, s in est.wall.items()]
     lines += ["", "| Op | Seconds per image | Build and trace | From |", "|---|---|---|---|"]
     lines += [f"| {sig} | {r.seconds_per_image:.3g} | {fmt(r.overhead)} | {r.source} |"

@@ -229,9 +229,8 @@ class Mistakes:
         images = n_fit * (self.cfg.steps + 1)
         adv = PlanItem("N-targeted set", KIND, self.adversarial_key(), (f1.key, f2.key),
                        lambda: self.adversarial(self._nowait), 2 * images,
-                       work=sum((plan_lib.attack_work(c, images, exp.cfg.runtime.eval_batch_size,
-                                                      shape, classes) for c in (f1_cfg, f2_cfg)),
-                                ()))
+                       work=plan_lib.attack_work((f1_cfg, f2_cfg), images,
+                                                 exp.cfg.runtime.eval_batch_size, shape, classes))
         items += [f1, f2, adv]
         if self.cfg.leakage_eps > 0:
             rob = exp.train_config("robust", self.cfg.leakage_eps)

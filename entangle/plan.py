@@ -54,9 +54,11 @@ def training_work(cfg, images: float, input_shape, num_classes: int) -> tuple:
     return tuple(work)
 
 
-def attack_work(cfg, images: float, batch: int, input_shape, num_classes: int) -> tuple:
-    """``images`` attack steps (steps x images) through the model ``cfg`` builds."""
-    return ((Op("attack", cfg, batch, tuple(input_shape), num_classes), images),)
+def attack_work(cfgs, images: float, batch: int, input_shape, num_classes: int) -> tuple:
+    """``images`` attack steps (steps x images) through each model ``cfgs`` build (an attack
+    on several models at once passes through each)."""
+    return tuple((Op("attack", c, batch, tuple(input_shape), num_classes), images)
+                 for c in cfgs)
 
 
 @dataclasses.dataclass

@@ -292,9 +292,9 @@ class Transfer:
                     ADVERSARIAL_KIND, key, tuple(self.source_key(s) for s in srcs),
                     lambda attack=attack, e=e: self.adversarial(attack, e, runtime=self._nowait),
                     images * len(srcs),
-                    work=sum((plan_lib.attack_work(exp.train_config(*exp.generator(s)), images,
-                                                   exp.cfg.runtime.eval_batch_size, shape,
-                                                   classes) for s in srcs), ()))
+                    work=plan_lib.attack_work([exp.train_config(*exp.generator(s)) for s in srcs],
+                                              images, exp.cfg.runtime.eval_batch_size, shape,
+                                              classes))
         return plan_lib.mark_present(exp.store, list(items.values()))
 
     # -------------------------------------------------------------- evaluate

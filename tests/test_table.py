@@ -326,3 +326,5 @@ def test_estimate_projects_every_artifact_within_3x_of_the_smoke_run(smoke_table
     assert not (tmp_path / "models").exists()           # probes only: nothing was built
     again = run_binary("table1", *SMOKE, f"--workdir={tmp_path}", "--estimate", check=True)
     assert "probing" not in again.stdout and "measured here" in again.stdout
+    bad = run_binary("figure2", "--flagfile=flags/smoke.cfg", "--estimate")
+    assert bad.returncode != 0 and "--estimate is not used by figure2" in bad.stderr

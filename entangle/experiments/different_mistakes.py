@@ -23,7 +23,8 @@ from entangle.experiments import common  # noqa: E402
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
 entangle_flags.uses("different_mistakes", ("data", "model", "victims", "training", "attacks",
-                                           "mistakes", "output", "runtime"), also=("target_seed",))
+                                           "mistakes", "output", "runtime", "estimate"),
+                    also=("target_seed",))
 QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folder instead:\n"
          "  python -m experiments.different_mistakes --flagfile=flags/cifar10_quick.cfg\n"
          "or the synthetic smoke scale, which needs no files:\n"

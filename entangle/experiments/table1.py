@@ -18,7 +18,7 @@ from entangle.experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
-GROUPS = ("data", "model", "training", "attacks", "table", "output", "runtime")
+GROUPS = ("data", "model", "training", "attacks", "table", "output", "runtime", "estimate")
 NAME, DEFAULT_FLAGFILE, TITLE = "table1", "cifar10_paper.cfg", "Table 1"
 QUICK = ("Without prepared data, run the quick scale on an image folder instead, e.g.\n"
          "  python -m experiments.table1 --eps=0.5 --flagfile=flags/cifar10_quick.cfg\n"

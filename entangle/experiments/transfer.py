@@ -22,7 +22,7 @@ from entangle.experiments import common  # noqa: E402
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
 entangle_flags.uses("transfer", ("data", "model", "victims", "training", "attacks", "transfer",
-                                 "output", "runtime"))
+                                 "output", "runtime", "estimate"))
 QUICK = ("Without prepared data, run the quick scale on the CIFAR-10 image folder instead:\n"
          "  python -m experiments.transfer --flagfile=flags/cifar10_quick.cfg\n"
          "or the synthetic smoke scale, which needs no files:\n"

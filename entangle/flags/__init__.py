@@ -3,11 +3,12 @@
 The groups live beside this file: ``data`` (dataset, subsets, the planted world), ``model``
 (architectures, victims), ``training`` (Table 3's schedules per model kind), ``attacks``
 (training attack, construction, robustification: Table 4), ``experiment`` (table, transfer,
-planted study, different mistakes) and ``runtime`` (output, distribution and performance,
-store maintenance). ``configs`` turns the parsed values into the library's typed configs; the
-library never reads FLAGS. Each binary declares the groups it uses (``uses``): its ``--help``
-lists those, with the values its default flagfile sets, and a flag of another group given on
-its command line is an error.
+planted study, different mistakes), ``runtime`` (output, distribution and performance,
+store maintenance) and ``estimate`` (projections, for the binaries that plan). ``configs``
+turns the parsed values into the library's typed configs; the library never reads FLAGS.
+Each binary declares the groups it uses (``uses``): its ``--help`` lists those, with the
+values its default flagfile sets, and a flag of another group given on its command line is
+an error.
 
 Hyperparameters that differ by model kind (Table 3) take a default plus per-kind overrides,
 e.g. ``--learning_rate=1e-3,zero_robust:1e-4,neg_robust:1e-4,victim:1e-4``; boolean per-kind
@@ -37,7 +38,8 @@ from entangle.flags.data import define_data_flags
 from entangle.flags.experiment import (define_mistakes_flags, define_study_flags,
                                        define_table_flags, define_transfer_flags)
 from entangle.flags.model import define_model_flags, define_victim_flags
-from entangle.flags.runtime import define_output_flags, define_runtime_flags, define_store_flags
+from entangle.flags.runtime import (define_estimate_flags, define_output_flags,
+                                    define_runtime_flags, define_store_flags)
 from entangle.flags.training import define_single_model_flags, define_train_flags
 
 __all__ = ["FLAGS", "GROUPS", "MODEL_KINDS", "VICTIM_WEIGHTS", "define_all", "uses",
@@ -60,6 +62,7 @@ GROUPS = {
     "mistakes": ("Different mistakes", define_mistakes_flags),
     "output": ("Store and output", define_output_flags),
     "runtime": ("Distribution and performance", define_runtime_flags),
+    "estimate": ("Projections", define_estimate_flags),
     "store": ("Store maintenance", define_store_flags),
 }
 GROUP_OF: dict[str, str] = {}   # flag name -> its group

@@ -32,6 +32,9 @@ def define_runtime_flags(fv=FLAGS):
     flags.DEFINE_string("inter_op_threads", "auto", "TensorFlow inter-op threads: auto (1 "
                         "without a GPU, which makes CPU training bit-reproducible; TF's "
                         "default with GPUs) or a number (0 = TF's default).", flag_values=fv)
+
+
+def define_estimate_flags(fv=FLAGS):
     flags.DEFINE_bool("estimate", False, "Print the measured projection of this run's plan "
                       "(probes each kind of work on this hardware: seconds per artifact and "
                       "in total for 1, 2, 4, 8 processes or GPUs on one store) and exit "
