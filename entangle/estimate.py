@@ -85,10 +85,11 @@ def describe_hardware() -> str:
     return f"{len(gpus)} GPU(s) + {cpu}" if gpus else cpu
 
 
-def probe_op(op: Op, repeats: int = 3) -> OpRate:
+def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
     """Times ``op`` on random images: the first call (build and trace) is the overhead;
     ``repeats`` more give the per-image time. Victims are probed without pretrained weights
-    (the same arithmetic, nothing to download)."""
+    (the same arithmetic, nothing to download). ``jit_compile``: the training step under XLA
+    (attacks stay without: XLA slows the while-loop PGD on CPUs, NOTES.md)."""
     import tensorflow as tf
 
     from entangle import attacks, train
@@ -101,7 +102,7 @@ def probe_op(op: Op, repeats: int = 3) -> OpRate:
     start = time.time()
     model, optimizer = train.build_for_training(cfg, strategy, op.input_shape, op.num_classes)
     if op.kind == "train":
-        step = train.make_train_step(model, optimizer, cfg, strategy)
+        step = train.make_train_step(model, optimizer, cfg, strategy, jit_compile)
         xt, yt, seed = tf.constant(x), tf.constant(y), tf.constant([0, 0], tf.int32)
         float(step(xt, yt, seed)[0])
         overhead = time.time() - start

@@ -1,0 +1,90 @@
+"""Training and attack speed on the CPU at hand under float32, mixed_bfloat16, XLA for the
+training step, and batch 128 vs 256, for ResNet11v2, ResNet20v2 and ResNet56v2 at 32x32;
+each as images per second and as a fraction of this machine's fp32 matmul peak, measured in
+the same run.
+
+    python benchmarks/precision.py [--archs=resnet11v2,resnet20v2] [--repeats=3]
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/precision.py      # oneDNN off, for comparison
+
+A training step costs about 3 forward passes of FLOPs, an attack (input-gradient) step about
+2; forward FLOPs are counted from the model's convolutions and dense layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from entangle import estimate, train  # noqa: E402
+from entangle.plan import Op  # noqa: E402
+
+CONFIGS = (("float32", False, 128), ("mixed_bfloat16", False, 128), ("float32", True, 128),
+           ("float32", False, 256))
+
+
+def matmul_gflops(dtype, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n x n matmul chain in ``dtype`` (the machine's practical peak)."""
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def chain(x):
+        for _ in range(repeats):
+            x = tf.matmul(x, a) * tf.cast(1e-3, dtype)
+        return x
+
+    chain(a).numpy()
+    t0 = time.perf_counter()
+    chain(a).numpy()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def forward_flops(model) -> float:
+    """Forward FLOPs per image: 2 x MACs of every Conv2D and Dense layer."""
+    total = 0.0
+    for layer in model._flatten_layers(include_self=False):
+        name = type(layer).__name__
+        if name == "Conv2D":
+            kh, kw, cin, cout = layer.kernel.shape
+            h, w = layer.output.shape[1:3]
+            total += 2.0 * h * w * kh * kw * cin * cout
+        elif name == "Dense":
+            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="resnet11v2,resnet20v2,resnet56v2")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    fp32, bf16 = matmul_gflops(tf.float32), matmul_gflops(tf.bfloat16)
+    print(f"{estimate.describe_hardware()}; TF {tf.__version__}; oneDNN "
+          f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+    print(f"2048^2 matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n")
+    print("| arch (fwd MFLOP/img) | precision | XLA train | batch | train img/s | % fp32 peak "
+          "| attack img/s | % fp32 peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arch in args.archs.split(","):
+        base = train.TrainConfig(arch=arch, width=16, pooling="keras_example", augment=False)
+        flops = forward_flops(train.build_model(base, (32, 32, 3), 10))
+        for precision, jit, batch in CONFIGS:
+            cfg = dataclasses.replace(base, precision=precision, batch_size=batch)
+            rates = {kind: estimate.probe_op(Op(kind, cfg, batch, (32, 32, 3), 10),
+                                             args.repeats, jit_compile=jit)
+                     for kind in ("train", "attack")}
+            tr, at = (1 / rates[k].seconds_per_image for k in ("train", "attack"))
+            print(f"| {arch} ({flops / 1e6:.0f}) | {precision} | {'on' if jit else 'off'} | {batch} | {tr:.0f} | "
+                  f"{100 * tr * 3 * flops / 1e9 / fp32:.0f} | {at:.0f} | "
+                  f"{100 * at * 2 * flops / 1e9 / fp32:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
