@@ -47,7 +47,6 @@ class Estimate:
     items: list[tuple[str, str, float, bool]]
     wall: dict                           # processes -> seconds
     rates: dict                          # op signature -> OpRate
-    host: str
 
 
 def host_id() -> str:
@@ -213,7 +212,7 @@ def estimate(store: Store, items: list[PlanItem], *, probe: bool = True,
     seconds = {it.key: 0.0 if it.present else item_seconds(it, rates) for it in items}
     return Estimate(items=[(it.label, it.key, seconds[it.key], it.present) for it in items],
                     wall={n: schedule(items, seconds, n) for n in processes},
-                    rates={sig: rates[sig] for sig in ops}, host=host_id())
+                    rates={sig: rates[sig] for sig in ops})
 
 
 def markdown(est: Estimate, title: str, hardware: str = "") -> str:

@@ -69,3 +69,14 @@ def test_real_probes_give_positive_finite_rates():
     for kind in ("train", "attack"):
         r = estimate.probe_op(plan.Op(kind, CFG, 8, (16, 16, 3), 4), repeats=2)
         assert 0 < r.seconds_per_image < 1 and math.isfinite(r.overhead) and r.overhead > 0
+
+
+@pytest.mark.parametrize("binary,artifact", [("transfer", "untargeted set eps 1"),
+                                             ("different_mistakes", "N-targeted set")])
+def test_transfer_and_mistakes_binaries_estimate_without_building(binary, artifact, tmp_path):
+    from conftest import run_binary
+
+    proc = run_binary(binary, "--flagfile=flags/smoke.cfg", f"--workdir={tmp_path}",
+                      "--estimate", check=True)
+    assert "## Projected time" in proc.stdout and f"| {artifact} |" in proc.stdout
+    assert "| 8 |" in proc.stdout and not (tmp_path / "models").exists()
