@@ -30,7 +30,7 @@ SLICE = """
 import json, sys, time
 import tensorflow_datasets as tfds
 from absl import flags
-from entangle import entanglement, flags as ef, train
+from entangle import entanglement, flags as ef, hardware, train
 fv = flags.FlagValues(); ef.define_all(fv); ef.parse(sys.argv[2:], fv)
 train.configure_threads(fv.inter_op_threads)
 t0 = time.time()
@@ -39,7 +39,7 @@ with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
         from entangle import estimate, projections
         est = projections.project(ef.experiment_config(fv), "table", ef.table_config(fv),
                                   log=lambda m: None)
-        print(json.dumps({"markdown": estimate.markdown(est, "", estimate.describe_hardware())}))
+        print(json.dumps({"markdown": estimate.markdown(est, "", hardware.describe())}))
     else:
         r = entanglement.run_table(ef.experiment_config(fv), ef.table_config(fv),
                                    log=lambda m: None)
@@ -61,13 +61,13 @@ def _run(images: int, args: list[str], timeout: float) -> dict:
 def _devices() -> str:
     import tensorflow as tf
 
-    from entangle import estimate
+    from entangle import hardware
 
     gpus = tf.config.list_physical_devices("GPU")
     names = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
              for g in gpus]
     return (f"TensorFlow {tf.__version__}; {len(gpus)} GPU(s): {', '.join(names) or 'none'}; "
-            f"CPU: {estimate.describe_hardware()}")
+            f"CPU: {hardware.describe()}")
 
 
 def main():

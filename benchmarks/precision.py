@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from entangle import estimate, train  # noqa: E402
+from entangle import estimate, hardware, train  # noqa: E402
 from entangle.plan import Op  # noqa: E402
 
 CONFIGS = (("float32", False, 128), ("mixed_bfloat16", False, 128), ("float32", True, 128),
@@ -66,7 +66,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     fp32, bf16 = matmul_gflops(tf.float32), matmul_gflops(tf.bfloat16)
-    print(f"{estimate.describe_hardware()}; TF {tf.__version__}; oneDNN "
+    print(f"{hardware.describe()}; TF {tf.__version__}; oneDNN "
           f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
     print(f"2048^2 matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n")
     print("| arch (fwd MFLOP/img) | precision | XLA train | batch | train img/s | % fp32 peak "

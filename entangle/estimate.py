@@ -53,37 +53,6 @@ def host_id() -> str:
     return f"{socket.gethostname()}|{platform.processor() or platform.machine()}"
 
 
-def _cpuinfo(field: str) -> str:
-    """The first value of ``field`` in /proc/cpuinfo ("" where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.split(":", 1)[0].strip() == field:
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_features() -> set:
-    """The CPU's feature flags (empty where /proc/cpuinfo is absent)."""
-    return set(_cpuinfo("flags").split())
-
-
-def describe_hardware() -> str:
-    """The CPU (with AMX / AVX-512 where present) and GPUs the probes ran on, for reports."""
-    import tensorflow as tf
-
-    have = cpu_features()
-    extras = [name for flag, name in (("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16"),
-                                      ("avx512f", "AVX-512")) if flag in have]
-    name = _cpuinfo("model name") or platform.processor() or platform.machine()
-    cpu = f"{name}{' with ' + ', '.join(extras) if extras else ''}, " \
-          f"{os.cpu_count()} cores"
-    gpus = tf.config.list_logical_devices("GPU")
-    return f"{len(gpus)} GPU(s) + {cpu}" if gpus else cpu
-
-
 def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
     """Times ``op`` on random images: the first call (build and trace) is the overhead;
     ``repeats`` more give the per-image time. Victims are probed without pretrained weights

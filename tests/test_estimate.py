@@ -80,3 +80,20 @@ def test_transfer_and_mistakes_binaries_estimate_without_building(binary, artifa
                       "--estimate", check=True)
     assert "## Projected time" in proc.stdout and f"| {artifact} |" in proc.stdout
     assert "| 8 |" in proc.stdout and not (tmp_path / "models").exists()
+
+
+def test_auto_precision_follows_the_cpu_and_is_logged(tmp_path):
+    from conftest import run_binary
+
+    from entangle import hardware
+
+    assert hardware.choose_precision("auto", {"amx_bf16", "avx512f"}, 0)[0] == "mixed_bfloat16"
+    assert hardware.choose_precision("auto", {"avx512_bf16"}, 0)[0] == "mixed_bfloat16"
+    assert hardware.choose_precision("auto", {"avx2", "avx512f"}, 0)[0] == "float32"
+    assert hardware.choose_precision("auto", {"amx_bf16"}, 1)[0] == "float32"    # a GPU
+    assert hardware.choose_precision("float32", {"amx_bf16"}, 0) == ("float32", "as given")
+    chosen, why = hardware.choose_precision("auto")
+    proc = run_binary("table1", "--flagfile=flags/smoke.cfg", "--precision=auto", "--estimate",
+                      f"--workdir={tmp_path}", check=True)
+    assert f"precision: {chosen} ({why})" in proc.stdout
+    assert f" {chosen} |" in proc.stdout            # the probes ran at the chosen precision

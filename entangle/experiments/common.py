@@ -150,12 +150,12 @@ def estimate_and_exit(argv, experiment: str, exp_cfg, make_cfg, title: str,
                       failures: dict | None = None):
     """--estimate: probe the plan's kinds of work, print the projection as Markdown, exit 0.
     ``exp_cfg`` and ``make_cfg`` are called inside ``run_main`` (threads and strategy first)."""
-    from entangle import estimate, projections
+    from entangle import estimate, hardware, projections
 
     est = run_main(argv, lambda: projections.project(exp_cfg(), experiment, make_cfg()),
                    failures)
     print()
-    print(estimate.markdown(est, title, estimate.describe_hardware()))
+    print(estimate.markdown(est, title, hardware.describe()))
     sys.exit(0)
 
 
@@ -163,6 +163,15 @@ def fail(message: str, quick_hint: str = "", code: int = 2):
     """Exit with a clear message (no traceback)."""
     print(f"error: {message}" + (f"\n\n{quick_hint}" if quick_hint else ""), file=sys.stderr)
     sys.exit(code)
+
+
+def log_precision_choice(f) -> None:
+    """With --precision=auto, says which precision the hardware chose and why."""
+    if f.precision == "auto" and not f.quiet:
+        from entangle import hardware
+
+        chosen, why = hardware.choose_precision("auto")
+        print(f"precision: {chosen} ({why})", flush=True)
 
 
 def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ()):
@@ -188,6 +197,7 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
             train.configure_threads(entangle_flags.FLAGS.inter_op_threads)
             train.get_strategy(entangle_flags.FLAGS.strategy)
             quiet_startup_done()
+            log_precision_choice(entangle_flags.FLAGS)
             return body()
     except preempt.Preempted as e:
         print(f"{os.path.basename(argv[0])}: {e}", file=sys.stderr, flush=True)

@@ -3,7 +3,7 @@ ExperimentConfig, TableConfig, TransferConfig, StudyConfig and MistakesConfig.""
 
 from __future__ import annotations
 
-from entangle import (construct, entanglement, mistakes, models, paper, pipeline,
+from entangle import (construct, entanglement, hardware, mistakes, models, paper, pipeline,
                       planted_study, robustify, train, transfer)
 from entangle import planted as planted_lib
 from entangle.flags._checks import FLAGS, MODEL_KINDS, kinds_on, parse_columns, per_kind
@@ -27,7 +27,7 @@ def train_config(f, kind: str) -> train.TrainConfig:
         bn_momentum=f.bn_momentum, bn_statistics=f.bn_statistics,
         pretrained=victim and f.victim_weights == "imagenet",
         input_size=per_kind(f.victim_input_size, kind, int) if victim else 0,
-        precision=f.precision, seed=f.seed)
+        precision=hardware.choose_precision(f.precision)[0], seed=f.seed)
 
 
 def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:

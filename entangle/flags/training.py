@@ -29,7 +29,9 @@ def define_train_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("weight_decay", 1e-4, "L2 kernel regularisation of the ResNet v2 convs.",
                        lower_bound=0.0, flag_values=fv)
-    flags.DEFINE_enum("precision", "float32", list(train.PRECISIONS), "Keras dtype policy.",
+    flags.DEFINE_enum("precision", "float32", [*train.PRECISIONS, "auto"], "Keras dtype "
+                      "policy; auto: mixed_bfloat16 on a CPU with native bf16 (AMX, "
+                      "AVX512-BF16) and no GPU, else float32 (logged at start).",
                       flag_values=fv)
     flags.DEFINE_float("bn_momentum", 0.99, "Batch-norm moving-average momentum of the ResNets "
                        "(Keras' default 0.99).", lower_bound=0.0, upper_bound=0.999999,
