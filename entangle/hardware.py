@@ -47,13 +47,16 @@ def describe() -> str:
 def choose_precision(requested: str, features: set | None = None,
                      gpus: int | None = None) -> tuple[str, str]:
     """(precision, why): ``requested`` itself unless it is "auto"; then mixed_bfloat16 on a
-    CPU with native bf16 (AMX or AVX512-BF16) and no GPU, where benchmarks/precision.py
-    measured it faster, else float32 (GPUs: mixed precision not yet measured there)."""
+    CPU with native bf16 (AMX or AVX512-BF16), oneDNN on and no GPU, where
+    benchmarks/precision.py measured it faster, else float32 (GPUs: mixed precision not yet
+    measured there; oneDNN off: bf16 ran 8x slower than float32)."""
     if requested != "auto":
         return requested, "as given"
     gpus = len(_gpus()) if gpus is None else gpus
     if gpus:
         return "float32", f"auto: {gpus} GPU(s); mixed precision is not measured on GPUs yet"
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        return "float32", "auto: TF_ENABLE_ONEDNN_OPTS=0, without which bfloat16 is slow"
     have = cpu_features() if features is None else features
     native = [name for flag, name in BF16_FLAGS.items() if flag in have]
     if native:

@@ -82,11 +82,14 @@ def test_transfer_and_mistakes_binaries_estimate_without_building(binary, artifa
     assert "| 8 |" in proc.stdout and not (tmp_path / "models").exists()
 
 
-def test_auto_precision_follows_the_cpu_and_is_logged(tmp_path):
+def test_auto_precision_follows_the_cpu_and_is_logged(tmp_path, monkeypatch):
     from conftest import run_binary
 
     from entangle import hardware
 
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert hardware.choose_precision("auto", {"amx_bf16"}, 0)[0] == "float32"   # oneDNN off
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     assert hardware.choose_precision("auto", {"amx_bf16", "avx512f"}, 0)[0] == "mixed_bfloat16"
     assert hardware.choose_precision("auto", {"avx512_bf16"}, 0)[0] == "mixed_bfloat16"
     assert hardware.choose_precision("auto", {"avx2", "avx512f"}, 0)[0] == "float32"
