@@ -62,23 +62,19 @@ def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
 
     from entangle import attacks, train
 
-    cfg = dataclasses.replace(op.config, eps=0.0, pretrained=False)
-    rng = np.random.default_rng(0)
-    x = rng.random((op.batch,) + tuple(op.input_shape), np.float32)
-    y = rng.integers(0, op.num_classes, op.batch).astype(np.int32)
-    strategy = tf.distribute.get_strategy()
-    start = time.time()
-    model, optimizer = train.build_for_training(cfg, strategy, op.input_shape, op.num_classes)
+    cfg = dataclasses.replace(op.config, eps=0.0, pretrained=False, batch_size=op.batch)
     if op.kind == "train":
-        step = train.make_train_step(model, optimizer, cfg, strategy, jit_compile)
-        xt, yt, seed = tf.constant(x), tf.constant(y), tf.constant([0, 0], tf.int32)
-        float(step(xt, yt, seed)[0])
-        overhead = time.time() - start
-        t0 = time.time()
-        for _ in range(repeats):
-            float(step(xt, yt, seed)[0])
-        per_image = (time.time() - t0) / (repeats * op.batch)
+        per_second, overhead = train.probe_throughput(cfg, op.input_shape, op.num_classes,
+                                                      repeats, jit_compile=jit_compile)
+        per_image = 1.0 / per_second
     else:
+        rng = np.random.default_rng(0)
+        x = rng.random((op.batch,) + tuple(op.input_shape), np.float32)
+        y = rng.integers(0, op.num_classes, op.batch).astype(np.int32)
+        strategy = tf.distribute.get_strategy()
+        start = time.time()
+        model, _ = train.build_for_training(cfg, strategy, op.input_shape, op.num_classes)
+
         def attack(steps):
             t = time.time()
             attacks.pgd_l2(model, x, y, eps=1.0, steps=steps, step_size=0.1,

@@ -535,7 +535,7 @@ def _load_state(path: str, model, optimizer):
 
 
 def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,
-                     strategy=None) -> tuple[float, float]:
+                     strategy=None, jit_compile: bool = False) -> tuple[float, float]:
     """(image passes per second of the training step at ``cfg.batch_size``, seconds to build
     and trace the model and take its first step): a few steps on random images, for plan
     estimates. Adversarial training costs about (attack steps + 1) times as many passes."""
@@ -544,7 +544,7 @@ def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int
     start = time.time()
     with seeded(cfg.seed):
         model, optimizer = build_for_training(clean, strategy, input_shape, num_classes)
-        step = make_train_step(model, optimizer, clean, strategy)
+        step = make_train_step(model, optimizer, clean, strategy, jit_compile)
         rng = np.random.default_rng(0)
         x = tf.constant(rng.random((cfg.batch_size,) + tuple(input_shape), np.float32))
         y = tf.constant(rng.integers(0, num_classes, cfg.batch_size), tf.int32)
