@@ -20,12 +20,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ENV, ROOT
+from conftest import ENV, ROOT, smoke_flags
 
 IMAGES = 20
 CUTS = ["--epochs=2", "--batch_size=10", "--construct_steps=2", "--robustify_steps=3",
         "--transfer_steps=2", "--eval_attack_steps=2", "--eval_batch_size=40", "--quiet"]
-CIFAR = ["--flagfile=flags/cifar10_paper.cfg", "--columns=0,1/2", *CUTS]
+CIFAR = ["--columns=0,1/2", *CUTS]
 
 # A victim whose ImageNet weights come from the Keras cache: the file is made with the
 # victim's own architecture (keras.applications, weights=None) in a temporary $KERAS_HOME.
@@ -62,18 +62,6 @@ print(json.dumps({"weights": result.victim_weights, "built": result.built,
 """ % IMAGES
 
 
-def _parse(*args):
-    from absl import flags
-
-    from entangle import flags as entangle_flags
-
-    fv = flags.FlagValues()
-    entangle_flags.define_all(fv)
-    entangle_flags.parse([a.replace("flags/", os.path.join(ROOT, "flags") + "/", 1)
-                          if a.startswith("--flagfile=") else a for a in args], fv)
-    return fv
-
-
 def _table(fv, results, images=IMAGES, kinds=("standard", "zero_robust")):
     """Builds the table and Figure 2 on mock data (``images`` per split, before ImageNet-9
     keeps its nine superclasses' share); returns (config, result, figure, the manifests of
@@ -101,7 +89,8 @@ def _table(fv, results, images=IMAGES, kinds=("standard", "zero_robust")):
 def cifar_paper(tmp_path_factory):
     """The CIFAR-10 paper path's table, built once: (work, _table's tuple)."""
     work = tmp_path_factory.mktemp("cifar_paper")
-    return work, _table(_parse(*CIFAR, f"--workdir={work}"), work / "results")
+    return work, _table(smoke_flags(*CIFAR, f"--workdir={work}", flagfile="cifar10_paper.cfg"),
+                        work / "results")
 
 
 def test_cifar_paper_path_reaches_the_table_and_figures(cifar_paper):
@@ -125,8 +114,8 @@ def test_cifar_paper_path_reaches_the_table_and_figures(cifar_paper):
 
 
 def test_imagenet9_paper_path_reaches_the_table(tmp_path):
-    fv = _parse("--flagfile=flags/imagenet9_paper.cfg", "--columns=0,1", *CUTS,
-                f"--workdir={tmp_path}")
+    fv = smoke_flags("--columns=0,1", *CUTS, f"--workdir={tmp_path}",
+                     flagfile="imagenet9_paper.cfg")
     exp_cfg, result, figure, manifests, model, n_fit = _table(fv, tmp_path / "results",
                                                               3 * IMAGES)
     assert result.columns == ["Test", "R_0", "R_1"] and result.chance == pytest.approx(1 / 9)
@@ -144,11 +133,12 @@ def test_imagenet9_paper_path_reaches_the_table(tmp_path):
 
 
 def test_transfer_paper_path_loads_imagenet_weights_from_the_keras_cache(cifar_paper, tmp_path):
+    from entangle.flags import flagfile
+
     work = cifar_paper[0]
     (tmp_path / "models").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", TRANSFER, *[a.replace("flags/", os.path.join(ROOT, "flags") + "/")
-                                           for a in CIFAR],
+        [sys.executable, "-c", TRANSFER, f"--flagfile={flagfile('cifar10_paper.cfg')}", *CIFAR,
          "--sources=0,1/2", "--victims=mobilenet_v2", "--victim_weights=imagenet",
          f"--workdir={work}", f"--results_dir={tmp_path / 'results'}"],
         cwd=ROOT, env={**ENV, "KERAS_HOME": str(tmp_path)}, capture_output=True, text=True,
