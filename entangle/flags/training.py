@@ -31,7 +31,7 @@ def define_train_flags(fv=FLAGS):
                        lower_bound=0.0, flag_values=fv)
     flags.DEFINE_enum("precision", "float32", [*train.PRECISIONS, "auto"], "Keras dtype "
                       "policy; auto: mixed_bfloat16 on a CPU with native bf16 (AMX, "
-                      "AVX512-BF16) and no GPU, else float32 (logged at start).",
+                      "AVX512-BF16), oneDNN on and no GPU, else float32 (logged at start).",
                       flag_values=fv)
     flags.DEFINE_float("bn_momentum", 0.99, "Batch-norm moving-average momentum of the ResNets "
                        "(Keras' default 0.99).", lower_bound=0.0, upper_bound=0.999999,
