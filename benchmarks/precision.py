@@ -1,13 +1,14 @@
-"""Training and attack speed on the CPU at hand under float32, mixed_bfloat16, XLA for the
-training step, and batch 128 vs 256, for ResNet11v2, ResNet20v2 and ResNet56v2 at 32x32;
-each as images per second and as a fraction of this machine's fp32 matmul peak, measured in
-the same run.
+"""Speed of the standard and adversarial training steps and of the PGD and robustification
+loops on the CPU at hand, under float32, mixed_bfloat16, XLA for the training steps, and
+batch 128 vs 256, for ResNet11v2, ResNet20v2 and ResNet56v2 at 32x32; each as images per
+second and as a fraction of this machine's fp32 matmul peak, measured in the same run.
 
-    python benchmarks/precision.py [--archs=resnet11v2,resnet20v2] [--repeats=3]
+    python benchmarks/precision.py [--archs=resnet11v2,resnet20v2] [--kinds=train,attack]
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/precision.py      # oneDNN off, for comparison
 
-A training step costs about 3 forward passes of FLOPs, an attack (input-gradient) step about
-2; forward FLOPs are counted from the model's convolutions and dense layers.
+A training step costs about 3 forward passes of FLOPs, an adversarial one 3 + 2 per PGD
+step, an attack or robustification step about 2; forward FLOPs are counted from the model's
+convolutions and dense layers.
 """
 
 from __future__ import annotations
@@ -60,30 +61,47 @@ def forward_flops(model) -> float:
     return total
 
 
+KINDS = ("train", "adv_train", "attack", "robustify")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="resnet11v2,resnet20v2,resnet56v2")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"which of {', '.join(KINDS)} to time")
+    parser.add_argument("--adv_steps", type=int, default=16,
+                        help="PGD steps inside the adversarial training step (Table 4: 16)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"--kinds: unknown {unknown}; allowed: {', '.join(KINDS)}")
     fp32, bf16 = matmul_gflops(tf.float32), matmul_gflops(tf.bfloat16)
     print(f"{hardware.describe()}; TF {tf.__version__}; oneDNN "
           f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
     print(f"2048^2 matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s\n")
-    print("| arch (fwd MFLOP/img) | precision | XLA train | batch | train img/s | % fp32 peak "
-          "| attack img/s | % fp32 peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("Images per second (per loop step for attack and robustify), and % of the fp32 "
+          "matmul peak in brackets.\n")
+    print("| arch (fwd MFLOP/img) | precision | XLA train | batch | "
+          + " | ".join(kinds) + " |")
+    print("|---|---|---|---|" + "---|" * len(kinds))
+    passes = {"train": 3, "adv_train": 3 + 2 * args.adv_steps, "attack": 2, "robustify": 2}
     for arch in args.archs.split(","):
-        base = train.TrainConfig(arch=arch, width=16, pooling="keras_example", augment=False)
+        base = train.TrainConfig(arch=arch, width=16, pooling="keras_example", augment=False,
+                                 eps=1.0, attack_steps=args.adv_steps)
         flops = forward_flops(train.build_model(base, (32, 32, 3), 10))
         for precision, jit, batch in CONFIGS:
             cfg = dataclasses.replace(base, precision=precision, batch_size=batch)
-            rates = {kind: estimate.probe_op(Op(kind, cfg, batch, (32, 32, 3), 10),
-                                             args.repeats, jit_compile=jit)
-                     for kind in ("train", "attack")}
-            tr, at = (1 / rates[k].seconds_per_image for k in ("train", "attack"))
-            print(f"| {arch} ({flops / 1e6:.0f}) | {precision} | {'on' if jit else 'off'} | {batch} | {tr:.0f} | "
-                  f"{100 * tr * 3 * flops / 1e9 / fp32:.0f} | {at:.0f} | "
-                  f"{100 * at * 2 * flops / 1e9 / fp32:.0f} |", flush=True)
+            cells = []
+            for kind in kinds:
+                rate = estimate.probe_op(Op(kind, cfg, batch, (32, 32, 3), 10), args.repeats,
+                                         jit_compile=jit)
+                per_second = 1 / rate.seconds_per_image
+                peak = 100 * per_second * passes[kind] * flops / 1e9 / fp32
+                cells.append(f"{per_second:.0f} ({peak:.0f} %)")
+            print(f"| {arch} ({flops / 1e6:.0f}) | {precision} | {'on' if jit else 'off'} | "
+                  f"{batch} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

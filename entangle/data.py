@@ -87,6 +87,16 @@ def dataset_names() -> str:
     return "cifar10, imagenet9, planted, folder:PATH"
 
 
+def shape_of(name: str) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+    """(image shape, class names) of a tfds dataset, known without its data."""
+    if name == "cifar10":
+        return (32, 32, 3), CIFAR10_CLASSES
+    if name == "imagenet9":
+        return (64, 64, 3), tuple(imagenet9_spec()["classes"])
+    raise ValueError(f"the shape of dataset {name!r} is known only from its data; shapes "
+                     "without data: cifar10, imagenet9")
+
+
 def load_dataset(name: str, split: str, *, data_dir: str | None = None, limit: int | None = None,
                  seed: int = 0, download: str | bool = "auto", cache_dir: str | None = None,
                  planted: "planted_lib.PlantedConfig | None" = None, verbose: bool = True,

@@ -162,7 +162,7 @@ class Table:
                                   lambda eps=eps: exp.robustified(eps, runtime=self._nowait),
                                   images, work=plan_lib.attack_work(
                                       (exp.train_config(*exp.generator(eps)),), images, batch,
-                                      shape, classes))
+                                      shape, classes, kind="robustify"))
         return plan_lib.mark_present(store, list(items.values()))
 
     # -------------------------------------------------------------- evaluate

@@ -2,8 +2,9 @@
 model, configuration and hardware, then project every artifact and the whole plan, for one
 process and for N processes (or GPUs) sharing one store.
 
-Work comes in two kinds (``plan.Op``): a training step and an attack step (an input-gradient
-step: construction, robustification, transfer and training attacks all take them). A probe
+Work comes in four kinds (``plan.Op``): a training step, an adversarial training step (its
+PGD inside), a step of the attack loop (construction, transfer) and a step of the
+robustification loop, each timed whole as the experiments run it. A probe
 times each distinct op once: the first call (building and tracing the model) is the fixed
 cost of every artifact that uses the op; the next calls give seconds per image. Rates are
 remembered in the store per host, CPU and op, so later plans estimate without probing.
@@ -55,37 +56,51 @@ def host_id() -> str:
 
 def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
     """Times ``op`` on random images: the first call (build and trace) is the overhead;
-    ``repeats`` more give the per-image time. Victims are probed without pretrained weights
-    (the same arithmetic, nothing to download). ``jit_compile``: the training step under XLA
-    (attacks stay without: XLA slows the while-loop PGD on CPUs, NOTES.md)."""
+    ``repeats`` more give the per-image time (per loop step for attacks and robustification).
+    Victims are probed without pretrained weights (the same arithmetic, nothing to download).
+    ``jit_compile``: the training step under XLA (the loops stay without: XLA slows the
+    while-loop PGD on CPUs, NOTES.md)."""
     import tensorflow as tf
 
-    from entangle import attacks, train
+    from entangle import train
 
-    cfg = dataclasses.replace(op.config, eps=0.0, pretrained=False, batch_size=op.batch)
-    if op.kind == "train":
+    adversarial = op.kind == "adv_train"
+    cfg = dataclasses.replace(op.config, pretrained=False, batch_size=op.batch,
+                              eps=op.config.eps if adversarial else 0.0)
+    if op.kind in ("train", "adv_train"):
         per_second, overhead = train.probe_throughput(cfg, op.input_shape, op.num_classes,
-                                                      repeats, jit_compile=jit_compile)
-        per_image = 1.0 / per_second
-    else:
-        rng = np.random.default_rng(0)
-        x = rng.random((op.batch,) + tuple(op.input_shape), np.float32)
-        y = rng.integers(0, op.num_classes, op.batch).astype(np.int32)
-        strategy = tf.distribute.get_strategy()
-        start = time.time()
-        model, _ = train.build_for_training(cfg, strategy, op.input_shape, op.num_classes)
+                                                      repeats, jit_compile=jit_compile,
+                                                      adversarial=adversarial)
+        return OpRate(1.0 / per_second, overhead, "probed now")
+    rng = np.random.default_rng(0)
+    x = rng.random((op.batch,) + tuple(op.input_shape), np.float32)
+    start = time.time()
+    model, _ = train.build_for_training(cfg, tf.distribute.get_strategy(), op.input_shape,
+                                        op.num_classes)
+    loop = _loop(op.kind, model, x, rng.integers(0, op.num_classes, op.batch).astype(np.int32))
 
-        def attack(steps):
-            t = time.time()
-            attacks.pgd_l2(model, x, y, eps=1.0, steps=steps, step_size=0.1,
-                           batch_size=op.batch, verbose=False)
-            return time.time() - t
-        attack(1)
-        overhead = time.time() - start
-        one = attack(1)
-        many = attack(1 + repeats)
-        per_image = max(many - one, 1e-9) / (repeats * op.batch)
-    return OpRate(per_image, overhead, "probed now")
+    def seconds(steps):
+        t = time.time()
+        loop(steps)
+        return time.time() - t
+    seconds(1)
+    overhead = time.time() - start
+    one = seconds(1)
+    many = seconds(1 + repeats)
+    return OpRate(max(many - one, 1e-9) / (repeats * op.batch), overhead, "probed now")
+
+
+def _loop(kind: str, model, x: np.ndarray, y: np.ndarray) -> Callable[[int], object]:
+    """``steps -> result``: the attack (L2 PGD) or robustification loop on one batch, as the
+    experiments run them."""
+    from entangle import attacks, robustify
+
+    if kind == "attack":
+        return lambda steps: attacks.pgd_l2(model, x, y, eps=1.0, steps=steps, step_size=0.1,
+                                            batch_size=len(x), verbose=False)
+    x0 = np.roll(x, 1, axis=0)
+    return lambda steps: robustify.robustify(
+        model, x, x0, robustify.RobustifyConfig(steps=steps), batch_size=len(x), verbose=False)
 
 
 def remembered(store: Store) -> dict:

@@ -152,6 +152,20 @@ class Experiment:
             self._splits = Splits(full, holdout, test)
         return self._splits
 
+    def use_placeholder_data(self, n_train: int, n_test: int) -> None:
+        """Plans as if the dataset had ``n_train``/``n_test`` images, without loading it (for
+        projections of data not on this machine): zero images of the dataset's shape, labels
+        cycling over its classes, keys that name the sizes (nothing stored matches them)."""
+        shape, classes = data.shape_of(self.cfg.data.dataset)
+
+        def placeholder(n, split):
+            x = np.broadcast_to(np.zeros((), np.uint8), (n,) + shape)
+            return data.Dataset(x, np.arange(n) % len(classes), classes, f"placeholder-{split}")
+        train_set = placeholder(n_train, "train")
+        holdout = np.arange(max(1, int(round(self.cfg.data.validation_fraction * n_train))))
+        self._splits = Splits(train_set, holdout, placeholder(n_test, "test"))
+        self._train_key, self._test_key = f"placeholder-{n_train}", f"placeholder-{n_test}"
+
     def train_data_key(self) -> str:
         """Content hash of the training split (part of every model key)."""
         if self._train_key is None:

@@ -21,9 +21,12 @@ from entangle.store import ArtifactBusy, Store, atomic_file, builder_id
 
 @dataclasses.dataclass(frozen=True)
 class Op:
-    """One kind of work an artifact does, as a probe can time it: a training step ("train")
-    or an attack step ("attack", one input gradient) of the model ``config`` (a
-    train.TrainConfig) builds, ``batch`` images at a time."""
+    """One kind of work an artifact does, as a probe can time it, through the model ``config``
+    (a train.TrainConfig) builds, ``batch`` images at a time: a training step ("train"), an
+    adversarial training step with its PGD inside ("adv_train"), or one step of the attack
+    loop ("attack") or of the robustification loop ("robustify")."""
+
+    KINDS = ("train", "adv_train", "attack", "robustify")
 
     kind: str
     config: object
@@ -36,8 +39,13 @@ class Op:
         c = self.config
         model = c.arch if c.is_victim else f"{c.arch}-w{c.width}-{c.pooling}"
         size = "x".join(str(d) for d in self.input_shape)
-        return (f"{self.kind} {model} in{c.input_size} b{self.batch} {size} "
+        kind = f"{self.kind} k{c.attack_steps}" if self.kind == "adv_train" else self.kind
+        return (f"{kind} {model} in{c.input_size} b{self.batch} {size} "
                 f"c{self.num_classes} {c.precision}")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"op kind must be one of {self.KINDS}; got {self.kind!r}")
 
     def describe(self) -> str:
         return (f"{self.kind} step of {self.config.arch}, batch {self.batch}, "
@@ -45,20 +53,17 @@ class Op:
 
 
 def training_work(cfg, images: float, input_shape, num_classes: int) -> tuple:
-    """The ops of training ``cfg`` on ``images`` (epochs included): a training step per image,
-    and for adversarial training its attack steps at the training batch size."""
-    work = [(Op("train", cfg, cfg.batch_size, tuple(input_shape), num_classes), images)]
-    if cfg.eps > 0:
-        work.append((Op("attack", cfg, cfg.batch_size, tuple(input_shape), num_classes),
-                     images * cfg.attack_steps))
-    return tuple(work)
+    """The ops of training ``cfg`` on ``images`` (epochs included): one training step per
+    image, adversarial (PGD inside, timed whole) when ``cfg.eps`` > 0."""
+    kind = "adv_train" if cfg.eps > 0 else "train"
+    return ((Op(kind, cfg, cfg.batch_size, tuple(input_shape), num_classes), images),)
 
 
-def attack_work(cfgs, images: float, batch: int, input_shape, num_classes: int) -> tuple:
-    """``images`` attack steps (steps x images) through each model ``cfgs`` build (an attack
-    on several models at once passes through each)."""
-    return tuple((Op("attack", c, batch, tuple(input_shape), num_classes), images)
-                 for c in cfgs)
+def attack_work(cfgs, images: float, batch: int, input_shape, num_classes: int,
+                kind: str = "attack") -> tuple:
+    """``images`` loop steps (steps x images) of ``kind`` ("attack" or "robustify") through
+    each model ``cfgs`` build (an attack on several models at once passes through each)."""
+    return tuple((Op(kind, c, batch, tuple(input_shape), num_classes), images) for c in cfgs)
 
 
 @dataclasses.dataclass

@@ -28,8 +28,12 @@ def plan_of(exp: pipeline.Experiment, experiment: str, cfg) -> list:
 
 def project(exp_cfg: pipeline.ExperimentConfig, experiment: str, cfg, *,
             processes=estimate.PROCESSES, log: Callable[[str], None] = print,
-            probe_fn=estimate.probe_op) -> estimate.Estimate:
-    """Probes (or recalls from the store) every kind of work the plan needs and projects it."""
+            probe_fn=estimate.probe_op, images: tuple[int, int] | None = None
+            ) -> estimate.Estimate:
+    """Probes (or recalls from the store) every kind of work the plan needs and projects it;
+    with ``images`` = (train, test), for a dataset of that size instead of the one loaded."""
     exp = pipeline.Experiment(exp_cfg)
+    if images:
+        exp.use_placeholder_data(*images)
     return estimate.estimate(exp.store, plan_of(exp, experiment, cfg), processes=processes,
                              log=log, probe_fn=probe_fn)

@@ -535,12 +535,16 @@ def _load_state(path: str, model, optimizer):
 
 
 def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,
-                     strategy=None, jit_compile: bool = False) -> tuple[float, float]:
-    """(image passes per second of the training step at ``cfg.batch_size``, seconds to build
-    and trace the model and take its first step): a few steps on random images, for plan
-    estimates. Adversarial training costs about (attack steps + 1) times as many passes."""
+                     strategy=None, jit_compile: bool = False,
+                     adversarial: bool = False) -> tuple[float, float]:
+    """(images per second of the training step at ``cfg.batch_size``, seconds to build and
+    trace the model and take its first step): a few steps on random images, for plan
+    estimates. The clean step unless ``adversarial`` (then its PGD runs inside, as in
+    training; cfg.eps must be > 0)."""
     strategy = strategy or tf.distribute.get_strategy()
-    clean = dataclasses.replace(cfg, eps=0.0)
+    if adversarial and not cfg.eps > 0:
+        raise ValueError(f"an adversarial training probe needs eps > 0; got {cfg.eps}")
+    clean = cfg if adversarial else dataclasses.replace(cfg, eps=0.0)
     start = time.time()
     with seeded(cfg.seed):
         model, optimizer = build_for_training(clean, strategy, input_shape, num_classes)

@@ -30,16 +30,65 @@ def test_schedule_respects_dependencies_and_processes():
 
 
 def test_items_count_images_at_each_ops_rate_and_each_trace_once():
-    train_op = plan.Op("train", CFG, 8, (16, 16, 3), 4)
-    attack_op = plan.Op("attack", CFG, 8, (16, 16, 3), 4)
     robust = dataclasses.replace(CFG, eps=0.5, attack_steps=3)
     work = plan.training_work(robust, 100, (16, 16, 3), 4)
-    assert [(op.kind, images) for op, images in work] == [("train", 100), ("attack", 300)]
-    rates = {train_op.signature(): estimate.OpRate(0.01, 2.0),
-             attack_op.signature(): estimate.OpRate(0.002, 1.0)}
+    assert [(op.kind, images) for op, images in work] == [("adv_train", 100)]  # timed whole
+    assert "adv_train k3 " in work[0][0].signature()    # its PGD steps set its speed
+    assert plan.training_work(CFG, 100, (16, 16, 3), 4)[0][0].kind == "train"
+    attack = plan.attack_work((CFG, robust), 50, 8, (16, 16, 3), 4)
+    robustify = plan.attack_work((CFG,), 50, 8, (16, 16, 3), 4, kind="robustify")
+    rates = {work[0][0].signature(): estimate.OpRate(0.01, 2.0),
+             attack[0][0].signature(): estimate.OpRate(0.002, 1.0),
+             robustify[0][0].signature(): estimate.OpRate(0.003, 0.5)}
     it = plan.training_item("robust", "k", (), lambda: None, robust, 100, (16, 16, 3), 4)
     assert it.passes == 100 * (2 + 3)
-    assert estimate.item_seconds(it, rates) == pytest.approx(100 * 0.01 + 300 * 0.002 + 3.0)
+    assert estimate.item_seconds(it, rates) == pytest.approx(100 * 0.01 + 2.0)
+    two = plan.PlanItem("set", "datasets", "s", (), lambda: None, 0, work=attack[:1] * 2)
+    assert estimate.item_seconds(two, rates) == pytest.approx(2 * 50 * 0.002 + 1.0)  # one trace
+    with pytest.raises(ValueError, match="op kind must be one of"):
+        plan.Op("evaluate", CFG, 8, (16, 16, 3), 4)
+
+
+def test_estimate_images_projects_a_dataset_not_on_this_machine():
+    """ImageNet-9 is not here: the plan is made for the sizes given, every op of it probed
+    (here faked at 1 ms per image), each artifact at its size x its steps."""
+    from conftest import smoke_flags
+
+    from entangle import flags as entangle_flags, projections
+
+    fv = smoke_flags("--dataset=imagenet9", "--estimate", "--estimate_images=1000,200")
+    assert entangle_flags.estimate_images(fv.estimate_images) == (1000, 200)
+    exp_cfg = entangle_flags.experiment_config(fv)
+    kinds = []
+
+    def fake_probe(op):
+        kinds.append(op.kind)
+        assert op.input_shape == (64, 64, 3) and op.num_classes == 9
+        return estimate.OpRate(0.001, 0.0)
+
+    est = projections.project(exp_cfg, "table", entangle_flags.table_config(fv),
+                              probe_fn=fake_probe, images=(1000, 200), log=lambda m: None)
+    assert sorted(set(kinds)) == ["adv_train", "attack", "robustify", "train"]
+    seconds = {label: sec for label, _, sec, _ in est.items}
+    epochs, steps = exp_cfg.hparams["standard"].epochs, exp_cfg.robustify.steps
+    assert seconds["standard"] == pytest.approx(epochs * 1000 * 0.001)
+    assert seconds["R_0"] == pytest.approx(200 * (steps + 3) * 0.001)
+    with pytest.raises(ValueError, match="shapes without data: cifar10, imagenet9"):
+        projections.project(entangle_flags.experiment_config(smoke_flags()), "table",
+                            entangle_flags.table_config(fv), probe_fn=fake_probe,
+                            images=(1000, 200), log=lambda m: None)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--estimate", "--estimate_images=abc"], "--estimate_images: must be TRAIN,TEST"),
+    (["--estimate", "--estimate_images=100,1"], "--estimate_images: must be TRAIN,TEST"),
+    (["--estimate_images=100,100"], "--estimate_images: only with --estimate")])
+def test_bad_estimate_images_fail_naming_the_flag(args, message):
+    from absl import flags
+    from conftest import smoke_flags
+
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        smoke_flags(*args)
 
 
 def test_probes_run_once_per_op_are_remembered_and_seed_the_plans_eta(tmp_path):
@@ -66,9 +115,15 @@ def test_probes_run_once_per_op_are_remembered_and_seed_the_plans_eta(tmp_path):
 
 
 def test_real_probes_give_positive_finite_rates():
-    for kind in ("train", "attack"):
-        r = estimate.probe_op(plan.Op(kind, CFG, 8, (16, 16, 3), 4), repeats=2)
+    robust = dataclasses.replace(CFG, eps=0.5, attack_steps=4)
+    rates = {kind: estimate.probe_op(plan.Op(kind, robust, 8, (16, 16, 3), 4), repeats=2)
+             for kind in plan.Op.KINDS}
+    for r in rates.values():
         assert 0 < r.seconds_per_image < 1 and math.isfinite(r.overhead) and r.overhead > 0
+    # four PGD steps inside: the adversarial step is slower than the clean one
+    assert rates["adv_train"].seconds_per_image > rates["train"].seconds_per_image
+    with pytest.raises(ValueError, match="needs eps > 0"):
+        train.probe_throughput(CFG, (16, 16, 3), 4, adversarial=True)
 
 
 @pytest.mark.parametrize("binary,artifact", [("transfer", "untargeted set eps 1"),

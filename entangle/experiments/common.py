@@ -151,9 +151,13 @@ def estimate_and_exit(argv, experiment: str, exp_cfg, make_cfg, title: str,
     """--estimate: probe the plan's kinds of work, print the projection as Markdown, exit 0.
     ``exp_cfg`` and ``make_cfg`` are called inside ``run_main`` (threads and strategy first)."""
     from entangle import estimate, hardware, projections
+    from entangle import flags as entangle_flags
 
-    est = run_main(argv, lambda: projections.project(exp_cfg(), experiment, make_cfg()),
-                   failures)
+    images = entangle_flags.estimate_images(entangle_flags.FLAGS.estimate_images)
+    est = run_main(argv, lambda: projections.project(exp_cfg(), experiment, make_cfg(),
+                                                     images=images), failures)
+    if images:
+        title += f", projected for {images[0]:,} training and {images[1]:,} test images"
     print()
     print(estimate.markdown(est, title, hardware.describe()))
     sys.exit(0)

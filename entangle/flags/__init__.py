@@ -39,13 +39,14 @@ from entangle.flags.experiment import (define_mistakes_flags, define_study_flags
                                        define_table_flags, define_transfer_flags)
 from entangle.flags.model import define_model_flags, define_victim_flags
 from entangle.flags.runtime import (define_estimate_flags, define_output_flags,
-                                    define_runtime_flags, define_store_flags)
+                                    define_runtime_flags, define_store_flags, estimate_images)
 from entangle.flags.training import define_single_model_flags, define_train_flags
 
 __all__ = ["FLAGS", "GROUPS", "MODEL_KINDS", "VICTIM_WEIGHTS", "define_all", "uses",
            "parse", "parse_flags", "expand_flagfiles", "flagfile", "scale_name", "help_text",
            "per_kind", "kinds_on", "parse_columns", "experiment_config", "train_config",
-           "table_config", "seeds", "transfer_config", "study_config", "mistakes_config"]
+           "table_config", "seeds", "transfer_config", "study_config", "mistakes_config",
+           "estimate_images"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # group name -> (title in --help, definer), in --help's order

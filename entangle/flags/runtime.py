@@ -7,7 +7,7 @@ from absl import flags
 
 from entangle import store as store_lib
 from entangle import train
-from entangle.flags._checks import FLAGS
+from entangle.flags._checks import FLAGS, validator
 
 
 def define_output_flags(fv=FLAGS):
@@ -39,6 +39,28 @@ def define_estimate_flags(fv=FLAGS):
                       "(probes each kind of work on this hardware: seconds per artifact and "
                       "in total for 1, 2, 4, 8 processes or GPUs on one store) and exit "
                       "without building.", flag_values=fv)
+    flags.DEFINE_string("estimate_images", None, "With --estimate: project for TRAIN,TEST "
+                        "images of the dataset instead of loading it (a dataset not on this "
+                        "machine; cifar10 or imagenet9), e.g. 260000,10150 for ImageNet-9.",
+                        flag_values=fv)
+    validator("estimate_images", lambda v: v is None or estimate_images(v) is not None,
+              "must be TRAIN,TEST: two whole numbers >= 2, e.g. 260000,10150", fv)
+    flags.register_multi_flags_validator(
+        ["estimate", "estimate_images"], lambda d: d["estimate_images"] is None or d["estimate"],
+        message="--estimate_images: only with --estimate (a run uses the dataset's own size)",
+        flag_values=fv)
+
+
+def estimate_images(text: str | None) -> tuple[int, int] | None:
+    """--estimate_images as (train, test) image counts; None when unset or malformed."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        return None
+    return sizes if len(sizes) == 2 and min(sizes) >= 2 else None
 
 
 def define_store_flags(fv=FLAGS):
