@@ -5,7 +5,7 @@ the same weights with statistics recomputed over the training inputs (precise BN
 
 Trains each model once per momentum with ``bn_statistics="moving"`` on the quick CIFAR subset
 (5,000 train / 500 test images of the offline copy), then evaluates it in inference mode
-before and after ``train.recompute_bn_statistics`` (robust models: PGD accuracy at their eps
+before and after ``inference.recompute_bn_statistics`` (robust models: PGD accuracy at their eps
 too, 10 steps of 2.5 eps / 10). Prints one Markdown table.
 """
 
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-from entangle import attacks, data, train  # noqa: E402
+from entangle import attacks, data, inference, train  # noqa: E402
 
 COPY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                     "cifar10-jpeg")
@@ -28,7 +28,7 @@ COPY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sha
 
 def _pgd(model, x, y, eps):
     adv = attacks.pgd_l2(model, x, y, eps=eps, steps=10, step_size=0.25 * eps, verbose=False)
-    return train.accuracy(model, adv, y)
+    return inference.accuracy(model, adv, y)
 
 
 def main():
@@ -60,11 +60,12 @@ def main():
                                         store=_tmp_store())
             seconds = time.time() - start
             m = tm.model
-            acc = [train.accuracy(m, xt, te.y)]
+            acc = [inference.accuracy(m, xt, te.y)]
             pgd = [_pgd(m, xt, te.y, eps)] if eps else []
-            train.recompute_bn_statistics(m, (tr.x[i:i + 500] for i in range(0, len(tr), 500))
-                                          if eps == 0 else _adv_batches(m, tr, cfg))
-            acc.append(train.accuracy(m, xt, te.y))
+            inference.recompute_bn_statistics(
+                m, (tr.x[i:i + 500] for i in range(0, len(tr), 500)) if eps == 0
+                else _adv_batches(m, tr, cfg))
+            acc.append(inference.accuracy(m, xt, te.y))
             if eps:
                 pgd.append(_pgd(m, xt, te.y, eps))
             rows.append((kind, momentum, args.epochs, args.batch_size, seconds, acc, pgd))

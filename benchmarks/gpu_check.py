@@ -30,9 +30,9 @@ SLICE = """
 import json, sys, time
 import tensorflow_datasets as tfds
 from absl import flags
-from entangle import entanglement, flags as ef, hardware, train
+from entangle import distribution, entanglement, flags as ef, hardware, train
 fv = flags.FlagValues(); ef.define_all(fv); ef.parse(sys.argv[2:], fv)
-train.configure_threads(fv.inter_op_threads)
+distribution.configure_threads(fv.inter_op_threads)
 t0 = time.time()
 with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
     if fv.estimate:

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import attacks, data, models
+from entangle import attacks, batching, data, models, planted
 
 
 def train_briefly(model, ds, steps, batch):
@@ -27,7 +27,7 @@ def train_briefly(model, ds, steps, batch):
     model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    pipe = data.make_pipeline(ds.x, ds.y, batch, shuffle=True, augment_images=True).repeat()
+    pipe = batching.make_pipeline(ds.x, ds.y, batch, shuffle=True, augment_images=True).repeat()
     model.fit(pipe, steps_per_epoch=steps, epochs=1, verbose=2)
 
 
@@ -65,7 +65,7 @@ def main():
         test = data.load_dataset(args.data, "test", limit=args.batch)
     except (FileNotFoundError, data.DatasetUnavailableError) as e:
         print(f"{args.data} unavailable ({e}); using the planted dataset")
-        cfg = data.PlantedConfig(train_size=20_000, test_size=args.batch)
+        cfg = planted.PlantedConfig(train_size=20_000, test_size=args.batch)
         train, test = data.make_planted("train", cfg), data.make_planted("test", cfg)
     model = models.resnet_v2(20, (32, 32, 3), train.num_classes)
     if args.train_steps:

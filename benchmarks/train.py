@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import data, train
+from entangle import batching, data, planted, steps, train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgd import floor_fn, timed  # noqa: E402
@@ -45,16 +45,16 @@ def main():
     cfg = train.TrainConfig(arch="resnet20v2", batch_size=args.batch, epochs=4, eps=0.5,
                             attack_steps=args.k, attack_step_size=0.125, lr_decay="none",
                             augment=True)
-    ds = data.make_planted("train", data.PlantedConfig(train_size=args.images))
+    ds = data.make_planted("train", planted.PlantedConfig(train_size=args.images))
     x = tf.constant(ds.float_images()[:args.batch])
     y = tf.constant(ds.y[:args.batch].astype(np.int32))
     seed = tf.constant([0, 0], tf.int32)
     strategy = tf.distribute.get_strategy()
 
     model, optimizer = train.build_for_training(cfg, strategy, ds.image_shape, ds.num_classes)
-    adv_step = train.make_train_step(model, optimizer, cfg, strategy)
+    adv_step = steps.make_train_step(model, optimizer, cfg, strategy)
     std_cfg = dataclasses.replace(cfg, eps=0.0)
-    std_step = train.make_train_step(model, optimizer, std_cfg, strategy)
+    std_step = steps.make_train_step(model, optimizer, std_cfg, strategy)
     grads = floor_fn(model, args.k)
 
     rows = {}
@@ -69,13 +69,13 @@ def main():
     fit_model.compile(keras.optimizers.Adam(1e-3),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
-    epochs = data.EpochPipeline(ds.x, ds.y, args.batch, shuffle=True, augment_images=True,
-                                drop_remainder=True)
-    steps = args.images // args.batch
+    epochs = batching.EpochPipeline(ds.x, ds.y, args.batch, shuffle=True, augment_images=True,
+                                    drop_remainder=True)
+    batches = args.images // args.batch
     ours_t, fit_t = [], []
     for e in range(args.repeats + 1):
         start = time.perf_counter()
-        train.run_epoch(std_step, strategy, epochs.epoch(e), steps, seed=(0, e),
+        steps.run_epoch(std_step, strategy, epochs.epoch(e), batches, seed=(0, e),
                         batch_size=args.batch)
         ours_t.append(time.perf_counter() - start)
         start = time.perf_counter()

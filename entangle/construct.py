@@ -26,7 +26,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from entangle import attacks, progress, store
+from entangle import atomic, attacks, progress
 from entangle.data import Dataset
 
 KINDS = ("zero_robust", "neg_robust")
@@ -78,7 +78,7 @@ def build_chunks(kind: str, source: keras.Model, ds: Dataset, cfg: ConstructConf
                  workdir: str, *, chunk_size: int = 4096, batch_size: int = 256,
                  jit_compile: bool = False, verbose: bool = True,
                  on_chunk: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Attacks ``ds`` chunk by chunk into ``workdir`` (float16, ``store.build_chunks``:
+    """Attacks ``ds`` chunk by chunk into ``workdir`` (float16, ``atomic.build_chunks``:
     resumable). Returns (source indices, targets) of the whole set."""
     index, targets = construct_targets(kind, ds.y, ds.num_classes, cfg)
 
@@ -90,8 +90,8 @@ def build_chunks(kind: str, source: keras.Model, ds: Dataset, cfg: ConstructConf
                              jit_compile=jit_compile, verbose=False)
         return {"x": adv.astype(np.float16)}
 
-    store.build_chunks(workdir, len(index), chunk_size, make, on_chunk=on_chunk,
-                       bar=progress.progbar(len(index), enabled=verbose, unit_name="image"))
+    atomic.build_chunks(workdir, len(index), chunk_size, make, on_chunk=on_chunk,
+                        bar=progress.progbar(len(index), enabled=verbose, unit_name="image"))
     return index, targets
 
 
@@ -112,6 +112,6 @@ def construct_dataset(kind: str, source: keras.Model, ds: Dataset, cfg: Construc
     _, targets = build_chunks(kind, source, ds, cfg, os.path.join(workdir, "chunks"),
                               chunk_size=chunk_size, batch_size=batch_size,
                               jit_compile=jit_compile, verbose=show)
-    x = store.assemble_chunks(os.path.join(workdir, "chunks"), "x",
-                              os.path.join(workdir, "x.npy"))
+    x = atomic.assemble_chunks(os.path.join(workdir, "chunks"), "x",
+                               os.path.join(workdir, "x.npy"))
     return Dataset(x, targets.astype(np.int64), ds.class_names, f"{ds.name}:{kind}")

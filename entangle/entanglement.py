@@ -22,9 +22,8 @@ import time
 from typing import Callable
 
 import numpy as np
-from scipy import stats as st
 
-from entangle import data, estimate, paper, pipeline, stats
+from entangle import data, estimate, paper, pipeline, stats, table_findings
 from entangle import plan as plan_lib
 from entangle.plan import PlanItem
 from entangle.store import describe_os_error, git_commit
@@ -253,7 +252,7 @@ def run_table(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
     with ``results_dir``, writes it there as Markdown, CSV, JSON and PNG. ``provenance`` (e.g.
     the flags) goes into the JSON beside the commit and the store keys."""
     start = time.time()
-    table, built = _prepare(exp_cfg, cfg, True, log)
+    table, built = prepare(exp_cfg, cfg, True, log)
     return _table_result(table, built, start, results_dir, title, provenance)
 
 
@@ -288,8 +287,8 @@ def _table_result(table: Table, built: list[str], start: float, results_dir: str
                                      "artifacts": {it.label: f"{it.kind}/{it.key}"
                                                    for it in table.plan(True)},
                                      **(provenance or {})})
-    result.findings = findings(result)
-    result.checks = checks(result)
+    result.findings = table_findings.findings(result)
+    result.checks = table_findings.checks(result)
     result.seconds = time.time() - start
     if results_dir:
         from entangle import report
@@ -401,7 +400,7 @@ def _match(eps, row: dict):
     return "absent"
 
 
-def _prepare(exp_cfg, cfg: TableConfig, robustified: bool, log) -> tuple[Table, list[str]]:
+def prepare(exp_cfg, cfg: TableConfig, robustified: bool, log) -> tuple[Table, list[str]]:
     exp = pipeline.Experiment(exp_cfg)
     table = Table(exp, cfg)
     return table, build_plan(exp, table.plan(robustified), log, cfg.poll, "table")
@@ -448,286 +447,3 @@ def probe_rate(exp: pipeline.Experiment) -> plan_lib.Rate:
     return plan_lib.Rate(per_second, first, "a timed probe of the training step")
 
 
-@dataclasses.dataclass
-class CurveResult:
-    """Accuracy against eps (Figures 3/4/7/10): one series per name, eps -> accuracy report."""
-
-    dataset: str
-    series: dict
-    paper: dict                         # eps -> the paper's % (or empty)
-    chance: float
-    built: list[str]
-    files: dict = dataclasses.field(default_factory=dict)
-    title: str = ""
-
-
-def _write_curve(result: CurveResult, results_dir: str | None, title: str, ylabel: str):
-    result.title = title
-    if not results_dir:
-        return
-    import csv
-    import os
-
-    from entangle import report
-    from entangle.store import atomic_file
-
-    os.makedirs(results_dir, exist_ok=True)
-    files = {"png": os.path.join(results_dir, "figure.png"),
-             "csv": os.path.join(results_dir, "figure.csv")}
-    report.plot_vs_eps({k: {e: r["accuracy"] for e, r in v.items()}
-                        for k, v in result.series.items()}, files["png"], title, ylabel,
-                       chance=result.chance, paper=result.paper)
-    with atomic_file(files["csv"], "w") as f:
-        w = csv.writer(f)
-        w.writerow(["series", "eps", "accuracy", "balanced_accuracy", "majority_rate", "n",
-                    "paper_accuracy_percent"])
-        for name, values in result.series.items():
-            for e, r in sorted(values.items()):
-                w.writerow([name, e, r["accuracy"], r["balanced_accuracy"], r["majority_rate"],
-                            r["n"], result.paper.get(e)])
-    result.files = files
-
-
-def _titled(title: str, context: str, test) -> str:
-    """A figure title naming what it was computed on: dataset, scale, seed, and n."""
-    return f"{title}\n({context + ', ' if context else ''}n={len(test)} test images)"
-
-
-def run_figure3(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
-                results_dir: str | None = None, log: Callable[[str], None] = print,
-                context: str = "") -> CurveResult:
-    """Figure 3 (7 on ImageNet-9): the standard classifier's accuracy on every R_eps."""
-    cfg = dataclasses.replace(cfg, rows=("standard",))
-    table, built = _prepare(exp_cfg, cfg, True, log)
-    exp = table.exp
-    trained = exp.model(*table.row_model("standard"))
-    series = {"standard on R_eps": {eps: exp.accuracy_on(trained, exp.robustified(eps)[0],
-                                                         f"R_{paper.eps_label(eps)}")
-                                    for eps in cfg.columns}}
-    ref = (paper.reference(exp_cfg.data.dataset) or {}).get("standard", {})
-    result = CurveResult(exp_cfg.data.dataset, series,
-                         {e: v for e, v in ref.items() if e is not None},
-                         1.0 / exp.splits().test.num_classes, built)
-    _write_curve(result, results_dir, _titled("Standard classifier on robustified test sets "
-                                              "R_eps", context, exp.splits().test),
-                 "accuracy on R_eps (%)")
-    return result
-
-
-def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
-                results_dir: str | None = None, log: Callable[[str], None] = print,
-                context: str = "") -> CurveResult:
-    """Figure 4 (10 on ImageNet-9): each eps-robust classifier on the original test set
-    (eps 0: the standard model); the store's generators, nothing robustified."""
-    cfg = dataclasses.replace(cfg, rows=())
-    table, built = _prepare(exp_cfg, cfg, False, log)
-    exp = table.exp
-    test = exp.splits().test
-    series = {"eps-robust on test": {}}
-    for eps in cfg.columns:
-        trained = exp.model(*exp.generator(eps))
-        series["eps-robust on test"][eps] = exp.accuracy_on(trained, test, "Test")
-        del trained
-    result = CurveResult(exp_cfg.data.dataset, series, {}, 1.0 / test.num_classes, built)
-    _write_curve(result, results_dir, _titled("eps-robust classifiers on the original test "
-                                              "set", context, test), "test accuracy (%)")
-    return result
-
-
-def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, *,
-                results_dir: str | None = None, num_images: int = 8,
-                log: Callable[[str], None] = print, context: str = "") -> dict:
-    """Figures 2/11/12: seed images x0, their robustifications for each eps, the originals."""
-    import os
-
-    from entangle import report
-
-    cfg = dataclasses.replace(cfg, rows=())
-    table, _ = _prepare(exp_cfg, cfg, True, log)
-    exp = table.exp
-    test = exp.splits().test
-    pick = distinct_class_images(test.y, num_images)
-    seeds = None
-    rows = {}
-    for eps in sorted(cfg.columns):
-        ds, extra = exp.robustified(eps)
-        seeds = extra["seeds"]
-        rows[f"R_{paper.eps_label(eps)}"] = np.asarray(ds.x[pick], np.float32)
-    grid = {"seed x0": test.float_images()[seeds[pick]], **rows,
-            "original x": test.float_images()[pick]}
-    path = os.path.join(results_dir or ".", "figure2.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    report.image_grid(grid, path, _titled("Robustified images: each column starts from the "
-                                          "seed on top and matches the representation of "
-                                          "the original at the bottom", context, test),
-                      class_names=test.class_names, labels=test.y[pick])
-    return {"png": path}
-
-
-def distinct_class_images(y: np.ndarray, n: int) -> np.ndarray:
-    """Indices of up to ``n`` images, the first of each class in class order, then (with
-    fewer classes than ``n``) the next of each class in turn: a grid of distinct classes."""
-    y = np.asarray(y)
-    order = []
-    for rank in range(len(y)):
-        added = False
-        for c in np.unique(y):
-            hits = np.flatnonzero(y == c)
-            if rank < len(hits):
-                order.append(hits[rank])
-                added = True
-                if len(order) == n:
-                    return np.array(order)
-        if not added:
-            break
-    return np.array(order, dtype=np.int64)
-
-
-def wilson_interval(p: float, n: int) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a proportion p observed over n trials (scipy)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    ci = st.binomtest(int(round(p * n)), n).proportion_ci(0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def lower_bound(report: dict) -> float:
-    """The 95 % Wilson lower bound of an accuracy report (``accuracy`` over ``n`` images)."""
-    return wilson_interval(report["accuracy"], report["n"])[0]
-
-
-SMALL_EPS = 0.25        # (a): the "small eps > 0" columns are 0 < eps <= 1/4
-NEAR_CHANCE = 0.05      # (b): the 95 % upper bound on R_0 within 5 points of chance
-
-
-def findings(result: TableResult, alpha: float = stats.ALPHA) -> list[dict]:
-    """The paper's five findings (section 4), each a test on paired per-image outcomes.
-
-    (a) standard better on R_eps for small eps > 0 than on R_0: exact McNemar of each column
-    with 0 < eps <= 1/4 against R_0, Holm across them; held when one improves significantly.
-    (b) robust near chance on R_0 (95 % upper bound <= chance + 5 points) and significantly
-    better (McNemar, Holm) on every R_eps with eps >= 1/4 except its own (a convergence
-    check: the generator sees the inversion of its own representation).
-    (c) zero-robust above chance on every R_eps: one-sided test per column, Holm.
-    (d) neg-robust above chance on at least two R_eps with eps > 0 (one-sided, Holm). Its
-    Test accuracy is Ilyas et al.'s D_det result, reported separately (not a finding here).
-    (e) zero-robust accuracy decreases as eps grows over the eps > 0 columns: permutation
-    test of the slope, columns permuted within images.
-    Chance tests use balanced accuracy where the test set's classes are unbalanced. A
-    finding whose rows or columns are absent is not reported.
-    """
-    out = []
-    y, k = result.labels, result.num_classes
-    measure = "accuracy" if stats.is_balanced(y, k) else "balanced accuracy"
-    cols = {c: column_eps(c) for c in result.columns if c.startswith("R_")}
-    positive = [c for c, e in sorted(cols.items(), key=lambda t: t[1]) if e > 0]
-    robust = next((r for r in result.rows if r.startswith("robust")), None)
-
-    def correct(row, col):
-        return result.correct[row][col]
-
-    def pct(v):
-        return f"{100 * v:.1f}"
-
-    def paired(row, cols_):
-        return stats.paired_vs(correct(row, "R_0"), {c: correct(row, c) for c in cols_}, alpha)
-
-    def describe(tests, against="R_0"):
-        return "; ".join(f"{c} {t['difference'] * 100:+.1f} points vs {against} "
-                         f"({t['second_only']}:{t['first_only']} discordant, p {t['p']:.3g}, "
-                         f"Holm {t['p_holm']:.3g})" for c, t in tests.items())
-
-    def vs_chance(row, cols_):
-        tests = {c: stats.chance_test(correct(row, c), y, k) for c in cols_}
-        for c, p in zip(cols_, stats.holm([t["p"] for t in tests.values()])):
-            tests[c]["p_holm"] = p
-            tests[c]["significant"] = p <= alpha
-        return tests
-
-    def describe_chance(tests):
-        return "; ".join(f"{c} {pct(t['value'])} % (95 % {pct(t['low'])}-{pct(t['high'])}, "
-                         f"p {t['p']:.3g}, Holm {t['p_holm']:.3g})" for c, t in tests.items())
-
-    if "standard" in result.rows and "R_0" in cols:
-        small = [c for c in positive if cols[c] <= SMALL_EPS]
-        if small:
-            tests = paired("standard", small)
-            out.append(_finding("a", "standard does better on R_eps (0 < eps <= 1/4) than on "
-                                "R_0", "exact McNemar per column vs R_0, Holm",
-                                any(t["significant"] for t in tests.values()),
-                                describe(tests), "accuracy", tests))
-    if robust and "R_0" in cols:
-        own = next((c for c in positive if abs(cols[c] - result.robust_eps) < 1e-9), None)
-        larger = [c for c in positive if cols[c] >= SMALL_EPS and
-                  not (c == own and result.robust_is_generator)]
-        if larger:
-            near = stats.chance_test(correct(robust, "R_0"), y, k)
-            near_ok = near["high"] <= near["chance"] + NEAR_CHANCE
-            tests = paired(robust, larger)
-            held = near_ok and all(t["significant"] for t in tests.values())
-            out.append(_finding(
-                "b", "robust is near chance on R_0 and significantly better on R_eps, eps >= "
-                "1/4 (its own column excluded)",
-                "95 % upper bound on R_0 within 5 points of chance; exact McNemar vs R_0, "
-                "Holm", held, f"R_0 {pct(near['value'])} % (95 % upper {pct(near['high'])}, "
-                f"chance {pct(near['chance'])}); " + describe(tests), near["measure"],
-                {"R_0": near, **tests}))
-    if "zero_robust" in result.rows and cols:
-        tests = vs_chance("zero_robust", list(cols))
-        out.append(_finding("c", "zero-robust is above chance on every R_eps",
-                            f"one-sided {next(iter(tests.values()))['test']} per column, Holm",
-                            all(t["significant"] for t in tests.values()),
-                            describe_chance(tests), measure, tests))
-    if "neg_robust" in result.rows and positive:
-        tests = vs_chance("neg_robust", positive)
-        hits = sum(t["significant"] for t in tests.values())
-        out.append(_finding("d", "neg-robust is above chance on R_eps with eps > 0, except "
-                            "the largest (at least two columns)",
-                            f"one-sided {next(iter(tests.values()))['test']} per column, "
-                            f"Holm; held on >= 2 columns", hits >= 2,
-                            f"{hits} of {len(positive)} columns: " + describe_chance(tests),
-                            measure, tests))
-    if "zero_robust" in result.rows and len(positive) >= 2:
-        trend = stats.trend_test([correct("zero_robust", c) for c in positive])
-        out.append(_finding("e", "zero-robust accuracy decreases as eps grows (eps > 0)",
-                            trend["test"], trend["p"] <= alpha,
-                            ", ".join(f"{c} {pct(correct('zero_robust', c).mean())}"
-                                      for c in positive) +
-                            f" %; slope {100 * trend['statistic']:+.2f} points per column, "
-                            f"p {trend['p']:.3g}", "accuracy", {"trend": trend}))
-    return out
-
-
-def _finding(name, text, test, held, detail, measure, tests) -> dict:
-    return {"finding": name, "text": text, "test": test, "held": bool(held), "detail": detail,
-            "measure": measure, "tests": tests}
-
-
-def checks(result: TableResult) -> list[dict]:
-    """Reported beside the findings, not as findings: neg-robust on Test (Ilyas et al.'s
-    D_det result) and the robust generator's accuracy on its own R_eps (convergence)."""
-    out = []
-    y, k = result.labels, result.num_classes
-    if "neg_robust" in result.rows:
-        t = stats.chance_test(result.correct["neg_robust"]["Test"], y, k)
-        out.append({"check": "neg-robust on Test (Ilyas et al.'s D_det result)",
-                    "detail": f"{100 * t['value']:.1f} % (95 % {100 * t['low']:.1f}-"
-                              f"{100 * t['high']:.1f}, one-sided p {t['p']:.3g} vs chance)",
-                    "test": t})
-    robust = next((r for r in result.rows if r.startswith("robust")), None)
-    own = f"R_{paper.eps_label(result.robust_eps)}"
-    if robust and own in result.columns and result.robust_is_generator:
-        test, mine = result.cells[robust]["Test"], result.cells[robust][own]
-        out.append({"check": f"convergence: the robust generator on its own {own}",
-                    "detail": f"{100 * mine['accuracy']:.1f} % on {own} vs {100 * test['accuracy']:.1f} "
-                              f"% on Test (equal when robustification converged)"})
-    return out
-
-
-def column_eps(label: str) -> float:
-    """The eps of a column label such as R_1/4 (0.25) or R_1 (1.0)."""
-    text = label[2:]
-    if "/" in text:
-        num, den = text.split("/")
-        return float(num) / float(den)
-    return float(text)

@@ -25,7 +25,8 @@ import numpy as np
 
 from entangle import plan as plan_lib
 from entangle.plan import Op, PlanItem
-from entangle.store import Store, atomic_file
+from entangle.atomic import atomic_file
+from entangle.store import Store
 
 RATES = "op_rates.json"
 PROCESSES = (1, 2, 4, 8)

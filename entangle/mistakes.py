@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from entangle import attacks, data, entanglement, pipeline, plan as plan_lib, probe, progress
-from entangle import planted, stats, store, train
+from entangle import atomic, attacks, data, entanglement, inference, pipeline, plan as plan_lib
+from entangle import planted, probe, progress, stats, table_findings, train
 from entangle.plan import PlanItem
 
 TARGET_MODES = ("distinct", "independent")
@@ -168,12 +168,12 @@ class Mistakes:
                     return {"x": adv.astype(np.float16)}
 
                 work = os.path.join(partial, part)
-                store.build_chunks(work, len(ds), 4096, make, bar=progress.progbar(
+                atomic.build_chunks(work, len(ds), 4096, make, bar=progress.progbar(
                     len(ds), enabled=exp.cfg.runtime.verbose, unit_name="image"))
-                x = store.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
+                x = atomic.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
                 np.save(os.path.join(d, f"targets_{part}.npy"), targets)
-                metrics[part] = success_table(train.predict(f1, x, batch),
-                                              train.predict(f2, x, batch), targets)
+                metrics[part] = success_table(inference.predict(f1, x, batch),
+                                              inference.predict(f2, x, batch), targets)
                 del x
             metrics["seconds"] = time.time() - start
         return self.adversarial()
@@ -267,7 +267,7 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
     for by in ("Y1", "Y2"):
         trained = m.relabelled(by)
         rep = dict(exp.accuracy_on(trained, test, "Test"))
-        rep["lower"], rep["upper"] = entanglement.wilson_interval(rep["accuracy"], rep["n"])
+        rep["lower"], rep["upper"] = table_findings.wilson_interval(rep["accuracy"], rep["n"])
         rep["key"] = trained.key
         relabelled[by] = rep
         correct[by] = exp.evaluate(trained, outcomes=True)["clean_correct"]
@@ -281,10 +281,10 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
         result.leakage = leakage_control(m, adv, correct)
     result.findings = findings(result)
     if results_dir:
-        from entangle import report
+        from entangle import report_transfer
 
-        result.files, result.write_error = entanglement.write_results(report.write_mistakes,
-                                                                      result, results_dir)
+        result.files, result.write_error = entanglement.write_results(
+            report_transfer.write_mistakes, result, results_dir)
     return result
 
 

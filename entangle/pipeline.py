@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from entangle import attacks, construct, data, models, robustify, train
+from entangle import atomic, attacks, construct, data, distribution, inference, models
 from entangle import planted as planted_lib
-from entangle import store as store_lib
+from entangle import robustify, train
 from entangle.store import Store, fingerprint_arrays
 
 KINDS = ("standard", "robust", "zero_robust", "neg_robust")
@@ -85,22 +85,6 @@ class ExperimentConfig:
 
 
 @dataclasses.dataclass
-class TrainReport:
-    kind: str
-    eps: float
-    key: str
-    cached: bool
-    test_accuracy: float
-    balanced_accuracy: float
-    majority_rate: float
-    pgd_accuracy: float | None
-    attack_eps: float
-    num_test: int
-    seconds: float
-    store_path: str
-
-
-@dataclasses.dataclass
 class Splits:
     """The training split, its early-stopping hold-out, and the test split."""
 
@@ -132,8 +116,8 @@ class Experiment:
     def writes(self) -> bool:
         """Whether this process writes to the store: not on a non-chief multi-worker task,
         which reads what the chief stored and computes the rest for itself."""
-        return train.is_chief(train.get_strategy(self.cfg.runtime.strategy,
-                                                 self.cfg.runtime.devices))
+        return distribution.is_chief(distribution.get_strategy(self.cfg.runtime.strategy,
+                                                               self.cfg.runtime.devices))
 
     def splits(self) -> Splits:
         """The data, loaded once."""
@@ -274,7 +258,7 @@ class Experiment:
         path = os.path.join(self.store.path(PREDICTIONS_KIND, key), "predictions.npy")
 
         def build():
-            pred = train.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
+            pred = inference.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
             with self.store.writing(PREDICTIONS_KIND, key, config) as d:
                 np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
             return pred
@@ -341,9 +325,9 @@ class Experiment:
                 _, targets = construct.build_chunks(
                     kind, source.model, ds, pcfg, work, batch_size=batch,
                     jit_compile=self.cfg.runtime.jit_compile, verbose=self.cfg.runtime.verbose)
-                x = store_lib.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
+                x = atomic.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
                 np.save(os.path.join(d, f"y_{part}.npy"), targets.astype(np.int64))
-                metrics[f"targeted_success_on_source_{part}"] = train.accuracy(
+                metrics[f"targeted_success_on_source_{part}"] = inference.accuracy(
                     source.model, x, targets, batch)
                 metrics[f"size_{part}"] = len(targets)
                 del x
@@ -390,14 +374,14 @@ class Experiment:
                                         jit_compile=self.cfg.runtime.jit_compile, verbose=False)
                 return {"x": r.x.astype(np.float16), "relative_distance": r.relative_distance}
 
-            store_lib.build_chunks(work, len(test), CHUNK_IMAGES, make,
-                                   bar=self._bar(len(test)))
+            atomic.build_chunks(work, len(test), CHUNK_IMAGES, make,
+                                bar=self._bar(len(test)))
             config = {"generator": gen.key, "robustify": rcfg.key_fields(), "eps": eps}
             metrics = {}
             with self.store.writing(DATASET_KIND, key, config, metrics=metrics) as d:
-                store_lib.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
-                rel = store_lib.assemble_chunks(work, "relative_distance",
-                                                os.path.join(d, "relative_distance.npy"))
+                atomic.assemble_chunks(work, "x", os.path.join(d, "x.npy"))
+                rel = atomic.assemble_chunks(work, "relative_distance",
+                                             os.path.join(d, "relative_distance.npy"))
                 np.save(os.path.join(d, "seeds.npy"), seeds)
                 metrics.update(median_relative_distance=float(np.median(rel)),
                                seconds=time.time() - start)
@@ -418,8 +402,8 @@ class Experiment:
         key = self.store.key("acc", config)
 
         def build():
-            report = data.accuracy_report(train.predict(trained.model, ds.x,
-                                                        self.cfg.runtime.eval_batch_size),
+            report = data.accuracy_report(inference.predict(trained.model, ds.x,
+                                                            self.cfg.runtime.eval_batch_size),
                                           ds.y, ds.num_classes)
             self.store.record("evals", key, config, metrics=report)
             return report
@@ -443,7 +427,7 @@ class Experiment:
         def compute():
             x = test.float_images()
             batch = self.cfg.runtime.eval_batch_size
-            pred = train.predict(trained.model, x, batch)
+            pred = inference.predict(trained.model, x, batch)
             report = data.accuracy_report(pred, test.y, test.num_classes)
             metrics = {"test_accuracy": report["accuracy"],
                        "balanced_accuracy": report["balanced_accuracy"],
@@ -453,7 +437,7 @@ class Experiment:
                 adv = attacks.pgd_l2(trained.model, x, test.y, eps=eps, steps=ecfg.attack_steps,
                                      step_size=ecfg.step_size_factor * eps / ecfg.attack_steps,
                                      batch_size=batch, jit_compile=self.cfg.runtime.jit_compile)
-                arrays["pgd_correct"] = train.predict(trained.model, adv, batch) == test.y
+                arrays["pgd_correct"] = inference.predict(trained.model, adv, batch) == test.y
                 metrics["pgd_accuracy"] = float(arrays["pgd_correct"].mean())
                 metrics["pgd_norm_max"] = float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
                                                         .sum(1)).max())
@@ -482,23 +466,3 @@ def model_digest(trained: train.TrainedModel) -> str | None:
     return (trained.manifest.get("files") or {}).get("model.keras", {}).get("sha256")
 
 
-def run_train(cfg: ExperimentConfig, kind: str, eps: float = 0.0,
-              attack_eps: float | None = None) -> TrainReport:
-    """Trains (or fetches) one classifier and reports its test and PGD accuracy.
-
-    PGD accuracy is measured at ``attack_eps`` (default: the model's own eps; none for eps 0).
-    """
-    start = time.time()
-    exp = Experiment(cfg)
-    exp.train_config(kind, eps)  # validate before loading any data
-    trained = exp.model(kind, eps)
-    attack_eps = eps if attack_eps is None else attack_eps
-    metrics = exp.evaluate(trained, attack_eps)
-    return TrainReport(kind=kind, eps=eps, key=trained.key, cached=trained.cached,
-                       test_accuracy=metrics["test_accuracy"],
-                       balanced_accuracy=metrics["balanced_accuracy"],
-                       majority_rate=metrics["majority_rate"],
-                       pgd_accuracy=metrics.get("pgd_accuracy"), attack_eps=attack_eps,
-                       num_test=metrics["num_test"],
-                       seconds=time.time() - start,
-                       store_path=exp.store.path(train.MODEL_KIND, trained.key))

@@ -16,7 +16,8 @@ import os
 import time
 from typing import Callable
 
-from entangle.store import ArtifactBusy, Store, atomic_file, builder_id
+from entangle.atomic import ArtifactBusy, atomic_file, builder_id
+from entangle.store import Store
 
 
 @dataclasses.dataclass(frozen=True)

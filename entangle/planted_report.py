@@ -9,8 +9,8 @@ import numpy as np
 
 from entangle import planted
 from entangle.planted_study import budget_label
-from entangle.report import _finish, _pct, _plt, _start_report
-from entangle.store import atomic_file
+from entangle.report import finish_plot, pct, pyplot, start_report
+from entangle.atomic import atomic_file
 
 NON_ROBUST = "BCD"
 
@@ -38,8 +38,8 @@ def markdown(result) -> str:
                                               for c in cols) + " | Premise |",
              "|---|---|" + "---|" * len(cols) + "---|"]
     for r in result.runs:
-        cells = [f"{p['relative_distance']:.2f}, {_pct(p['generator_accuracy'])}, "
-                 f"{_pct(p['carries_A'])}" for p in (r.premise[c] for c in cols)]
+        cells = [f"{p['relative_distance']:.2f}, {pct(p['generator_accuracy'])}, "
+                 f"{pct(p['carries_A'])}" for p in (r.premise[c] for c in cols)]
         lines.append(f"| {r.features} | {r.seed} | " + " | ".join(cells)
                      + f" | {'met' if r.premise_met else 'NOT met'} |")
     lines += ["", "*What is there*: probe accuracy (%, one pattern type of the label only, "
@@ -70,17 +70,17 @@ def markdown(result) -> str:
             cells = []
             for c in cols:
                 p, t = r.protocol[b][c], r.truth[b][c]
-                cells.append(f"{_pct(r.tables[b].cells['zero_robust'][c]['accuracy'])} "
-                             f"({_pct(p['zero_low'])}), "
-                             f"{_pct(r.tables[b].cells['neg_robust'][c]['accuracy'])} "
-                             f"({_pct(p['neg_low'])}), {_mark(p['says_b'])} / {_mark(t['b'])}")
+                cells.append(f"{pct(r.tables[b].cells['zero_robust'][c]['accuracy'])} "
+                             f"({pct(p['zero_low'])}), "
+                             f"{pct(r.tables[b].cells['neg_robust'][c]['accuracy'])} "
+                             f"({pct(p['neg_low'])}), {_mark(p['says_b'])} / {_mark(t['b'])}")
             lk = r.leakage[b]
             lines.append(f"| {r.features} | {r.seed} | " + " | ".join(cells)
                          + f" | {_probes(r.probes[f'zero_robust ({budget_label(b)})'])} | "
                          f"{_probes(r.probes[f'neg_robust ({budget_label(b)})'])} | "
-                         + "/".join(_pct(lk["zero_robust"][t]["accuracy"]) for t in planted.TYPES)
+                         + "/".join(pct(lk["zero_robust"][t]["accuracy"]) for t in planted.TYPES)
                          + " | "
-                         + "/".join(_pct(lk["neg_robust"][t]["accuracy"]) for t in planted.TYPES)
+                         + "/".join(pct(lk["neg_robust"][t]["accuracy"]) for t in planted.TYPES)
                          + " |")
     lines += ["", "*Detectors* (range over runs): threshold at a false-positive rate of "
               "5 % on world images without the type; measured false-positive rate and "
@@ -108,7 +108,7 @@ def markdown(result) -> str:
 
 
 def _probes(reports: dict) -> str:
-    return "/".join(_pct(reports[f"{t}-absent"]["accuracy"]) for t in planted.TYPES)
+    return "/".join(pct(reports[f"{t}-absent"]["accuracy"]) for t in planted.TYPES)
 
 
 def _range(v) -> str:
@@ -123,7 +123,7 @@ OUTCOME_COLOURS = {"TP": "#2e7d32", "TN": "#a5d6a7", "FP": "#c62828", "FN": "#ef
 def plot_verdict(result, path: str) -> None:
     """One cell per run (rows) and budget x column (columns), coloured by the protocol's
     outcome against the measured truth, labelled 'says / truth'."""
-    plt = _plt()
+    plt = pyplot()
     runs = result.runs
     keys = [(b, c) for b in result.budgets for c in result.columns]
     fig, ax = plt.subplots(figsize=(3.2 + 1.5 * len(keys), 1.6 + 0.36 * len(runs)), dpi=100)
@@ -155,7 +155,7 @@ def plot_verdict(result, path: str) -> None:
 def plot_leakage(result, path: str) -> None:
     """Goh's leakage per world (mean over seeds; whiskers: range) for each pattern type, in
     D_zero and D_neg at every budget; chance dashed."""
-    plt = _plt()
+    plt = pyplot()
     panels = [(b, kind) for b in result.budgets for kind in ("zero_robust", "neg_robust")]
     worlds = list(dict.fromkeys(r.features for r in result.runs))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6), dpi=100,
@@ -174,13 +174,13 @@ def plot_leakage(result, path: str) -> None:
         ax.set_xticks(x, worlds)
         ax.set_title(f"D_{kind.split('_')[0]}, {budget_label(b)}", fontsize=9)
     axes[0][0].set_ylabel("linear probe on template projections,\nclean test accuracy (%)")
-    _finish(plt, fig, axes[0][-1], path, f"D_{panels[-1][1].split('_')[0]}, "
-            f"{budget_label(panels[-1][0])}", "", top=100)
+    finish_plot(plt, fig, axes[0][-1], path, f"D_{panels[-1][1].split('_')[0]}, "
+                f"{budget_label(panels[-1][0])}", "", top=100)
 
 
 def write_study(result, directory: str) -> dict:
     """Writes study.md, study.csv, study.json, study.png (verdict) and leakage.png."""
-    files = _start_report(directory, "study", markdown(result))
+    files = start_report(directory, "study", markdown(result))
     files["leakage_png"] = files["png"].replace("study.png", "leakage.png")
     with atomic_file(files["csv"], "w") as f:
         w = csv.writer(f)

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from entangle import data, entanglement, paper, pipeline, plan as plan_lib, planted
-from entangle import probe as probe_lib, stats
+from entangle import probe as probe_lib, stats, table_findings
 
 WORLDS = ("ABC", "AB", "AD", "AC", "A")
 DECOYS = 19             # unplanted pattern sets per type: the carry test's null (p >= 1/20)
@@ -127,7 +127,7 @@ def budget_label(eps: float) -> str:
 
 
 def _above(report: dict, chance: float) -> bool:
-    return entanglement.lower_bound(report) > chance
+    return table_findings.lower_bound(report) > chance
 
 
 def carry_test(detector: planted.Detector, decoys: list, x: np.ndarray, y: np.ndarray,
@@ -248,8 +248,8 @@ def _carries_and_premise(exp: pipeline.Experiment, cfg: StudyConfig,
 def _protocol(cells: dict, columns: list[str], chance: float) -> dict:
     """The protocol's answer per R_eps column (zero- and neg-robust both above chance) and
     overall (zero-robust on every column, neg-robust on one)."""
-    zero = {c: entanglement.lower_bound(cells["zero_robust"][c]) for c in columns}
-    neg = {c: entanglement.lower_bound(cells["neg_robust"][c]) for c in columns}
+    zero = {c: table_findings.lower_bound(cells["zero_robust"][c]) for c in columns}
+    neg = {c: table_findings.lower_bound(cells["neg_robust"][c]) for c in columns}
     out = {c: {"zero_low": zero[c], "neg_low": neg[c],
                "says_b": zero[c] > chance and neg[c] > chance} for c in columns}
     out["all"] = all(v > chance for v in zero.values()) and any(v > chance for v in neg.values())

@@ -18,20 +18,20 @@ import math
 import os
 import random
 import time
-import weakref
-from typing import Callable, Iterable, Union
+from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import attacks, data, models, preempt, progress
-from entangle.store import Store, atomic_save_npz, fingerprint_arrays
+from entangle import attacks, batching, data, models, preempt
+from entangle.distribution import get_strategy, is_chief
+from entangle.inference import accuracy, batch_norm_layers, recompute_bn_statistics
+from entangle.steps import load_state, make_train_step, run_epoch, save_state
+from entangle.store import Store, fingerprint_arrays
+# The configuration types are part of this module's API (train.TrainConfig, ...).
+from entangle.train_config import RuntimeOptions, TrainConfig, parse_arch
 
-LR_DECAYS = ("none", "step", "cosine")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-BN_STATISTICS = ("recompute", "moving")
 # Images whose batch statistics become the batch norms' moving statistics after training
 # (``bn_statistics="recompute"``): enough for stable averages, a fraction of an epoch's cost.
 BN_RECOMPUTE_IMAGES = 10_000
@@ -42,126 +42,12 @@ MODEL_KIND = "models"
 VERSION = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a trained classifier (and so its store key)."""
-
-    arch: str = "resnet56v2"          # resnet<9n+2>v2, or a victim name (models.VICTIMS)
-    width: int = 16                   # ResNet v2 base width (16 in the paper)
-    eps: float = 0.0                  # Madry adversarial training radius; 0 = standard
-    attack_steps: int = 16            # PGD steps per training batch (A.2: CIFAR 16, ImageNet 8)
-    attack_step_size: float = 0.5     # A.2: CIFAR 0.5, ImageNet 1.0
-    # The step size is a multiple of the model's eps rather than an L2 length (Wong et al.
-    # 2020's fast adversarial training: one step of 1.25 eps from a random start).
-    attack_step_relative: bool = False
-    attack_random_start: bool = False
-    batch_size: int = 200             # global batch
-    epochs: int = 100
-    learning_rate: float = 1e-3
-    lr_decay: str = "step"
-    augment: bool = True
-    early_stopping: bool = False
-    patience: int = 10
-    weight_decay: float = 1e-4
-    pooling: str = "global"           # ResNet v2: models.POOLINGS
-    bn_momentum: float = 0.99         # ResNet v2 batch-norm momentum (Keras' default)
-    # "recompute": after training, every batch norm's moving statistics become the average
-    # batch statistics over the training inputs (adversarial ones for eps > 0); "moving":
-    # keep the moving averages (stale after a few hundred steps at momentum 0.99).
-    bn_statistics: str = "recompute"
-    pretrained: bool = False          # victims: start from ImageNet weights
-    input_size: int = 0               # victims: resize inside the model to this (0: the data's)
-    precision: str = "float32"
-    seed: int = 0
-
-    def __post_init__(self):
-        _check(self.eps >= 0 and not math.isnan(self.eps), "eps", self.eps, "a number >= 0")
-        _check(self.attack_steps >= 1, "attack_steps", self.attack_steps, "an integer >= 1")
-        _check(self.attack_step_size > 0, "attack_step_size", self.attack_step_size, "> 0")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _check(self.lr_decay in LR_DECAYS, "lr_decay", self.lr_decay, f"one of {LR_DECAYS}")
-        _check(self.patience >= 1, "patience", self.patience, "an integer >= 1")
-        _check(self.precision in PRECISIONS, "precision", self.precision,
-               f"one of {PRECISIONS}")
-        _check(self.pooling in models.POOLINGS, "pooling", self.pooling,
-               f"one of {models.POOLINGS}")
-        _check(self.input_size >= 0, "input_size", self.input_size, "an integer >= 0")
-        _check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", self.bn_momentum, "in [0, 1)")
-        _check(self.bn_statistics in BN_STATISTICS, "bn_statistics", self.bn_statistics,
-               f"one of {BN_STATISTICS}")
-        parse_arch(self.arch)
-
-    @property
-    def attack_step(self) -> float:
-        """The training attack's L2 step length."""
-        return self.attack_step_size * self.eps if self.attack_step_relative else \
-            self.attack_step_size
-
-    @property
-    def is_victim(self) -> bool:
-        return parse_arch(self.arch)[0] != "resnet_v2"
-
-    def key_fields(self) -> dict:
-        """The fields that determine the trained model: what its store key hashes.
-
-        The training attack matters only when eps > 0, patience only with early stopping,
-        width/weight decay/pooling only for ResNets, pretraining/input size only for victims.
-        """
-        fields = dataclasses.asdict(self)
-        drop = set()
-        if self.eps == 0:
-            drop |= {"attack_steps", "attack_step_size", "attack_random_start",
-                     "attack_step_relative"}
-        elif not self.attack_step_relative:
-            drop.add("attack_step_relative")
-        if not self.early_stopping:
-            drop.add("patience")
-        drop |= ({"width", "weight_decay", "pooling", "bn_momentum"} if self.is_victim
-                 else {"pretrained", "input_size"})
-        fields = {k: v for k, v in fields.items() if k not in drop}
-        if self.is_victim:
-            fields["victim_version"] = models.VICTIM_VERSION
-        return fields
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeOptions:
-    """How to run (not what to compute): excluded from store keys."""
-
-    strategy: Union[str, tf.distribute.Strategy] = "auto"
-    devices: tuple[str, ...] | None = None   # explicit devices for the mirrored strategy
-    jit_compile: bool = False
-    eval_batch_size: int = 500
-    verbose: bool = True
-    lock_poll: float = 2.0                   # seconds between looks at a busy artifact
-    wait: bool = True                        # busy artifact: wait for it, or raise ArtifactBusy
-    on_corrupt: str = "rebuild"              # damaged artifact: move aside and rebuild, or stop
-
-
 @dataclasses.dataclass
 class TrainedModel:
     model: keras.Model
     key: str
     manifest: dict
     cached: bool
-
-
-def _check(ok: bool, name: str, value, allowed: str):
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-
-
-def parse_arch(arch: str) -> tuple[str, int | None]:
-    """'resnet56v2' -> ('resnet_v2', 56); a victim name -> (name, None); else ValueError."""
-    if (arch.startswith("resnet") and arch.endswith("v2") and arch[6:-2].isdigit()
-            and models.is_resnet_v2_depth(int(arch[6:-2]))):
-        return "resnet_v2", int(arch[6:-2])
-    if arch in models.VICTIMS:
-        return arch, None
-    raise ValueError(f"arch must be resnet<depth>v2 with depth 9n+2 (resnet20v2, resnet56v2, "
-                     f"...) or one of {', '.join(models.VICTIMS)}; got {arch!r}")
 
 
 ModelFn = Callable[[], keras.Model]
@@ -231,156 +117,6 @@ def learning_rate_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.learning_rate * factor
 
 
-_STRATEGIES: dict = {}
-
-
-def configure_threads(inter_op: int | str = "auto") -> int:
-    """Sets TensorFlow's inter-op thread count before its runtime starts; returns it (0: TF's
-    default). ``auto`` is 1 on a machine without GPUs: measured here, default inter-op
-    parallelism makes standard training differ from run to run (weights 2e-2 apart after
-    two epochs; robust training was unaffected), one thread makes it bit-reproducible at
-    the same speed. With GPUs TF's default is kept."""
-    if inter_op == "auto":
-        inter_op = 0 if tf.config.list_physical_devices("GPU") else 1
-    try:
-        inter_op = int(inter_op)
-    except ValueError:
-        inter_op = -1
-    _check(inter_op >= 0, "inter_op_threads", inter_op, "'auto' or an integer >= 0")
-    if tf.config.threading.get_inter_op_parallelism_threads() != inter_op:
-        try:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-        except RuntimeError as e:
-            raise RuntimeError(f"inter_op_threads must be set before TensorFlow starts "
-                               f"(call entangle.train.configure_threads first thing): {e}") from e
-    return inter_op
-
-
-def get_strategy(name="auto", devices=None) -> tf.distribute.Strategy:
-    """default / mirrored (all visible GPUs, or ``devices``) / multi_worker (TF_CONFIG).
-
-    ``auto`` is mirrored when more than one GPU is visible, else the default strategy. A
-    strategy object passes through. Strategies are created once per process and reused:
-    MultiWorkerMirroredStrategy must be created at program start, before anything (tfds,
-    tf.data) initialises TensorFlow, so binaries call this first thing.
-    """
-    if isinstance(name, tf.distribute.Strategy):
-        return name
-    _check(name in STRATEGIES, "strategy", name, f"one of {STRATEGIES}")
-    if name == "default":
-        return tf.distribute.get_strategy()
-    cache_key = (name, tuple(devices) if devices else None)
-    if cache_key not in _STRATEGIES:
-        if name == "auto":
-            gpus = len(tf.config.list_logical_devices("GPU"))
-            strategy = (tf.distribute.MirroredStrategy() if gpus > 1
-                        else tf.distribute.get_strategy())
-        elif name == "mirrored":
-            strategy = tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
-        else:
-            try:
-                strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            except (RuntimeError, ValueError) as e:
-                raise RuntimeError(
-                    f"cannot create MultiWorkerMirroredStrategy ({e}). It must be created at "
-                    f"program start, before TensorFlow is initialised (binaries do this when "
-                    f"--strategy=multi_worker); in your own program call "
-                    f"entangle.train.get_strategy('multi_worker') first thing") from e
-        _STRATEGIES[cache_key] = strategy
-    return _STRATEGIES[cache_key]
-
-
-def is_chief(strategy) -> bool:
-    """Whether this process writes artifacts: always, except on non-chief multi-worker tasks."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """float32 outputs of ``model`` (inference mode) on [0, 1] float or uint8 images."""
-    predict = _predictor(model)
-    out = [predict(tf.constant(data.to_float(x[i:i + batch_size]))).numpy()
-           for i in range(0, len(x), batch_size)]
-    return (np.concatenate(out).astype(np.float32) if out
-            else np.zeros((0, int(model.output_shape[-1])), np.float32))
-
-
-def predict(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Per-example predicted classes (int64) of ``model`` on [0, 1] float or uint8 images."""
-    return np.argmax(predict_logits(model, x, batch_size), -1).astype(np.int64)
-
-
-def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
-    """Top-1 accuracy of ``model`` (inference mode) on [0, 1] or uint8 images."""
-    if len(y) == 0:
-        return float("nan")
-    return float(np.mean(predict(model, x, batch_size) == np.asarray(y)))
-
-
-def batch_norm_layers(model: keras.Model) -> list:
-    """Every BatchNormalization layer of ``model``, those of nested models included."""
-    found: dict[int, keras.layers.Layer] = {}
-
-    def walk(layer):
-        for sub in getattr(layer, "layers", None) or []:
-            if isinstance(sub, keras.layers.BatchNormalization):
-                found.setdefault(id(sub), sub)
-            walk(sub)
-
-    walk(model)
-    return list(found.values())
-
-
-def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -> int:
-    """Precise batch norm: every batch norm's moving mean and variance become the
-    size-weighted average of its batch statistics over ``batches`` ([0, 1] images), from
-    training-mode forward passes without a weight update. Returns the number of layers set.
-
-    Why: at momentum 0.99, a model trained for a few hundred steps keeps much of the initial
-    0/1 statistics (0.99^117 = 0.31), and inference-mode accuracy falls far below what the
-    weights can do.
-    """
-    layers_ = [l for l in batch_norm_layers(model) if l.trainable]
-    if not layers_:
-        return 0
-    keep = tf.Variable(0.0, trainable=False, dtype=tf.float32)  # weight of the running average
-    saved = [l.momentum for l in layers_]
-    forward = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
-    seen = 0
-    try:
-        for l in layers_:
-            l.momentum = keep
-        for xb in batches:
-            n = len(xb)
-            if n == 0:
-                continue
-            keep.assign(seen / (seen + n))
-            forward(tf.constant(data.to_float(np.asarray(xb))))
-            seen += n
-    finally:
-        for l, m in zip(layers_, saved):
-            l.momentum = m
-    return len(layers_) if seen else 0
-
-
-_PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _predictor(model):
-    """One traced inference function per model, reused across calls; holds the model weakly
-    so that ``del model`` frees it."""
-    if model not in _PREDICTORS:
-        ref = weakref.ref(model)
-        _PREDICTORS[model] = tf.function(lambda x: tf.cast(ref()(x, training=False),
-                                                           tf.float32), reduce_retracing=True)
-    return _PREDICTORS[model]
-
-
 def _user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model:
     """A fresh model from a user's builder (or a clone of a user's model), checked."""
     with dtype_policy(cfg.precision):
@@ -429,138 +165,6 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     return model, optimizer
-
-
-def training_attack(model, cfg: TrainConfig):
-    """The batch attack of adversarial training: untargeted L2 PGD at ``cfg.eps`` (from a
-    random start in the ball if ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no
-    gradient through it. Traced inside the train step."""
-    objective = attacks.cross_entropy_objective(model, targeted=False)
-
-    def attack(x, y, seed):
-        start = attacks.random_l2_start(x, cfg.eps, seed) if cfg.attack_random_start else x
-        return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
-                                                 cfg.attack_steps, cfg.attack_step))
-
-    return attack
-
-
-def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):
-    """The compiled global step: (PGD on the batch when eps > 0, then) one Adam update.
-
-    Returns summed loss and correct count over the global batch.
-    """
-    replicas = strategy.num_replicas_in_sync
-    global_batch = float(cfg.batch_size)
-    adversarial = training_attack(model, cfg)
-    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def replica_step(x, y, seed):
-        if cfg.eps > 0:
-            x = adversarial(x, y, seed)
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=True), tf.float32)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            loss = tf.reduce_sum(per_example) / global_batch
-            if model.losses:
-                loss += tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / replicas
-            to_diff = optimizer.scale_loss(loss) if scaled else loss
-        grads = tape.gradient(to_diff, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y),
-                                        tf.float32))
-        return tf.reduce_sum(per_example), correct
-
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y, seed):
-        loss, correct = strategy.run(replica_step, args=(x, y, seed))
-        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
-
-    return step
-
-
-def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
-              label: str = "accuracy", verbose: bool = False, start: dict | None = None) -> dict:
-    """One pass of a compiled train step over a dataset: mean loss and train accuracy.
-
-    ``dataset`` starts at batch ``start["batch"]`` when resuming mid-epoch (``start`` holds
-    the sums so far). On a stop request (``preempt``) it returns after the current batch with
-    ``{"stopped": {"batch", "loss", "correct", "seconds"}}``: the state to resume from.
-    """
-    start = start or {"batch": 0, "loss": 0.0, "correct": 0.0, "seconds": 0.0}
-    progbar = progress.progbar(steps, enabled=verbose, unit_name="batch",
-                               stateful_metrics=["loss", label])
-    tot_loss, tot_correct, first = start["loss"], start["correct"], start["batch"]
-    t0 = time.time() - start["seconds"]
-    seen = float(first * batch_size)
-    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset), first):
-        loss, correct = step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32))
-        tot_loss += float(loss)
-        tot_correct += float(correct)
-        seen += batch_size
-        progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
-                       finalize=b + 1 == steps)
-        if preempt.requested() and b + 1 < steps:
-            return {"stopped": {"batch": b + 1, "loss": tot_loss, "correct": tot_correct,
-                                "seconds": time.time() - t0}}
-    return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen,
-            "seconds": time.time() - t0}
-
-
-def _save_state(path: str, model, optimizer, epoch: int, history: list, best: dict,
-                best_weights: list | None, in_epoch: dict | None = None):
-    """Checkpoints after epoch ``epoch`` (or, with ``in_epoch``, part way into the next)."""
-    arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
-    arrays.update({f"b{i}": w for i, w in enumerate(best_weights or [])})
-    arrays["meta"] = np.array(json.dumps({"epoch": epoch, "history": history, "best": best,
-                                          "in_epoch": in_epoch}))
-    atomic_save_npz(os.path.join(path, "state.npz"), **arrays)
-
-
-def _load_state(path: str, model, optimizer):
-    """(meta, best weights or None) of a checkpoint, loaded into model and optimizer."""
-    file = os.path.join(path, "state.npz")
-    if not os.path.exists(file):
-        return None, None
-    with np.load(file) as z:
-        n_w = sum(k.startswith("w") for k in z.files)
-        model.set_weights([z[f"w{i}"] for i in range(n_w)])
-        for i, v in enumerate(optimizer.variables):
-            v.assign(z[f"o{i}"])
-        n_b = sum(k.startswith("b") for k in z.files)
-        best = [z[f"b{i}"] for i in range(n_b)] if n_b else None
-        return json.loads(str(z["meta"])), best
-
-
-def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,
-                     strategy=None, jit_compile: bool = False,
-                     adversarial: bool = False) -> tuple[float, float]:
-    """(images per second of the training step at ``cfg.batch_size``, seconds to build and
-    trace the model and take its first step): a few steps on random images, for plan
-    estimates. The clean step unless ``adversarial`` (then its PGD runs inside, as in
-    training; cfg.eps must be > 0)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    if adversarial and not cfg.eps > 0:
-        raise ValueError(f"an adversarial training probe needs eps > 0; got {cfg.eps}")
-    clean = cfg if adversarial else dataclasses.replace(cfg, eps=0.0)
-    start = time.time()
-    with seeded(cfg.seed):
-        model, optimizer = build_for_training(clean, strategy, input_shape, num_classes)
-        step = make_train_step(model, optimizer, clean, strategy, jit_compile)
-        rng = np.random.default_rng(0)
-        x = tf.constant(rng.random((cfg.batch_size,) + tuple(input_shape), np.float32))
-        y = tf.constant(rng.integers(0, num_classes, cfg.batch_size), tf.int32)
-        seed = tf.constant([0, 0], tf.int32)
-        float(step(x, y, seed)[0])
-        first = time.time() - start
-        t0 = time.time()
-        for _ in range(steps):
-            float(step(x, y, seed)[0])
-        per_second = steps * cfg.batch_size / max(time.time() - t0, 1e-9)
-    del model, optimizer, step
-    return per_second, first
 
 
 def model_key(store: Store, cfg: TrainConfig, data_key: str, num_classes: int, name: str,
@@ -683,7 +287,7 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
     # checkpoint, so no worker needs a file of its own.
     partial = store.partial_path(MODEL_KIND, key) if chief else store.path(MODEL_KIND, key) + \
         ".partial"
-    state, best_weights = _load_state(partial, model, optimizer)
+    state, best_weights = load_state(partial, model, optimizer)
     start_epoch, history = (state["epoch"] + 1, state["history"]) if state else (0, [])
     best = state["best"] if state else {"val_accuracy": -1.0, "epoch": -1}
     if state and runtime.verbose:
@@ -695,8 +299,9 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
     lr_var = optimizer.inner_optimizer.learning_rate if hasattr(
         optimizer, "inner_optimizer") else optimizer.learning_rate
 
-    pipeline = data.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
-                                  augment_images=cfg.augment, seed=cfg.seed, drop_remainder=True)
+    pipeline = batching.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
+                                      augment_images=cfg.augment, seed=cfg.seed,
+                                      drop_remainder=True)
     in_epoch = state.get("in_epoch") if state else None
     for epoch in range(start_epoch, cfg.epochs):
         if best["epoch"] >= 0 and cfg.early_stopping and epoch - best["epoch"] > cfg.patience:
@@ -714,8 +319,8 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
         in_epoch = None
         if "stopped" in result:
             if chief:
-                _save_state(partial, model, optimizer, epoch - 1, history, best,
-                            best_weights if cfg.early_stopping else None, result["stopped"])
+                save_state(partial, model, optimizer, epoch - 1, history, best,
+                           best_weights if cfg.early_stopping else None, result["stopped"])
             tb.close()
             preempt.check(f"in epoch {epoch + 1} of {name}, after batch "
                           f"{result['stopped']['batch']}")
@@ -735,8 +340,8 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
                 if k != "epoch":
                     tf.summary.scalar(k, v)
         if chief:
-            _save_state(partial, model, optimizer, epoch, history, best,
-                        best_weights if cfg.early_stopping else None)
+            save_state(partial, model, optimizer, epoch, history, best,
+                       best_weights if cfg.early_stopping else None)
         if on_epoch_end:
             on_epoch_end(epoch, record)
         if preempt.requested() and epoch + 1 < cfg.epochs:
@@ -757,3 +362,32 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
     with store.writing(MODEL_KIND, key, config, **extra) as d:
         model.save(os.path.join(d, "model.keras"))
     return TrainedModel(model, key, store.manifest(MODEL_KIND, key), cached=False)
+
+
+def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,
+                     strategy=None, jit_compile: bool = False,
+                     adversarial: bool = False) -> tuple[float, float]:
+    """(images per second of the training step at ``cfg.batch_size``, seconds to build and
+    trace the model and take its first step): a few steps on random images, for plan
+    estimates. The clean step unless ``adversarial`` (then its PGD runs inside, as in
+    training; cfg.eps must be > 0)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if adversarial and not cfg.eps > 0:
+        raise ValueError(f"an adversarial training probe needs eps > 0; got {cfg.eps}")
+    clean = cfg if adversarial else dataclasses.replace(cfg, eps=0.0)
+    start = time.time()
+    with seeded(cfg.seed):
+        model, optimizer = build_for_training(clean, strategy, input_shape, num_classes)
+        step = make_train_step(model, optimizer, clean, strategy, jit_compile)
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.random((cfg.batch_size,) + tuple(input_shape), np.float32))
+        y = tf.constant(rng.integers(0, num_classes, cfg.batch_size), tf.int32)
+        seed = tf.constant([0, 0], tf.int32)
+        float(step(x, y, seed)[0])
+        first = time.time() - start
+        t0 = time.time()
+        for _ in range(steps):
+            float(step(x, y, seed)[0])
+        per_second = steps * cfg.batch_size / max(time.time() - t0, 1e-9)
+    del model, optimizer, step
+    return per_second, first

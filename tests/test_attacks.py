@@ -242,17 +242,17 @@ def _confident_input_gradient_loops(policy):
     """One step of each input-gradient loop on the confident linear model under ``policy``:
     the training attack, zero-/neg-robust construction and robustification. Returns
     name -> (x_start, x_after_one_step, x_after_five_steps)."""
-    from entangle import construct, data, robustify, train
+    from entangle import construct, data, robustify, steps, train
 
     model = _confident_linear(policy)
     x = np.full((8, 4, 4, 1), 0.3, np.float32)
     y = np.zeros(8, np.int32)
     out = {}
 
-    def training(steps):
-        cfg = train.TrainConfig(arch="resnet11v2", eps=0.5, attack_steps=steps,
+    def training(n):
+        cfg = train.TrainConfig(arch="resnet11v2", eps=0.5, attack_steps=n,
                                 attack_step_size=0.1, precision=policy)
-        return train.training_attack(model, cfg)(tf.constant(x), tf.constant(y),
+        return steps.training_attack(model, cfg)(tf.constant(x), tf.constant(y),
                                                  tf.constant([0, 0])).numpy()
 
     out["training attack"] = (x, training(1), training(5))
@@ -319,14 +319,14 @@ def test_attacked_and_evaluated_models_are_freed():
     import gc
     import weakref
 
-    from entangle import models, train
+    from entangle import inference, models
 
     model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
     x = np.full((4, 16, 16, 3), 0.5, np.float32)
     attacks.pgd_l2(model, x, [0, 1, 2, 0], eps=0.5, steps=2, step_size=0.2)
     attacks.multi_targeted_pgd_l2([model, model], x, np.zeros((2, 4), int), eps=0.5, steps=2,
                                   step_size=0.2)
-    train.accuracy(model, x, np.zeros(4, int))
+    inference.accuracy(model, x, np.zeros(4, int))
     ref = weakref.ref(model)
     del model
     gc.collect()

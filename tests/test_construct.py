@@ -6,7 +6,7 @@ import tracemalloc
 import keras
 import numpy as np
 
-from entangle import construct, data, store
+from entangle import atomic, construct, data
 
 
 def _linear(size, classes):
@@ -63,5 +63,5 @@ def test_construction_resumes_from_its_chunks(tmp_path):
     assert resumed == [2]
     full = construct.construct_dataset("neg_robust", model, ds, cfg, workdir=str(tmp_path / "b"),
                                        chunk_size=20, verbose=False)
-    again = store.assemble_chunks(work, "x", str(tmp_path / "x.npy"))
+    again = atomic.assemble_chunks(work, "x", str(tmp_path / "x.npy"))
     np.testing.assert_array_equal(np.asarray(again), np.asarray(full.x))

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from entangle import data, planted
+from entangle import batching, data, planted
 
 CIFAR_COPY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg")
 
@@ -357,22 +357,22 @@ def test_augmentation_keeps_shape_and_range_and_is_seeded():
 
     x = np.random.default_rng(0).integers(1, 256, (20, 16, 16, 3)).astype(np.uint8)
     y = np.arange(20) % 4
-    batches = list(data.make_pipeline(x, y, 8, shuffle=True, augment_images=True, seed=1))
+    batches = list(batching.make_pipeline(x, y, 8, shuffle=True, augment_images=True, seed=1))
     assert [b[0].shape[0] for b in batches] == [8, 8, 4]
     imgs = np.concatenate([b[0].numpy() for b in batches])
     assert imgs.shape == (20, 16, 16, 3) and imgs.dtype == np.float32
     assert 0.0 <= imgs.min() and imgs.max() <= 1.0
     assert (imgs == 0).any()  # zero padding shows up after random crops
-    again = np.concatenate([b[0].numpy() for b in data.make_pipeline(
+    again = np.concatenate([b[0].numpy() for b in batching.make_pipeline(
         x, y, 8, shuffle=True, augment_images=True, seed=1)])
     np.testing.assert_array_equal(imgs, again)
-    other_epoch = np.concatenate([b[0].numpy() for b in data.make_pipeline(
+    other_epoch = np.concatenate([b[0].numpy() for b in batching.make_pipeline(
         x, y, 8, shuffle=True, augment_images=True, seed=1, epoch=1)])
     assert not np.array_equal(imgs, other_epoch)
-    plain = list(data.make_pipeline(x, y, 8, drop_remainder=True))
+    plain = list(batching.make_pipeline(x, y, 8, drop_remainder=True))
     assert len(plain) == 2
     np.testing.assert_allclose(plain[0][0].numpy(), x[:8] / 255.0, atol=1e-6)
-    single = data.augment(tf.constant(x[0]), tf.constant([0, 0], tf.int64))
+    single = batching.augment(tf.constant(x[0]), tf.constant([0, 0], tf.int64))
     assert single.shape == (16, 16, 3)
 
 
@@ -391,8 +391,8 @@ def test_pipeline_reads_memmaps_without_copying_them(tmp_path):
                                   shape=(40, 8, 8, 3))
     x[:] = np.random.default_rng(0).uniform(size=x.shape)
     y = np.arange(40) % 4
-    pipe = data.EpochPipeline(np.load(str(tmp_path / "x.npy"), mmap_mode="r"), y, 16,
-                              shuffle=True, seed=3, drop_remainder=True)
+    pipe = batching.EpochPipeline(np.load(str(tmp_path / "x.npy"), mmap_mode="r"), y, 16,
+                                  shuffle=True, seed=3, drop_remainder=True)
     got = list(pipe.epoch(0))
     assert [b[0].shape[0] for b in got] == [16, 16]
     seen = np.concatenate([b[1].numpy() for b in got])
@@ -423,11 +423,11 @@ def test_an_epoch_over_a_memmap_adds_far_less_anonymous_memory_than_the_images(t
     x.flush()
     del x
     y = np.arange(n) % 4
-    warm = data.EpochPipeline(np.zeros((8, 64, 64, 3), np.float16), y[:8], 4)
+    warm = batching.EpochPipeline(np.zeros((8, 64, 64, 3), np.float16), y[:8], 4)
     list(warm.epoch(0))
     mapped = np.load(str(tmp_path / "x.npy"), mmap_mode="r")
     size = mapped.nbytes
-    pipe = data.EpochPipeline(mapped, y, 100, shuffle=True, seed=0)
+    pipe = batching.EpochPipeline(mapped, y, 100, shuffle=True, seed=0)
     before, peak, total = _anon_rss(), 0, 0.0
     for xb, _ in pipe.epoch(0):
         total += float(xb.numpy()[:, 0, 0, 0].sum())

@@ -49,14 +49,15 @@ def test_items_count_images_at_each_ops_rate_and_each_trace_once():
         plan.Op("evaluate", CFG, 8, (16, 16, 3), 4)
 
 
-def test_estimate_images_projects_a_dataset_not_on_this_machine():
+def test_estimate_images_projects_a_dataset_not_on_this_machine(tmp_path):
     """ImageNet-9 is not here: the plan is made for the sizes given, every op of it probed
     (here faked at 1 ms per image), each artifact at its size x its steps."""
     from conftest import smoke_flags
 
     from entangle import flags as entangle_flags, projections
 
-    fv = smoke_flags("--dataset=imagenet9", "--estimate", "--estimate_images=1000,200")
+    fv = smoke_flags("--dataset=imagenet9", "--estimate", "--estimate_images=1000,200",
+                     f"--workdir={tmp_path}")
     assert entangle_flags.estimate_images(fv.estimate_images) == (1000, 200)
     exp_cfg = entangle_flags.experiment_config(fv)
     kinds = []
@@ -74,7 +75,8 @@ def test_estimate_images_projects_a_dataset_not_on_this_machine():
     assert seconds["standard"] == pytest.approx(epochs * 1000 * 0.001)
     assert seconds["R_0"] == pytest.approx(200 * (steps + 3) * 0.001)
     with pytest.raises(ValueError, match="shapes without data: cifar10, imagenet9"):
-        projections.project(entangle_flags.experiment_config(smoke_flags()), "table",
+        projections.project(entangle_flags.experiment_config(
+                                smoke_flags(f"--workdir={tmp_path}")), "table",
                             entangle_flags.table_config(fv), probe_fn=fake_probe,
                             images=(1000, 200), log=lambda m: None)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from entangle import flags as entangle_flags
-from entangle import mistakes, pipeline, probe, train
+from entangle import inference, mistakes, pipeline, probe
 from conftest import ROOT, smoke_flags
 
 
@@ -87,7 +87,8 @@ def test_mistakes_smoke_end_to_end(tmp_path):
     assert np.sqrt((delta ** 2).sum(1)).max() <= cfg.eps + 0.01
     # the attack moves each model towards its own targets, beyond what the clean images give
     f1, f2 = m.model("F1").model, m.model("F2").model
-    clean = mistakes.success_table(train.predict(f1, fit.x), train.predict(f2, fit.x), targets)
+    clean = mistakes.success_table(inference.predict(f1, fit.x), inference.predict(f2, fit.x),
+                                   targets)
     assert success["F1 hits Y1"] > clean["F1 hits Y1"] + 0.2
     assert success["F2 hits Y2"] > clean["F2 hits Y2"] + 0.2
     assert success["both"] <= min(success["F1 hits Y1"], success["F2 hits Y2"])
@@ -139,7 +140,7 @@ def _result_with(model_right, probe_right, n=400):
     probes = {}
     for by in ("Y1", "Y2"):
         acc = float(np.mean(model_right[by]))
-        lo, hi = mistakes.entanglement.wilson_interval(acc, n)
+        lo, hi = mistakes.table_findings.wilson_interval(acc, n)
         rel[by] = {"accuracy": acc, "lower": lo, "upper": hi, "n": n}
         probes[by] = probe_right[by]
     for name in ("Y1", "Y2", "clean"):

@@ -68,7 +68,7 @@ def _table(fv, results, images=IMAGES, kinds=("standard", "zero_robust")):
     ``kinds``' models, the standard model, the images the early-stopped models fit on)."""
     import tensorflow_datasets as tfds
 
-    from entangle import entanglement, pipeline
+    from entangle import entanglement, figures, pipeline
     from entangle import flags as entangle_flags
 
     with tfds.testing.mock_data(num_examples=images):
@@ -76,8 +76,8 @@ def _table(fv, results, images=IMAGES, kinds=("standard", "zero_robust")):
         cfg = entangle_flags.table_config(fv)
         result = entanglement.run_table(exp_cfg, cfg, results_dir=str(results),
                                         log=lambda m: None)
-        figure = entanglement.run_figure2(exp_cfg, cfg, results_dir=str(results / "fig2"),
-                                          log=lambda m: None)
+        figure = figures.run_figure2(exp_cfg, cfg, results_dir=str(results / "fig2"),
+                                     log=lambda m: None)
         exp = pipeline.Experiment(exp_cfg)
         manifests = {k: exp.store.manifest("models", exp.model_key(k)) for k in kinds}
         standard = exp.model("standard").model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from entangle import flags as entangle_flags
-from entangle import data, entanglement, planted, planted_study, train
+from entangle import data, entanglement, inference, planted, planted_study, table_findings, train
 from conftest import ROOT, smoke_flags
 
 CFG = planted.PlantedConfig(image_size=16, num_classes=4, train_size=640, test_size=256,
@@ -100,7 +100,7 @@ def test_robust_model_uses_a_not_the_non_robust_patterns(tmp_path):
 
     m = train.train_classifier(tcfg, data.make_planted("train", cfg), store=Store(str(tmp_path)),
                                runtime=train.RuntimeOptions(verbose=False)).model
-    acc = {f: train.accuracy(m, *_xy(data.make_planted_probe(cfg, f))) for f in "ABC"}
+    acc = {f: inference.accuracy(m, *_xy(data.make_planted_probe(cfg, f))) for f in "ABC"}
     assert acc["A"] > 0.8
     assert acc["B"] < 0.45 and acc["C"] < 0.45   # chance 0.25
 
@@ -146,7 +146,7 @@ def test_study_smoke_end_to_end_writes_every_file(tmp_path):
         assert p["says_b"] == (p["zero_low"] > result.chance and p["neg_low"] > result.chance)
         used = r.probes[f"zero_robust (construct {b:g})"]["B-absent"]
         assert r.truth[b]["R_1"]["b"] == (r.carries["R_1"]["B"]["carried"] and
-                                          entanglement.lower_bound(used) > result.chance)
+                                          table_findings.lower_bound(used) > result.chance)
         v = result.verdict[b]["R_1"]
         assert v["tp"] + v["fp"] + v["fn"] + v["tn"] + len(v["unscored"]) == 1
         assert os.path.exists(out / "tables" / "AB-seed0" / f"construct-{b:g}" / "table.md")

@@ -4,7 +4,7 @@ themselves on hand-made tables, each held and not held."""
 import numpy as np
 import pytest
 
-from entangle import data, entanglement, stats
+from entangle import data, entanglement, stats, table_findings
 
 N = 500
 
@@ -87,13 +87,13 @@ def good_outcomes():
 
 
 def held(outcomes, **kw):
-    return {f["finding"]: f["held"] for f in entanglement.findings(hand_table(outcomes, **kw))}
+    return {f["finding"]: f["held"] for f in table_findings.findings(hand_table(outcomes, **kw))}
 
 
 def test_every_finding_holds_on_a_table_built_to_show_them():
     assert held(good_outcomes()) == dict.fromkeys("abcde", True)
     result = hand_table(good_outcomes())
-    for f in entanglement.findings(result):
+    for f in table_findings.findings(result):
         assert f["test"] and f["measure"] == "accuracy" and "p " in f["detail"]
 
 
@@ -125,7 +125,7 @@ def test_neg_robust_on_test_is_reported_beside_not_as_finding_d():
     outcomes["neg_robust"]["Test"] = first(50)    # at chance on Test: (d) does not care
     result = hand_table(outcomes)
     assert held(outcomes)["d"] is True
-    checks = {c["check"]: c for c in entanglement.checks(result)}
+    checks = {c["check"]: c for c in table_findings.checks(result)}
     assert "10.0 %" in checks["neg-robust on Test (Ilyas et al.'s D_det result)"]["detail"]
     assert any(c.startswith("convergence") for c in checks)
 
@@ -136,7 +136,7 @@ def test_findings_use_balanced_accuracy_on_an_unbalanced_test_set():
     # zero-robust always says class 0: 60 % plain accuracy, chance balanced accuracy
     outcomes["zero_robust"] = {c: labels == 0 for c in COLS}
     result = hand_table(outcomes, labels=labels)
-    c = next(f for f in entanglement.findings(result) if f["finding"] == "c")
+    c = next(f for f in table_findings.findings(result) if f["finding"] == "c")
     assert c["measure"] == "balanced accuracy" and c["held"] is False
 
 

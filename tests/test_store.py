@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from entangle import atomic
 from entangle import store as store_lib
 from conftest import ROOT
 
@@ -69,9 +70,9 @@ def test_fingerprint_changes_with_content():
 
 def test_atomic_file_keeps_the_old_content_when_a_write_fails(tmp_path):
     target = tmp_path / "f.npz"
-    store_lib.atomic_save_npz(str(target), x=np.arange(2))
+    atomic.atomic_save_npz(str(target), x=np.arange(2))
     with pytest.raises(RuntimeError):
-        with store_lib.atomic_file(str(target)) as f:
+        with atomic.atomic_file(str(target)) as f:
             f.write(b"half")
             raise RuntimeError("killed mid-write")
     with np.load(target) as z:
@@ -123,7 +124,7 @@ def test_get_or_build_waits_for_the_holder_or_reports_busy(tmp_path):
     s = store_lib.Store(str(tmp_path))
     held = s.lock("evals", "e")
     assert held.try_acquire()
-    with pytest.raises(store_lib.ArtifactBusy):
+    with pytest.raises(atomic.ArtifactBusy):
         s.get_or_build("evals", "e", lambda: 1, lambda: 2, wait=False)
     import threading
 
@@ -295,7 +296,7 @@ def test_files_and_directories_respect_the_umask(tmp_path):
         key = s.key("ds", {"v": 6})
         _, build, load = _build_counter(s, key, 6.0)
         s.get_or_build("datasets", key, build, load)
-        with store_lib.atomic_file(str(tmp_path / "results" / "t.md"), "w") as f:
+        with atomic.atomic_file(str(tmp_path / "results" / "t.md"), "w") as f:
             f.write("x")
     finally:
         os.umask(old)
@@ -365,7 +366,7 @@ def test_a_full_disk_leaves_no_partial_artifact_and_is_described(tmp_path, monke
     assert store_lib.describe_os_error(caught.value) == \
         f"{tmp_path / 'x.npz'}: no space left on device"
     with pytest.raises(OSError):
-        store_lib.atomic_save_npz(str(tmp_path / "state.npz"), x=np.zeros(3))
+        atomic.atomic_save_npz(str(tmp_path / "state.npz"), x=np.zeros(3))
     assert os.listdir(tmp_path) == ["datasets"]  # atomic_file removed its temporary
 
 

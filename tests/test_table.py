@@ -138,7 +138,7 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     finite accuracy, and each title names the dataset, the scale, the seed and n."""
     from absl import flags
 
-    from entangle import entanglement
+    from entangle import figures
     from entangle import flags as entangle_flags
 
     work, _ = smoke_table
@@ -148,8 +148,8 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
                           f"--workdir={work}", "--quiet"], fv)
     exp_cfg, cfg = entangle_flags.experiment_config(fv), entangle_flags.table_config(fv)
     context = "planted, smoke.cfg, seed 0"
-    for run, name in ((entanglement.run_figure3, "figure3"),
-                      (entanglement.run_figure4, "figure4")):
+    for run, name in ((figures.run_figure3, "figure3"),
+                      (figures.run_figure4, "figure4")):
         result = run(exp_cfg, cfg, results_dir=str(tmp_path / name), log=lambda m: None,
                      context=context)
         assert result.built == []
@@ -158,19 +158,19 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
         assert all(0 <= r["accuracy"] <= 1 for r in series.values())
         assert result.title.endswith(f"({context}, n=128 test images)")
         assert os.path.exists(result.files["png"]) and os.path.exists(result.files["csv"])
-    files = entanglement.run_figure2(exp_cfg, cfg, results_dir=str(tmp_path / "figure2"),
-                                     log=lambda m: None, context=context)
+    files = figures.run_figure2(exp_cfg, cfg, results_dir=str(tmp_path / "figure2"),
+                                log=lambda m: None, context=context)
     assert os.path.getsize(files["png"]) > 10_000
 
 
 def test_figure2_shows_distinct_classes():
-    from entangle import entanglement
+    from entangle import figures
 
     y = np.array([0, 0, 1, 0, 2, 1, 2, 2])
-    assert entanglement.distinct_class_images(y, 3).tolist() == [0, 2, 4]
-    assert entanglement.distinct_class_images(y, 8).tolist() == [0, 2, 4, 1, 5, 6, 3, 7]
+    assert figures.distinct_class_images(y, 3).tolist() == [0, 2, 4]
+    assert figures.distinct_class_images(y, 8).tolist() == [0, 2, 4, 1, 5, 6, 3, 7]
     cifar_like = np.repeat(np.arange(10), 50)         # sorted by class, as the JPEG copy
-    assert len(set(cifar_like[entanglement.distinct_class_images(cifar_like, 8)])) == 8
+    assert len(set(cifar_like[figures.distinct_class_images(cifar_like, 8)])) == 8
 
 
 def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_path):
@@ -303,9 +303,9 @@ def test_paper_scale_offline_fails_fast_with_directions(tmp_path):
 
 
 def test_wilson_interval_is_scipys():
-    from entangle import entanglement
+    from entangle import table_findings
 
-    lo, hi = entanglement.wilson_interval(0.12, 500)
+    lo, hi = table_findings.wilson_interval(0.12, 500)
     assert lo < 0.1 < 0.12 < hi
     assert (lo, hi) == pytest.approx((0.0944, 0.1514), abs=1e-4)
 

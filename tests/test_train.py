@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from entangle import attacks, data, preempt, train
+from entangle import attacks, data, distribution, inference, preempt, train
 from entangle import planted as planted_lib
 from entangle.store import Store
 from conftest import ROOT
@@ -49,7 +49,7 @@ def test_standard_training_learns_and_is_cached(planted, tmp_path):
     store = Store(str(tmp_path))
     trained = train.train_classifier(TINY, tr, te, store, runtime=QUIET)
     assert not trained.cached
-    acc = train.accuracy(trained.model, te.x, te.y)
+    acc = inference.accuracy(trained.model, te.x, te.y)
     assert acc > 0.7  # chance is 0.25
     hist = trained.manifest["history"]
     assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
@@ -57,7 +57,7 @@ def test_standard_training_learns_and_is_cached(planted, tmp_path):
     start = time.time()
     again = train.train_classifier(TINY, tr, te, store, runtime=QUIET)
     assert again.cached and again.key == trained.key and time.time() - start < 10
-    assert train.accuracy(again.model, te.x, te.y) == acc
+    assert inference.accuracy(again.model, te.x, te.y) == acc
 
 
 def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp_path):
@@ -69,12 +69,12 @@ def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp
     rob = train.train_classifier(rob_cfg, tr, None, store, runtime=QUIET).model
     x = te.float_images()
     pgd = dict(eps=eps, steps=10, step_size=0.4)
-    std_adv = train.accuracy(std, attacks.pgd_l2(std, x, te.y, **pgd), te.y)
-    rob_adv = train.accuracy(rob, attacks.pgd_l2(rob, x, te.y, **pgd), te.y)
+    std_adv = inference.accuracy(std, attacks.pgd_l2(std, x, te.y, **pgd), te.y)
+    rob_adv = inference.accuracy(rob, attacks.pgd_l2(rob, x, te.y, **pgd), te.y)
     assert rob_adv > std_adv + 0.3, (rob_adv, std_adv)
     # ablations: the robust model keeps working on A alone, and fails on B and C alone
     probe = {t: data.make_planted_probe(PLANTED, t) for t in "ABC"}
-    acc = {t: train.accuracy(rob, p.x, p.y) for t, p in probe.items()}
+    acc = {t: inference.accuracy(rob, p.x, p.y) for t, p in probe.items()}
     assert acc["A"] > max(acc["B"], acc["C"]) + 0.3, acc
 
 
@@ -127,7 +127,7 @@ def test_early_stopping_keeps_best_validation_weights(planted, tmp_path, monkeyp
                               bn_statistics="moving")   # no recompute after the restore
     scripted = iter([0.50, 0.70, 0.60, 0.55, 0.65, 0.66])
     seen = []
-    real_accuracy = train.accuracy
+    real_accuracy = inference.accuracy
 
     def scripted_accuracy(model, x, y, batch_size=256):
         seen.append([w.copy() for w in model.get_weights()])
@@ -157,7 +157,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from entangle import data, planted, train
+    from entangle import data, inference, planted, train
     from entangle.store import Store
     cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
     tr, te = data.make_planted("train", cfg), data.make_planted("test", cfg)
@@ -171,7 +171,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         t = train.train_classifier(tc, tr, te, Store(sys.argv[1] + "/" + name), runtime=rt)
         out[name] = {"loss": [h["loss"] for h in t.manifest["history"]],
                      "replicas": t.manifest["replicas"],
-                     "acc": train.accuracy(t.model, te.x, te.y)}
+                     "acc": inference.accuracy(t.model, te.x, te.y)}
     try:
         train.train_classifier(dataclasses.replace(tc, batch_size=33), tr, te,
                                Store(sys.argv[1] + "/odd"),
@@ -215,7 +215,7 @@ SGD_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from entangle import train
+    from entangle import distribution, steps, train
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(96, 4, 4, 3)).astype(np.float32)
     y = rng.integers(0, 3, 96).astype(np.int32)
@@ -223,7 +223,7 @@ SGD_SCRIPT = textwrap.dedent("""
                             lr_decay="none", augment=False)
     out = {}
     for name, devices in (("default", None), ("mirrored", ("/cpu:0", "/cpu:1"))):
-        strategy = train.get_strategy("mirrored" if devices else "default", devices)
+        strategy = distribution.get_strategy("mirrored" if devices else "default", devices)
         with strategy.scope(), train.seeded(0):
             inputs = keras.Input((4, 4, 3))
             h = keras.layers.Dense(8, activation="tanh", kernel_regularizer=keras.regularizers.L2(
@@ -231,7 +231,7 @@ SGD_SCRIPT = textwrap.dedent("""
             model = keras.Model(inputs, keras.layers.Dense(3)(h))
             sgd = keras.optimizers.SGD(learning_rate=cfg.learning_rate)
             sgd.build(model.trainable_variables)
-        step = train.make_train_step(model, sgd, cfg, strategy)
+        step = steps.make_train_step(model, sgd, cfg, strategy)
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
         losses = [float(step(xb, yb, tf.constant([0, b]))[0])
                   for b, (xb, yb) in enumerate(strategy.experimental_distribute_dataset(ds))]
@@ -278,13 +278,13 @@ def test_is_chief_names_the_chief_or_worker_0():
         return types.SimpleNamespace(cluster_resolver=resolver)
 
     workers = {"worker": ["a:1", "b:1"]}
-    assert train.is_chief(strategy("worker", 0, workers))
-    assert not train.is_chief(strategy("worker", 1, workers))
+    assert distribution.is_chief(strategy("worker", 0, workers))
+    assert not distribution.is_chief(strategy("worker", 1, workers))
     with_chief = {"chief": ["c:1"], **workers}
-    assert train.is_chief(strategy("chief", 0, with_chief))
-    assert not train.is_chief(strategy("worker", 0, with_chief))
+    assert distribution.is_chief(strategy("chief", 0, with_chief))
+    assert not distribution.is_chief(strategy("worker", 0, with_chief))
     import tensorflow as tf
-    assert train.is_chief(tf.distribute.get_strategy())
+    assert distribution.is_chief(tf.distribute.get_strategy())
 
 
 def test_user_model_builder_trains_and_is_keyed_by_its_architecture(planted, tmp_path):
@@ -301,14 +301,14 @@ def test_user_model_builder_trains_and_is_keyed_by_its_architecture(planted, tmp
     store = Store(str(tmp_path))
     cfg = dataclasses.replace(TINY, epochs=3, learning_rate=1e-2)
     a = train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn)
-    assert train.accuracy(a.model, te.x, te.y) > 0.5  # chance 0.25
+    assert inference.accuracy(a.model, te.x, te.y) > 0.5  # chance 0.25
     assert train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn).cached
     b = train.train_classifier(cfg, tr, None, store, runtime=QUIET,
                                model_fn=lambda: small_cnn(4))
     assert b.key != a.key and not b.cached
-    preds = train.predict(a.model, te.x)
+    preds = inference.predict(a.model, te.x)
     assert preds.shape == (len(te),) and preds.dtype == np.int64
-    assert np.mean(preds == te.y) == train.accuracy(a.model, te.x, te.y)
+    assert np.mean(preds == te.y) == inference.accuracy(a.model, te.x, te.y)
 
     def softmax_model():
         m = small_cnn()
@@ -336,7 +336,7 @@ def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
     np.testing.assert_array_equal(np.random.get_state()[1], expected_np)
     assert random.getstate() == expected_py
     assert keras.mixed_precision.global_policy().name == "float32"
-    train.accuracy(trained.model, tr.x[:64], tr.y[:64])
+    inference.accuracy(trained.model, tr.x[:64], tr.y[:64])
     ref = weakref.ref(trained.model)
     del trained
     gc.collect()
@@ -354,7 +354,7 @@ def test_recomputed_bn_statistics_are_the_average_batch_statistics():
     rng = np.random.default_rng(0)
     x = (rng.random((70, 4, 4, 3)) * [0.2, 0.5, 1.0]).astype(np.float32)
     batches = [x[:32], x[32:64], x[64:]]                 # unequal sizes: 32, 32, 6
-    assert train.recompute_bn_statistics(model, iter(batches)) == 1
+    assert inference.recompute_bn_statistics(model, iter(batches)) == 1
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean((0, 1, 2)), rtol=1e-5)
     var = sum(len(b) * b.var((0, 1, 2)) for b in batches) / len(x)
     np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-4)
@@ -376,5 +376,5 @@ def test_recomputed_bn_statistics_close_the_train_inference_gap(planted, tmp_pat
     moving = train.train_classifier(dataclasses.replace(cfg, bn_statistics="moving"), tr, None,
                                     Store(str(tmp_path)), runtime=QUIET)
     assert moving.key != trained.key
-    assert train.accuracy(moving.model, tr.x[:1000], tr.y[:1000]) == pytest.approx(stale,
+    assert inference.accuracy(moving.model, tr.x[:1000], tr.y[:1000]) == pytest.approx(stale,
                                                                                   abs=0.02)

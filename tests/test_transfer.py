@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from entangle import transfer
+from entangle import inference, transfer, transfer_metrics
 from conftest import run_binary
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -37,19 +37,19 @@ def _built(out):
 def test_targets_are_wrong_distinct_seeded_and_shared_across_k():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 4000)
-    t1 = transfer.draw_targets(y, 10, 1, seed=3)
-    t3 = transfer.draw_targets(y, 10, 3, seed=3)
+    t1 = transfer_metrics.draw_targets(y, 10, 1, seed=3)
+    t3 = transfer_metrics.draw_targets(y, 10, 3, seed=3)
     assert t1.shape == (1, 4000) and t3.shape == (3, 4000)
     assert np.array_equal(t1[0], t3[0])                       # same first target for every k
     assert not (t3 == y).any()                                # never the true class
     assert (t3[0] != t3[1]).all() and (t3[1] != t3[2]).all() and (t3[0] != t3[2]).all()
-    assert np.array_equal(t1, transfer.draw_targets(y, 10, 1, seed=3))
-    assert not np.array_equal(t1, transfer.draw_targets(y, 10, 1, seed=4))
+    assert np.array_equal(t1, transfer_metrics.draw_targets(y, 10, 1, seed=3))
+    assert not np.array_equal(t1, transfer_metrics.draw_targets(y, 10, 1, seed=4))
     # uniform over the 9 wrong classes: each offset (t - y) mod 10 appears ~1/9 of the time
     offsets = np.bincount((t1[0] - y) % 10, minlength=10)
     assert offsets[0] == 0 and np.all(np.abs(offsets[1:] / 4000 - 1 / 9) < 0.03)
     with pytest.raises(ValueError, match="num_classes"):
-        transfer.draw_targets(y, 10, 10)
+        transfer_metrics.draw_targets(y, 10, 10)
 
 
 def test_class_aware_ratios_on_hand_made_predictions():
@@ -59,7 +59,7 @@ def test_class_aware_ratios_on_hand_made_predictions():
     victim_adv = np.array([0, 2, 9, 3, 5, 0, 6, 1])
     # D'_F1 = images 0..5; victim: 0 un-fooled (says y), 1 same (y1 = 2), 2 different (9 vs 3),
     # 3 un-fooled, 4 same (5), 5 same (0)
-    r = transfer.class_aware(y, source_clean, source_adv, victim_adv)
+    r = transfer_metrics.class_aware(y, source_clean, source_adv, victim_adv)
     assert r["n"] == 6
     assert r["unfooled"] == pytest.approx(2 / 6)
     assert r["same"] == pytest.approx(3 / 6)
@@ -68,8 +68,8 @@ def test_class_aware_ratios_on_hand_made_predictions():
     # what the excluded images predict does not matter
     other = victim_adv.copy()
     other[6:] = [3, 3]
-    assert transfer.class_aware(y, source_clean, source_adv, other) == r
-    empty = transfer.class_aware(y, y, y, victim_adv)
+    assert transfer_metrics.class_aware(y, source_clean, source_adv, other) == r
+    empty = transfer_metrics.class_aware(y, y, y, victim_adv)
     assert empty["n"] == 0 and math.isnan(empty["same"])
 
 
@@ -78,7 +78,7 @@ def test_conditioned_metrics_on_hand_made_predictions():
     clean = np.array([0, 1, 2, 0, 2, 0])       # the victim gets 4 right: its clean error 2/6
     pred = np.array([1, 1, 0, 0, 2, 1])        # wrong on 0, 2, 4, 5
     target = np.array([1, 2, 0, 1, 0, 1])      # hits on 0, 2, 5
-    m = transfer.conditioned(y, pred, clean, target)
+    m = transfer_metrics.conditioned(y, pred, clean, target)
     assert m["error_rate"] == pytest.approx(4 / 6) and m["clean_error"] == pytest.approx(2 / 6)
     assert m["excess_error"] == pytest.approx(2 / 6)
     assert m["victim_right_n"] == 4
@@ -88,9 +88,9 @@ def test_conditioned_metrics_on_hand_made_predictions():
     # Waseda's D'_F1 restricted to victim-right images
     src_clean = np.array([0, 1, 2, 0, 1, 2])   # the source is right everywhere
     src_adv = np.array([1, 2, 0, 1, 1, 1])     # fooled on 0, 1, 2, 3, 5
-    full = transfer.class_aware(y, src_clean, src_adv, pred)
+    full = transfer_metrics.class_aware(y, src_clean, src_adv, pred)
     assert full["n"] == 5
-    restricted = transfer.class_aware(y, src_clean, src_adv, pred, victim_clean=clean)
+    restricted = transfer_metrics.class_aware(y, src_clean, src_adv, pred, victim_clean=clean)
     # D'_F1 and victim right: images 0, 1, 2, 3; victim says 1 (=y1), 1 (=y), 0 (=y1), 0 (=y)
     assert restricted == {"unfooled": 0.5, "different": 0.0, "same": 0.5, "n": 4}
 
@@ -104,9 +104,9 @@ def _outcomes_result(rates, victims=("a", "b", "c", "d", "e", "f"), n=400, seed=
     for v in victims:
         for attack in ("targeted", "untargeted"):
             for e, r in rates.items():
-                outcomes[transfer.outcome_key(attack, e, v)] = u < r
+                outcomes[transfer_metrics.outcome_key(attack, e, v)] = u < r
         for e in rates:
-            outcomes[transfer.outcome_key("clean", e, v)] = np.ones(n, bool)
+            outcomes[transfer_metrics.outcome_key("clean", e, v)] = np.ones(n, bool)
     return transfer.TransferResult(
         dataset="planted", mode="per_source", sources=list(rates), victims=list(victims),
         victim_weights="none", records=[], clean_accuracy={}, chance=0.1, built=[],
@@ -117,9 +117,9 @@ def test_findings_test_each_source_against_eps0_with_holm_and_a_sign_test(monkey
     from entangle import stats
 
     calls = []
-    real = stats.paired_vs
+    real, findings = stats.paired_vs, transfer_metrics.findings
     monkeypatch.setattr(stats, "paired_vs", lambda *a, **k: calls.append(1) or real(*a, **k))
-    up = transfer.findings(_outcomes_result({0.0: 0.10, 0.0625: 0.30, 0.25: 0.25, 1.0: 0.1}))
+    up = findings(_outcomes_result({0.0: 0.10, 0.0625: 0.30, 0.25: 0.25, 1.0: 0.1}))
     assert calls                                 # the shared McNemar/Holm helper
     targeted = next(f for f in up if f["finding"] == "targeted, all images")
     assert targeted["held"] and targeted["victims_held"] == 6
@@ -128,10 +128,10 @@ def test_findings_test_each_source_against_eps0_with_holm_and_a_sign_test(monkey
     tests = targeted["per_victim"]["a"]["tests"]
     assert tests["1/16"]["significant"] and not tests["1"]["significant"]   # equal rates
     assert {f["view"] for f in up} == {"all images", "victim right on clean"}
-    flat = transfer.findings(_outcomes_result({0.0: 0.2, 0.0625: 0.2, 0.25: 0.2, 1.0: 0.2}))
+    flat = findings(_outcomes_result({0.0: 0.2, 0.0625: 0.2, 0.25: 0.2, 1.0: 0.2}))
     assert not any(f["held"] for f in flat)
     assert all(f["victims_held"] == 0 for f in flat)
-    down = transfer.findings(_outcomes_result({0.0: 0.3, 0.0625: 0.1, 0.25: 0.1, 1.0: 0.1}))
+    down = findings(_outcomes_result({0.0: 0.3, 0.0625: 0.1, 0.25: 0.1, 1.0: 0.1}))
     assert not any(f["held"] for f in down)   # one-sided: lower transfer is not the finding
 
 
@@ -165,7 +165,7 @@ def test_victim_trains_at_tiny_size_through_the_trainer_and_store(tmp_path):
     assert final["train_accuracy"] > 0.8
     # chance 1/3; 192 test images: 0.45 is more than 3 standard errors above it (MobileNetV2
     # from scratch keeps a train/inference gap from batch norm after 48 steps)
-    assert train.accuracy(trained.model, xt, yt) > 0.45
+    assert inference.accuracy(trained.model, xt, yt) > 0.45
     again = train.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
     assert again.cached and again.key == trained.key
 

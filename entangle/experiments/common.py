@@ -188,7 +188,7 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
     from absl import app
 
     from entangle import flags as entangle_flags
-    from entangle import preempt, train
+    from entangle import distribution, preempt
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -198,8 +198,8 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
                 "--on_corrupt=stop to rebuild it.", **(failures or {})}
     try:
         with preempt.handling():
-            train.configure_threads(entangle_flags.FLAGS.inter_op_threads)
-            train.get_strategy(entangle_flags.FLAGS.strategy)
+            distribution.configure_threads(entangle_flags.FLAGS.inter_op_threads)
+            distribution.get_strategy(entangle_flags.FLAGS.strategy)
             quiet_startup_done()
             log_precision_choice(entangle_flags.FLAGS)
             return body()

@@ -46,10 +46,10 @@ def main(argv):
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, {data.DatasetUnavailableError: QUICK})
-    from entangle import report
+    from entangle import report_transfer
 
     print()
-    print(report.mistakes_markdown(result))
+    print(report_transfer.mistakes_markdown(result))
     common.finish(result)
 
 

@@ -5,14 +5,14 @@ import sys
 from absl import app
 
 from entangle import flags as entangle_flags
-from entangle import data, entanglement
+from entangle import data, figures
 from entangle.experiments import common
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
 GROUPS = ("data", "model", "training", "attacks", "table", "output", "runtime")
-RUNNERS = {"figure2": entanglement.run_figure2, "figure3": entanglement.run_figure3,
-           "figure4": entanglement.run_figure4}
+RUNNERS = {"figure2": figures.run_figure2, "figure3": figures.run_figure3,
+           "figure4": figures.run_figure4}
 
 
 def main(argv, name):

@@ -12,7 +12,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 
 from entangle import flags as entangle_flags  # noqa: E402
-from entangle import data, pipeline  # noqa: E402
+from entangle import data, single  # noqa: E402
 from entangle.experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
@@ -23,8 +23,8 @@ entangle_flags.uses("train", ("data", "model", "training", "single", "attacks", 
 
 def main(argv):
     report = common.run_main(
-        argv, lambda: pipeline.run_train(entangle_flags.experiment_config(FLAGS), FLAGS.kind,
-                                         FLAGS.eps, FLAGS.attack_eps),
+        argv, lambda: single.run_train(entangle_flags.experiment_config(FLAGS), FLAGS.kind,
+                                       FLAGS.eps, FLAGS.attack_eps),
         usage_errors=(data.DatasetUnavailableError,))
     print(f"\n{report.kind} model (eps {report.eps:g}) {report.key}"
           f"{' [cache hit]' if report.cached else ''}")

@@ -53,10 +53,10 @@ def main(argv):
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, failures)
-    from entangle import report
+    from entangle import report_transfer
 
     print()
-    print(report.transfer_markdown(result, "Transfer from robust sources"))
+    print(report_transfer.transfer_markdown(result, "Transfer from robust sources"))
     common.finish(result)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from absl import flags
 
 from entangle import store as store_lib
-from entangle import train
+from entangle import distribution
 from entangle.flags._checks import FLAGS, validator
 
 
@@ -23,7 +23,7 @@ def define_output_flags(fv=FLAGS):
 
 
 def define_runtime_flags(fv=FLAGS):
-    flags.DEFINE_enum("strategy", "auto", list(train.STRATEGIES),
+    flags.DEFINE_enum("strategy", "auto", list(distribution.STRATEGIES),
                       "tf.distribute strategy; auto = mirrored on >1 GPU.", flag_values=fv)
     flags.DEFINE_bool("jit_compile", False, "Compile train and attack steps with XLA.",
                       flag_values=fv)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import pipeline, train
+from entangle import pipeline, train_config
 from entangle.flags._checks import (FLAGS, MODEL_KINDS, eps_validators, kinds_ok, per_kind_ok,
                                     validator)
 
@@ -18,7 +18,7 @@ def define_train_flags(fv=FLAGS):
     flags.DEFINE_string("epochs", "100", "Epochs per kind (an upper bound with early stopping).",
                         flag_values=fv)
     flags.DEFINE_string("learning_rate", "1e-3", "Adam learning rate per kind.", flag_values=fv)
-    flags.DEFINE_enum("lr_decay", "step", list(train.LR_DECAYS),
+    flags.DEFINE_enum("lr_decay", "step", list(train_config.LR_DECAYS),
                       "Learning-rate schedule (see entangle.train.learning_rate_at).",
                       flag_values=fv)
     flags.DEFINE_string("augment", "standard,robust,victim",
@@ -29,14 +29,14 @@ def define_train_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("weight_decay", 1e-4, "L2 kernel regularisation of the ResNet v2 convs.",
                        lower_bound=0.0, flag_values=fv)
-    flags.DEFINE_enum("precision", "float32", [*train.PRECISIONS, "auto"], "Keras dtype "
+    flags.DEFINE_enum("precision", "float32", [*train_config.PRECISIONS, "auto"], "Keras dtype "
                       "policy; auto: mixed_bfloat16 on a CPU with native bf16 (AMX, "
                       "AVX512-BF16), oneDNN on and no GPU, else float32 (logged at start).",
                       flag_values=fv)
     flags.DEFINE_float("bn_momentum", 0.99, "Batch-norm moving-average momentum of the ResNets "
                        "(Keras' default 0.99).", lower_bound=0.0, upper_bound=0.999999,
                        flag_values=fv)
-    flags.DEFINE_enum("bn_statistics", "recompute", list(train.BN_STATISTICS),
+    flags.DEFINE_enum("bn_statistics", "recompute", list(train_config.BN_STATISTICS),
                       "After training, recompute every batch norm's statistics over the "
                       "training inputs (precise BN), or keep the moving averages.",
                       flag_values=fv)

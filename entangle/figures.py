@@ -1,0 +1,144 @@
+"""Figures 2, 3 and 4 (Springer et al. 2021): robustified images, a standard classifier on
+R_eps against eps, and eps-robust classifiers on the original test set; each built through
+the same plan as the tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from entangle import entanglement, paper, pipeline, report
+
+
+@dataclasses.dataclass
+class CurveResult:
+    """Accuracy against eps (Figures 3/4/7/10): one series per name, eps -> accuracy report."""
+
+    dataset: str
+    series: dict
+    paper: dict                         # eps -> the paper's % (or empty)
+    chance: float
+    built: list[str]
+    files: dict = dataclasses.field(default_factory=dict)
+    title: str = ""
+
+
+def _write_curve(result: CurveResult, results_dir: str | None, title: str, ylabel: str):
+    result.title = title
+    if not results_dir:
+        return
+    import csv
+    import os
+
+    from entangle.atomic import atomic_file
+
+    os.makedirs(results_dir, exist_ok=True)
+    files = {"png": os.path.join(results_dir, "figure.png"),
+             "csv": os.path.join(results_dir, "figure.csv")}
+    report.plot_vs_eps({k: {e: r["accuracy"] for e, r in v.items()}
+                        for k, v in result.series.items()}, files["png"], title, ylabel,
+                       chance=result.chance, paper=result.paper)
+    with atomic_file(files["csv"], "w") as f:
+        w = csv.writer(f)
+        w.writerow(["series", "eps", "accuracy", "balanced_accuracy", "majority_rate", "n",
+                    "paper_accuracy_percent"])
+        for name, values in result.series.items():
+            for e, r in sorted(values.items()):
+                w.writerow([name, e, r["accuracy"], r["balanced_accuracy"], r["majority_rate"],
+                            r["n"], result.paper.get(e)])
+    result.files = files
+
+
+def _titled(title: str, context: str, test) -> str:
+    """A figure title naming what it was computed on: dataset, scale, seed, and n."""
+    return f"{title}\n({context + ', ' if context else ''}n={len(test)} test images)"
+
+
+def run_figure3(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfig, *,
+                results_dir: str | None = None, log: Callable[[str], None] = print,
+                context: str = "") -> CurveResult:
+    """Figure 3 (7 on ImageNet-9): the standard classifier's accuracy on every R_eps."""
+    cfg = dataclasses.replace(cfg, rows=("standard",))
+    table, built = entanglement.prepare(exp_cfg, cfg, True, log)
+    exp = table.exp
+    trained = exp.model(*table.row_model("standard"))
+    series = {"standard on R_eps": {eps: exp.accuracy_on(trained, exp.robustified(eps)[0],
+                                                         f"R_{paper.eps_label(eps)}")
+                                    for eps in cfg.columns}}
+    ref = (paper.reference(exp_cfg.data.dataset) or {}).get("standard", {})
+    result = CurveResult(exp_cfg.data.dataset, series,
+                         {e: v for e, v in ref.items() if e is not None},
+                         1.0 / exp.splits().test.num_classes, built)
+    _write_curve(result, results_dir, _titled("Standard classifier on robustified test sets "
+                                              "R_eps", context, exp.splits().test),
+                 "accuracy on R_eps (%)")
+    return result
+
+
+def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfig, *,
+                results_dir: str | None = None, log: Callable[[str], None] = print,
+                context: str = "") -> CurveResult:
+    """Figure 4 (10 on ImageNet-9): each eps-robust classifier on the original test set
+    (eps 0: the standard model); the store's generators, nothing robustified."""
+    cfg = dataclasses.replace(cfg, rows=())
+    table, built = entanglement.prepare(exp_cfg, cfg, False, log)
+    exp = table.exp
+    test = exp.splits().test
+    series = {"eps-robust on test": {}}
+    for eps in cfg.columns:
+        trained = exp.model(*exp.generator(eps))
+        series["eps-robust on test"][eps] = exp.accuracy_on(trained, test, "Test")
+        del trained
+    result = CurveResult(exp_cfg.data.dataset, series, {}, 1.0 / test.num_classes, built)
+    _write_curve(result, results_dir, _titled("eps-robust classifiers on the original test "
+                                              "set", context, test), "test accuracy (%)")
+    return result
+
+
+def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfig, *,
+                results_dir: str | None = None, num_images: int = 8,
+                log: Callable[[str], None] = print, context: str = "") -> dict:
+    """Figures 2/11/12: seed images x0, their robustifications for each eps, the originals."""
+    import os
+
+    cfg = dataclasses.replace(cfg, rows=())
+    table, _ = entanglement.prepare(exp_cfg, cfg, True, log)
+    exp = table.exp
+    test = exp.splits().test
+    pick = distinct_class_images(test.y, num_images)
+    seeds = None
+    rows = {}
+    for eps in sorted(cfg.columns):
+        ds, extra = exp.robustified(eps)
+        seeds = extra["seeds"]
+        rows[f"R_{paper.eps_label(eps)}"] = np.asarray(ds.x[pick], np.float32)
+    grid = {"seed x0": test.float_images()[seeds[pick]], **rows,
+            "original x": test.float_images()[pick]}
+    path = os.path.join(results_dir or ".", "figure2.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    report.image_grid(grid, path, _titled("Robustified images: each column starts from the "
+                                          "seed on top and matches the representation of "
+                                          "the original at the bottom", context, test),
+                      class_names=test.class_names, labels=test.y[pick])
+    return {"png": path}
+
+
+def distinct_class_images(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of up to ``n`` images, the first of each class in class order, then (with
+    fewer classes than ``n``) the next of each class in turn: a grid of distinct classes."""
+    y = np.asarray(y)
+    order = []
+    for rank in range(len(y)):
+        added = False
+        for c in np.unique(y):
+            hits = np.flatnonzero(y == c)
+            if rank < len(hits):
+                order.append(hits[rank])
+                added = True
+                if len(order) == n:
+                    return np.array(order)
+        if not added:
+            break
+    return np.array(order, dtype=np.int64)

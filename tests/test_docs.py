@@ -1,0 +1,117 @@
+"""The front door stays true: every relative link in README.md and docs/ resolves (files and
+section anchors), every command in README.md's fenced blocks names an existing binary,
+flagfile, flag and script, its Python example uses names the library has, and no library
+module outgrows the size a reader can hold."""
+
+import ast
+import glob
+import importlib
+import os
+import re
+import shlex
+
+import pytest
+from conftest import ROOT
+
+DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: str) -> set:
+    text = FENCE.sub("", open(path, encoding="utf-8").read())
+    return {_slug(m) for m in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_relative_link_resolves(doc):
+    text = FENCE.sub("", open(doc, encoding="utf-8").read())
+    links = [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+    for target in links:
+        path, _, anchor = target.partition("#")
+        full = os.path.normpath(os.path.join(os.path.dirname(doc), path)) if path else doc
+        assert os.path.exists(full), f"{os.path.relpath(doc, ROOT)}: {target} does not exist"
+        assert os.path.realpath(full).startswith(ROOT), f"{target} leaves the repository"
+        if anchor:
+            assert anchor in _anchors(full), f"{os.path.relpath(doc, ROOT)}: no section #{anchor}"
+
+
+def _readme_blocks(lang):
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    return [body for tag, body in FENCE.findall(text) if tag == lang]
+
+
+def _commands():
+    for block in _readme_blocks("bash"):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            for command in filter(None, (c.strip() for c in line.split("&&"))):
+                yield shlex.split(command)
+
+
+def test_readme_commands_name_existing_binaries_flagfiles_flags_and_scripts():
+    from absl import flags
+
+    from entangle import flags as entangle_flags
+
+    fv = flags.FlagValues()
+    entangle_flags.define_all(fv)
+    commands = list(_commands())
+    assert ["python", "-m", "pytest", "-q"] in commands           # the README's test command
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert "python -m pytest -q" in ci                             # is what CI runs
+    binaries = 0
+    for argv in commands:
+        if argv[:2] == ["python", "-m"] and argv[2].startswith("experiments."):
+            name = argv[2].split(".", 1)[1]
+            assert os.path.exists(os.path.join(ROOT, "entangle", "experiments", name + ".py")), argv
+            assert os.path.exists(os.path.join(ROOT, "experiments", name + ".py")), argv
+            binaries += 1
+            for arg in argv[3:]:
+                flag = arg.lstrip("-").split("=")[0]
+                assert flag in fv or flag == "flagfile" or (flag.startswith("no") and flag[2:] in fv), \
+                    f"{' '.join(argv)}: no flag --{flag}"
+                if flag == "flagfile":
+                    assert os.path.exists(os.path.join(ROOT, arg.split("=", 1)[1])), arg
+        elif argv[0] in ("python", "bash") and argv[1].startswith("benchmarks/"):
+            assert os.path.exists(os.path.join(ROOT, argv[1])), argv
+        elif argv[:2] == ["pip", "install"]:
+            extra = re.search(r"\[(\w+)\]", argv[-1]).group(1)
+            assert re.search(rf"^{extra}\s*=", open(os.path.join(ROOT, "setup.cfg")).read(),
+                             re.M), f"no extra [{extra}] in setup.cfg"
+        else:
+            assert argv[:3] == ["python", "-m", "pytest"], f"unchecked command: {argv}"
+    assert binaries >= 5
+
+
+def test_readme_python_example_uses_names_the_library_has():
+    (block,) = _readme_blocks("python")
+    tree = ast.parse(block)
+    modules = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "entangle":
+            for a in node.names:
+                modules[a.asname or a.name] = importlib.import_module(f"entangle.{a.name}")
+    assert modules
+    used = [(n.value.id, n.attr) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id in modules]
+    assert len(used) >= 5
+    for mod, attr in used:
+        assert hasattr(modules[mod], attr), f"entangle.{mod} has no {attr}"
+
+
+def test_readme_is_a_front_page_and_modules_stay_readable():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    lines = readme.count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; details belong in docs/"
+    for page in ("results", "choices", "architecture", "performance"):
+        assert f"](docs/{page}.md" in readme, f"README.md does not link docs/{page}.md"
+    sizes = {os.path.relpath(p, ROOT): sum(1 for _ in open(p))
+             for p in glob.glob(os.path.join(ROOT, "entangle", "**", "*.py"), recursive=True)}
+    assert not {p: n for p, n in sizes.items() if n > 470}
