@@ -155,8 +155,10 @@ def l2_norm(v: tf.Tensor) -> tf.Tensor:
     return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True))
 
 
-def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
-    """The gradient of the summed objective w.r.t. ``x``, up to a positive factor per example.
+def value_and_input_gradient(objective: Objective, x: tf.Tensor, labels
+                             ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The objective per example at ``x``, and the gradient of their sum w.r.t. ``x`` up to a
+    positive factor per example.
 
     The output gradient is rescaled per example to unit norm (one factor for all outputs of
     an example, so multi-output objectives keep their balance) before back-propagation.
@@ -166,7 +168,8 @@ def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
         outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), objective.forward(x))
     with tf.GradientTape() as head:
         head.watch(outputs)
-        value = tf.reduce_sum(objective.loss(outputs, labels))
+        values = objective.loss(outputs, labels)
+        value = tf.reduce_sum(values)
     grads = head.gradient(value, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     flat = tf.nest.flatten(grads)
     sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), 1)
@@ -175,7 +178,13 @@ def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
     grads = tf.nest.pack_sequence_as(grads, [
         g * tf.reshape(scale, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
         for g in flat])
-    return tape.gradient(outputs, x, output_gradients=grads)
+    return values, tape.gradient(outputs, x, output_gradients=grads)
+
+
+def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
+    """The gradient of the summed objective w.r.t. ``x``, up to a positive factor per example
+    (see ``value_and_input_gradient``)."""
+    return value_and_input_gradient(objective, x, labels)[1]
 
 
 def normalized_step(x: tf.Tensor, grad: tf.Tensor, step_size) -> tf.Tensor:
@@ -203,16 +212,45 @@ def random_l2_start(x: tf.Tensor, eps, seed) -> tf.Tensor:
     return clip01(x + direction * eps * u ** (1.0 / d))
 
 
-def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size):
-    """``steps`` of: ascend the objective by a normalised step, clip, project onto the ball."""
-    def body(i, x_adv):
-        grad = tf.cast(input_gradient(objective, x_adv, labels), x_adv.dtype)
-        x_new = clip01(normalized_step(x_adv, grad, step_size))
-        return i + 1, x + project_l2(x_new - x, eps)
+STEP_SCHEDULES = ("constant", "linear")
 
-    _, x_adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), x_start),
-                             maximum_iterations=steps)
-    return x_adv
+
+def step_at(step_size, i, steps, schedule: str = "constant"):
+    """The length of step ``i`` (0-based) of ``steps``: ``step_size`` throughout, or falling
+    linearly from ``step_size`` to ``step_size / steps`` (the loop's last steps refine instead
+    of jumping about the optimum)."""
+    if schedule == "constant":
+        return step_size
+    return step_size * (1.0 - tf.cast(i, tf.float32) / tf.cast(steps, tf.float32))
+
+
+def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size,
+             schedule: str = "constant", keep_best: bool = False):
+    """``steps`` of: ascend the objective by a normalised step (its length by ``schedule``),
+    clip, project onto the ball. ``keep_best`` returns, per example, the iterate with the
+    highest objective seen (the last one included) instead of the last."""
+    if schedule not in STEP_SCHEDULES:
+        raise ValueError(f"schedule must be one of {STEP_SCHEDULES}; got {schedule!r}")
+
+    def body(i, x_adv, best_x, best_v):
+        value, grad = value_and_input_gradient(objective, x_adv, labels)
+        if keep_best:
+            better = value > best_v
+            best_x = tf.where(better[:, None, None, None], x_adv, best_x)
+            best_v = tf.maximum(value, best_v)
+        grad = tf.cast(grad, x_adv.dtype)
+        x_new = clip01(normalized_step(x_adv, grad, step_at(step_size, i, steps, schedule)))
+        return i + 1, x + project_l2(x_new - x, eps), best_x, best_v
+
+    lowest = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float32))
+    _, x_adv, best_x, best_v = tf.while_loop(
+        lambda i, *_: i < steps, body, (tf.constant(0), x_start, x_start, lowest),
+        maximum_iterations=steps)
+    if not keep_best:
+        return x_adv
+    last = objective.loss(tf.nest.map_structure(lambda t: tf.cast(t, tf.float32),
+                                                objective.forward(x_adv)), labels)
+    return tf.where((last >= best_v)[:, None, None, None], x_adv, best_x)
 
 
 # ---------------------------------------------------------------------------- compiled attacks
@@ -221,28 +259,33 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compile_attack(objective: Objective, *, random_start: bool = False,
-                   jit_compile: bool = False) -> Callable:
+                   jit_compile: bool = False, schedule: str = "constant",
+                   keep_best: bool = False) -> Callable:
     """One tf.function running the whole loop: (x, labels, x_start, eps, steps, step, seed)."""
     def attack(x, labels, x_start, eps, steps, step_size, seed):
         if random_start:
             x_start = random_l2_start(x, eps, seed)
-        return pgd_loop(objective, x, labels, x_start, eps, steps, step_size)
+        return pgd_loop(objective, x, labels, x_start, eps, steps, step_size, schedule,
+                        keep_best)
 
     return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
 
 
 def cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
-                   random_start: bool, jit_compile: bool) -> Callable:
+                  random_start: bool, jit_compile: bool, schedule: str = "constant",
+                  keep_best: bool = False) -> Callable:
     """A compiled attack cached on ``owners[0]`` for as long as every owner lives.
 
     The cache holds models only weakly (objectives close over weak references), so
     ``del model; gc.collect()`` frees a model that was attacked.
     """
     per_model = _COMPILED.setdefault(owners[0], {})
+    config = (*config, schedule, bool(keep_best))
     entry = per_model.get(config)
     if entry is not None and all(r() is m for r, m in zip(entry[0], owners)):
         return entry[1]
-    fn = compile_attack(make_objective(), random_start=random_start, jit_compile=jit_compile)
+    fn = compile_attack(make_objective(), random_start=random_start, jit_compile=jit_compile,
+                        schedule=schedule, keep_best=keep_best)
     per_model[config] = (tuple(weakref.ref(m) for m in owners), fn)
     return fn
 
@@ -358,6 +401,31 @@ def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float
     return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
                       random_start=random_start, batch_size=batch_size, seed=seed,
                       verbose=verbose, out=out)
+
+
+def pgd_l2_restarts(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
+                    restarts: int, batch_size: int = 256, seed: int = 0,
+                    jit_compile: bool = False, verbose="auto") -> tuple[np.ndarray, np.ndarray]:
+    """Untargeted L2 PGD with random restarts: the first run starts at x, each further one
+    from a random point of the ball, and attacks only the images still classified right.
+    Returns (adversarial images, still right after every run): the per-image worst case, the
+    robust accuracy a gradient-masked model cannot hide behind one start."""
+    if not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1; got {restarts!r}")
+    x = _check_images(x)
+    y = _check_labels(y, "y", len(x), _num_classes(model))
+    forward = logits_fn(model)
+    adv = x.astype(np.float32)
+    right = np.ones(len(x), bool)
+    for r in range(restarts):
+        rows = np.flatnonzero(right)
+        if not len(rows):
+            break
+        adv[rows] = pgd_l2(model, x[rows], y[rows], eps=eps, steps=steps, step_size=step_size,
+                           random_start=r > 0, batch_size=batch_size, seed=seed + r,
+                           jit_compile=jit_compile, verbose=verbose)
+        right[rows] = _predict_classes(forward, adv[rows], batch_size) == y[rows]
+    return adv, right
 
 
 def fgm_l2(model: keras.Model, x, y, *, eps: float, targeted: bool = False,

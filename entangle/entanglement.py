@@ -7,11 +7,12 @@ ETA, and evaluates every cell. N processes running the same table on one store c
 each builds the next artifact that nobody holds (the store's locks), and all print the table.
 
 Which classifiers are evaluated: the classifier C' of a row is trained independently of the
-generator C_eps of a column (same hyperparameters, seed + ``evaluator_seed_offset``), as the
+generator C_eps of a column (same hyperparameters, its own seed: the role "row"), as the
 paper's text for Figure 3 says ("C_0's features ... tend not to be shared by C'"). The robust
 row is, by default, the generator itself (``robust_row="generator"``): its R_{1/2} cell (86.5)
 equals its Test cell in Table 5. ``evaluate_generators=True`` evaluates the generators for
-every row.
+every row. Every model of a table has its own seed (``train_config.role_seed``): no two
+start from the same weights or see the same batches.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ class TableConfig:
     rows: tuple[str, ...] = ROWS
     evaluate_generators: bool = False
     robust_row: str = "generator"
-    evaluator_seed_offset: int = 1
     generator_report: bool = True                   # clean and PGD accuracy of each generator
     poll: float = 5.0                               # seconds between looks when all is busy
 
@@ -54,9 +54,6 @@ class TableConfig:
             raise ValueError(f"rows must be a subset of {ROWS}; got {self.rows}")
         if self.robust_row not in ROBUST_ROWS:
             raise ValueError(f"robust_row must be one of {ROBUST_ROWS}; got {self.robust_row!r}")
-        if self.evaluator_seed_offset < 1:
-            raise ValueError(f"evaluator_seed_offset must be >= 1; got "
-                             f"{self.evaluator_seed_offset}")
 
 
 @dataclasses.dataclass
@@ -75,6 +72,14 @@ class TableResult:
     labels: np.ndarray = None           # the test labels (every R_eps keeps them)
     num_classes: int = 0
     correct: dict = dataclasses.field(default_factory=dict)  # row -> column -> per-image bool
+    # row -> per-image bool: the row's classifier on each image's seed x0, scored on y (what a
+    # model that reads only x0 scores: the null of a robustified set beside chance)
+    seed_control: dict = dataclasses.field(default_factory=dict)
+    seed_images: np.ndarray = None      # index of each test image's seed x0
+    pairing: dict = dataclasses.field(default_factory=dict)  # same-class fraction, seed, mode
+    neg_target_rate: dict = dataclasses.field(default_factory=dict)  # column -> rate of y + 1
+    constructed: dict = dataclasses.field(default_factory=dict)  # kind -> its set's metrics
+    row_metrics: dict = dataclasses.field(default_factory=dict)  # row -> epochs, best val
     robust_eps: float = 0.0             # the robust row's eps
     robust_is_generator: bool = True    # the robust row evaluates R_{its eps}'s own generator
     generators: list = dataclasses.field(default_factory=list)  # see Table.generators
@@ -96,15 +101,14 @@ class Table:
         self._nowait = dataclasses.replace(exp.cfg.runtime, wait=False)
 
     # -------------------------------------------------------------- who is evaluated
-    def row_model(self, row: str) -> tuple[str, float, int]:
-        """(kind, eps, seed offset) of the classifier evaluated in a row."""
+    def row_model(self, row: str) -> tuple[str, float, str]:
+        """(kind, eps, role) of the classifier evaluated in a row."""
         if row == "robust":
             own = self.cfg.evaluate_generators or self.cfg.robust_row == "generator"
-            return "robust", self.cfg.eps, 0 if own else self.cfg.evaluator_seed_offset
+            return "robust", self.cfg.eps, "generator" if own else "row"
         if row == "standard":
-            return "standard", 0.0, 0 if self.cfg.evaluate_generators else \
-                self.cfg.evaluator_seed_offset
-        return row, 0.0, 0
+            return "standard", 0.0, "generator" if self.cfg.evaluate_generators else "row"
+        return row, 0.0, "row"
 
     def row_label(self, row: str) -> str:
         return f"robust (eps {self.cfg.eps:g})" if row == "robust" else row
@@ -118,33 +122,34 @@ class Table:
         shape, classes = sp.train.image_shape, sp.train.num_classes
         batch = exp.cfg.runtime.eval_batch_size
 
-        def add_model(kind, eps, offset=0):
-            key = exp.model_key(kind, eps, offset)
+        def add_model(kind, eps, role="generator"):
+            key = exp.model_key(kind, eps, role)
             if key in items:
                 return key
-            label = exp.model_name(kind, eps) + (f" (seed +{offset})" if offset else "")
+            label = exp.model_name(kind, eps) + ("" if role == "generator" else f" ({role})")
             deps = ()
             n = n_fit
             if kind in ("zero_robust", "neg_robust"):
                 deps = (add_constructed(kind),)
                 n = n_fit * (10 if kind == "zero_robust" and
                              exp.cfg.construct.targets == "all" else 1)
-            cfg = exp.train_config(kind, eps, offset)
+            cfg = exp.train_config(kind, eps, role)
             items[key] = plan_lib.training_item(
-                label, key, deps, lambda: exp.model(kind, eps, offset, runtime=self._nowait),
+                label, key, deps, lambda: exp.model(kind, eps, role, runtime=self._nowait),
                 cfg, cfg.epochs * n, shape, classes)
             return key
 
         def add_constructed(kind):
             key = exp.constructed_key(kind)
             if key not in items:
-                src = add_model("standard", 0.0)
+                src = add_model("standard", 0.0, "source")
                 mult = 10 if kind == "zero_robust" and exp.cfg.construct.targets == "all" else 1
                 images = n_fit * mult * (exp.cfg.construct.steps + 1)
                 items[key] = PlanItem(f"{kind} set", "datasets", key, (src,),
                                       lambda: exp.constructed(kind, runtime=self._nowait),
                                       images, work=plan_lib.attack_work(
-                                          (exp.train_config("standard"),), images, batch,
+                                          (exp.train_config("standard", 0.0, "source"),),
+                                          images, batch,
                                           shape, classes))
             return key
 
@@ -165,31 +170,60 @@ class Table:
         return plan_lib.mark_present(store, list(items.values()))
 
     # -------------------------------------------------------------- evaluate
-    def evaluate(self) -> tuple[dict, dict, dict, dict, dict]:
-        """(cells, row model keys, majority rates, median relative distances, per-image
-        correctness) from each row's cached predictions on Test and every R_eps."""
+    def evaluate(self) -> dict:
+        """Every row's cached predictions on Test and every R_eps: cells, row model keys,
+        majority rates, median relative distances, per-image correctness, the seed control
+        (each row on the seed images x0 with the labels y), the pairing's same-class
+        fraction, and how often neg-robust names its training target y + 1."""
         exp = self.exp
         test = exp.splits().test
-        sets = {"Test": test}
-        rel = {}
-        for eps in self.cfg.columns:
-            ds, extra = exp.robustified(eps)
-            label = f"R_{paper.eps_label(eps)}"
-            sets[label] = ds
-            rel[label] = float(np.median(extra["relative_distance"]))
-        cells, keys, correct = {}, {}, {}
+        sets, rel = self.sets()
+        seeds = exp.seed_images()
+        y = np.asarray(test.y)
+        out = {"cells": {}, "keys": {}, "correct": {}, "seed_control": {},
+               "majority": {name: float(np.bincount(ds.y).max() / len(ds.y))
+                            for name, ds in sets.items()},
+               "rel": rel, "seeds": seeds,
+               "pairing": {"same_class_fraction": float(np.mean(y[seeds] == y)),
+                           "seed": exp.robustify_config().seed, "mode": exp.cfg.pairing},
+               "neg_target_rate": {}, "row_metrics": {}}
         for row in self.cfg.rows:
             trained = exp.model(*self.row_model(row))
             label = self.row_label(row)
-            keys[label] = trained.key
-            cells[label], correct[label] = {}, {}
+            out["keys"][label] = trained.key
+            metrics = trained.manifest.get("metrics", {})
+            out["row_metrics"][label] = {k: metrics.get(k) for k in ("epochs_run", "best_val")}
+            out["cells"][label], out["correct"][label] = {}, {}
             for name, ds in sets.items():
                 pred = exp.predictions(trained, ds, name)
-                cells[label][name] = data.accuracy_report(pred, ds.y, ds.num_classes)
-                correct[label][name] = pred == ds.y
+                out["cells"][label][name] = data.accuracy_report(pred, ds.y, ds.num_classes)
+                out["correct"][label][name] = pred == ds.y
+                if name == "Test":
+                    out["seed_control"][label] = pred[seeds] == y
+                if row == "neg_robust":
+                    out["neg_target_rate"][name] = float(np.mean(pred == (y + 1) %
+                                                                 test.num_classes))
             del trained
-        majority = {name: float(np.bincount(ds.y).max() / len(ds.y)) for name, ds in sets.items()}
-        return cells, keys, majority, rel, correct
+        return out
+
+    def sets(self) -> tuple[dict, dict]:
+        """({"Test": the test set, "R_eps": each robustified set}, {"R_eps": its median
+        relative representation distance})."""
+        sets, rel = {"Test": self.exp.splits().test}, {}
+        for eps in self.cfg.columns:
+            ds, extra = self.exp.robustified(eps)
+            label = f"R_{paper.eps_label(eps)}"
+            sets[label] = ds
+            rel[label] = float(np.median(extra["relative_distance"]))
+        return sets, rel
+
+    def constructed_metrics(self) -> dict:
+        """Per constructed set of the table's rows: its build metrics (the targeted success
+        of its PGD on the source model, per part)."""
+        exp = self.exp
+        return {kind: exp.store.manifest(pipeline.DATASET_KIND,
+                                         exp.constructed_key(kind)).get("metrics", {})
+                for kind in ("zero_robust", "neg_robust") if kind in self.cfg.rows}
 
     def generators(self, rel: dict) -> list[dict]:
         """Per R_eps column, its generator: clean test accuracy, PGD accuracy at the model's
@@ -200,6 +234,11 @@ class Table:
         ecfg = exp.cfg.eval
         attack = (f"L2 PGD, {ecfg.attack_steps} steps of {ecfg.step_size_factor:g} eps / "
                   f"{ecfg.attack_steps}, no random start")
+        strong = exp.strong_attack_label()
+
+        def strong_of(trained, e):
+            return exp.evaluate_strong(trained, e)["strong_pgd_accuracy"] if strong else None
+
         positive = sorted(e for e in set(self.cfg.columns) if e > 0)
         std = exp.model("standard")
         std_pgd = {e: exp.evaluate(std, e, outcomes=True) for e in positive}
@@ -208,7 +247,10 @@ class Table:
                 "test_accuracy": clean["test_accuracy"],
                 "pgd_accuracy": {paper.eps_label(e): m["pgd_accuracy"]
                                  for e, m in std_pgd.items()},
-                "attack": attack, "median_relative_distance": rel.get("R_0"),
+                "strong_pgd_accuracy": {paper.eps_label(e): strong_of(std, e)
+                                        for e in positive} if strong else None,
+                "attack": attack, "strong_attack": strong,
+                "median_relative_distance": rel.get("R_0"),
                 "epochs_run": std.manifest.get("metrics", {}).get("epochs_run"),
                 "batch_norm": std.manifest.get("metrics", {}).get("batch_norm")}]
         del std
@@ -221,7 +263,10 @@ class Table:
             out.append({"column": label, "model": f"robust (eps {e:g})", "eps": e,
                         "key": gen.key, "test_accuracy": m["test_accuracy"],
                         "pgd_accuracy": m["pgd_accuracy"],
+                        "strong_pgd_accuracy": strong_of(gen, e), "strong_attack": strong,
                         "standard_pgd_accuracy": std_pgd[e]["pgd_accuracy"],
+                        "standard_strong_pgd_accuracy": (out[0]["strong_pgd_accuracy"] or {})
+                        .get(paper.eps_label(e)),
                         "more_robust_than_standard": {**versus, "held": robust},
                         "flag": None if robust else "NOT significantly more robust than the "
                         "standard model at its eps", "attack": attack,
@@ -260,7 +305,9 @@ def _table_result(table: Table, built: list[str], start: float, results_dir: str
                   title: str, provenance: dict | None = None) -> TableResult:
     """Evaluates a built table: cells, per-image outcomes, generators, findings, files."""
     exp, cfg, exp_cfg = table.exp, table.cfg, table.exp.cfg
-    cells, keys, majority, rel, correct = table.evaluate()
+    ev = table.evaluate()
+    cells, keys, majority, rel, correct = (ev["cells"], ev["keys"], ev["majority"], ev["rel"],
+                                           ev["correct"])
     dataset = exp_cfg.data.dataset
     ref = paper.reference(dataset) or {}
     columns = list(next(iter(cells.values())).keys())
@@ -279,8 +326,12 @@ def _table_result(table: Table, built: list[str], start: float, results_dir: str
                          chance=1.0 / test.num_classes, majority_rate=majority,
                          median_relative_distance=rel, models=keys, built=built,
                          seconds=0.0, labels=np.asarray(test.y), num_classes=test.num_classes,
-                         correct=correct, robust_eps=cfg.eps,
-                         robust_is_generator=table.row_model("robust")[2] == 0,
+                         correct=correct, seed_control=ev["seed_control"],
+                         seed_images=ev["seeds"], pairing=ev["pairing"],
+                         neg_target_rate=ev["neg_target_rate"],
+                         constructed=table.constructed_metrics(),
+                         row_metrics=ev["row_metrics"], robust_eps=cfg.eps,
+                         robust_is_generator=table.row_model("robust")[2] == "generator",
                          generators=table.generators(rel) if cfg.generator_report else [],
                          seed=exp_cfg.hparams["standard"].seed,
                          provenance={"commit": git_commit(), "store": exp.store.root,
@@ -320,6 +371,7 @@ class SeedsResult:
     seconds: float
     files: dict = dataclasses.field(default_factory=dict)
     write_error: str | None = None      # why results_dir could not be written, if it could not
+    cross_seed: dict = dataclasses.field(default_factory=dict)  # see ``cross_seed``
 
 
 def with_seed(exp_cfg: pipeline.ExperimentConfig, seed: int) -> pipeline.ExperimentConfig:
@@ -353,13 +405,58 @@ def run_seeds(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, seeds: list[
     result = SeedsResult(seeds=list(seeds), tables=results,
                          aggregate=aggregate(list(results.values())),
                          findings=findings_over_seeds(results), built=built,
-                         seconds=time.time() - start)
+                         seconds=time.time() - start,
+                         cross_seed=cross_seed(dict(zip(seeds, tables)))
+                         if len(seeds) > 1 else {})
     if results_dir:
         from entangle import report
 
         result.files, result.write_error = write_results(report.write_seeds, result, results_dir,
                                                   title)
     return result
+
+
+def cross_seed(tables: dict) -> dict:
+    """Every row's classifier of seed i scored on every set of seed j (no training): the
+    check that models of one seed share nothing a model of another seed lacks. Per row and
+    column: the same-seed accuracies (i = j), the cross-seed ones (i != j), and per set j and
+    other seed i the exact McNemar test of seed j's own classifier against seed i's on the
+    same images, Holm over those pairs."""
+    seeds = list(tables)
+    first = tables[seeds[0]]
+    sets = {s: t.sets()[0] for s, t in tables.items()}
+    acc, correct = {}, {}
+    for row in first.cfg.rows:
+        label = first.row_label(row)
+        acc[label], correct[label] = {}, {}
+        for i, t in tables.items():
+            trained = t.exp.model(*t.row_model(row))
+            for j in seeds:
+                for name, ds in sets[j].items():
+                    pred = t.exp.predictions(trained, ds, name)
+                    correct[label][(i, j, name)] = pred == ds.y
+            del trained
+    out = {"seeds": seeds, "rows": {}}
+    columns = list(sets[seeds[0]])
+    for label, outcomes in correct.items():
+        out["rows"][label] = {}
+        for name in columns:
+            same = [float(outcomes[(s, s, name)].mean()) for s in seeds]
+            pairs = [(i, j) for j in seeds for i in seeds if i != j]
+            cross = [float(outcomes[(i, j, name)].mean()) for i, j in pairs]
+            tests = [stats.mcnemar_exact(outcomes[(i, j, name)], outcomes[(j, j, name)])
+                     for i, j in pairs]
+            holm = stats.holm([t["p"] for t in tests]) if tests else []
+            out["rows"][label][name] = {
+                "same_seed": same, "cross_seed": {f"{i}->{j}": a for (i, j), a in
+                                                  zip(pairs, cross)},
+                "same_mean": float(np.mean(same)),
+                "cross_mean": float(np.mean(cross)) if cross else float("nan"),
+                "pairs": [{"model_seed": i, "set_seed": j, "difference": t["difference"],
+                           "p": t["p"], "p_holm": h} for (i, j), t, h in
+                          zip(pairs, tests, holm)],
+                "significant_pairs": int(sum(h <= stats.ALPHA for h in holm))}
+    return out
 
 
 def aggregate(tables: list[TableResult]) -> dict:
@@ -382,11 +479,16 @@ def findings_over_seeds(results: dict) -> dict:
     for seed, t in results.items():
         for f in t.findings:
             entry = out.setdefault(f["finding"], {"text": f["text"], "test": f["test"],
-                                                  "per_seed": {}})
+                                                  "per_seed": {}, "loose_per_seed": {},
+                                                  "loose_rule": (f.get("loose") or {}).get(
+                                                      "rule")})
             entry["per_seed"][seed] = f["held"]
+            if f.get("loose"):
+                entry["loose_per_seed"][seed] = f["loose"]["held"]
     for entry in out.values():
         entry["held"] = sum(entry["per_seed"].values())
         entry["of"] = len(entry["per_seed"])
+        entry["loose_held"] = sum(entry["loose_per_seed"].values())
     return out
 
 

@@ -35,14 +35,14 @@ VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class MistakesConfig:
-    second_model: str = "seed"          # "seed" (standard, seed + 1) or a victim name
+    second_model: str = "seed"          # "seed" (the table's standard row model) or a victim
     eps: float = 0.1                    # Waseda 4.2: L2 0.1, 100 steps of 0.1
     steps: int = 100
     step_size: float = 0.1
     targets: str = "distinct"
     target_seed: int = 0
     relabel_kind: str = "zero_robust"   # whose hyperparameters train the relabelled models
-    relabel_seed_offset: int = 2        # relabelled models' init seed: seed + offset
+    relabel_init: str = "own"           # relabelled models: own initial weights, or F1's ("f1")
     leakage_eps: float = 0.5            # robust model of the leakage probe; 0: no control
     probe_l2: float = 1e-3              # L2 penalty of the probe's logistic regression
 
@@ -55,6 +55,8 @@ class MistakesConfig:
         if self.leakage_eps < 0 or self.probe_l2 < 0:
             raise ValueError(f"leakage_eps and probe_l2 must be >= 0; got {self.leakage_eps}, "
                              f"{self.probe_l2}")
+        if self.relabel_init not in ("own", "f1"):
+            raise ValueError(f"relabel_init must be 'own' or 'f1'; got {self.relabel_init!r}")
         if self.relabel_kind not in pipeline.KINDS:
             raise ValueError(f"relabel_kind must be one of {pipeline.KINDS}; got "
                              f"{self.relabel_kind!r}")
@@ -88,7 +90,7 @@ class MistakesResult:
     findings: list = dataclasses.field(default_factory=list)
     files: dict = dataclasses.field(default_factory=dict)
     leakage: dict = dataclasses.field(default_factory=dict)  # probe -> accuracy, interval
-    seed: int = 0                                            # F1's seed (F2: seed + 1)
+    seed: int = 0                                            # the run's seed
     write_error: str | None = None      # why results_dir could not be written, if it could not
 
 
@@ -104,14 +106,14 @@ class Mistakes:
         if which == "F1":
             return self.exp.model_key("standard")
         if self.cfg.second_model == "seed":
-            return self.exp.model_key("standard", 0.0, 1)
+            return self.exp.model_key("standard", 0.0, "row")
         return self.exp.victim_key(self.cfg.second_model)
 
     def model(self, which: str, runtime=None) -> train.TrainedModel:
         if which == "F1":
             return self.exp.model("standard", runtime=runtime)
         if self.cfg.second_model == "seed":
-            return self.exp.model("standard", 0.0, 1, runtime=runtime)
+            return self.exp.model("standard", 0.0, "row", runtime=runtime)
         return self.exp.victim(self.cfg.second_model, runtime=runtime)
 
     # -------------------------------------------------------------- the adversarial set
@@ -179,20 +181,23 @@ class Mistakes:
         return self.adversarial()
 
     # -------------------------------------------------------------- relabelled models
-    def relabel_config(self) -> train.TrainConfig:
-        """The relabelled models' hyperparameters; their seed is offset so that, by default,
-        neither starts from F1's initial weights (seed) nor F2's (seed + 1)."""
-        cfg = self.exp.train_config(self.cfg.relabel_kind)
-        return dataclasses.replace(cfg, seed=cfg.seed + self.cfg.relabel_seed_offset)
+    def relabel_config(self, by: str) -> train.TrainConfig:
+        """A relabelled model's hyperparameters: by default its own seed, so that it shares
+        the initial weights of neither F1, F2 nor the other relabelled model; with
+        ``relabel_init="f1"``, F1's (the shared start)."""
+        if self.cfg.relabel_init == "f1":
+            return dataclasses.replace(self.exp.train_config(self.cfg.relabel_kind),
+                                       seed=self.exp.train_config("standard").seed)
+        return self.exp.train_config(self.cfg.relabel_kind, 0.0, f"relabel-{by}")
 
     def relabelled_key(self, by: str) -> str:
-        cfg = self.relabel_config()
+        cfg = self.relabel_config(by)
         return train.model_key(self.exp.store, cfg, f"{self.adversarial_key()}|{by}",
                                self.exp.splits().train.num_classes, f"mistakes-{by}")
 
     def relabelled(self, by: str, runtime=None) -> train.TrainedModel:
         """A fresh model trained on the adversarial set labelled by ``by`` (Y1 or Y2)."""
-        cfg = self.relabel_config()
+        cfg = self.relabel_config(by)
         names = self.exp.splits().train.class_names
         row = {"Y1": 0, "Y2": 1}[by]
         if self.exp.store.has(train.MODEL_KIND, self.relabelled_key(by)):
@@ -220,7 +225,7 @@ class Mistakes:
         f1_cfg = exp.train_config("standard")
         f1 = model_item("F1: standard", self.model_key("F1"), (),
                         lambda: self.model("F1", self._nowait), f1_cfg)
-        second = ("F2: standard (seed +1)" if self.cfg.second_model == "seed"
+        second = ("F2: standard (its own seed)" if self.cfg.second_model == "seed"
                   else f"F2: {self.cfg.second_model}")
         f2_cfg = (f1_cfg if self.cfg.second_model == "seed"
                   else exp.victim_config(self.cfg.second_model))

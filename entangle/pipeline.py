@@ -22,6 +22,10 @@ from entangle import robustify, train
 from entangle.store import Store, fingerprint_arrays
 
 KINDS = ("standard", "robust", "zero_robust", "neg_robust")
+# Whose seed draws the robustification seeds x0 (the pairing of each test image with a seed
+# image): every training seed its own draw (its tables average over pairings), or one draw
+# from --data_seed for every training seed.
+PAIRINGS = ("training_seed", "data_seed")
 VALIDATION_SOURCES = ("constructed", "clean")
 DATASET_KIND = "datasets"
 PREDICTIONS_KIND = "predictions"
@@ -66,6 +70,21 @@ class EvalConfig:
 
     attack_steps: int = 20
     step_size_factor: float = 2.5       # step = factor * eps / steps (Madry et al. 2018)
+    # The stronger attack reported beside it (gradient masking would show as a gap): PGD of
+    # strong_steps (same step factor) with strong_restarts runs, the first from x; on the
+    # first strong_images test images (None: all). strong_restarts 0: not run.
+    strong_steps: int = 50
+    strong_restarts: int = 5
+    strong_images: int | None = None
+
+    def __post_init__(self):
+        if self.attack_steps < 1 or self.strong_steps < 1 or self.strong_restarts < 0:
+            raise ValueError(f"eval attack_steps and strong_steps must be >= 1 and "
+                             f"strong_restarts >= 0; got {self.attack_steps}, "
+                             f"{self.strong_steps}, {self.strong_restarts}")
+        if self.strong_images is not None and self.strong_images < 1:
+            raise ValueError(f"eval strong_images must be >= 1 or None (all); got "
+                             f"{self.strong_images}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +96,14 @@ class ExperimentConfig:
     eval: EvalConfig = EvalConfig()
     runtime: train.RuntimeOptions = train.RuntimeOptions()
     workdir: str | None = None
+    pairing: str = "training_seed"      # PAIRINGS
 
     def __post_init__(self):
         missing = [k for k in KINDS if k not in self.hparams]
         if missing:
             raise ValueError(f"hparams lacks the model kinds {missing}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}; got {self.pairing!r}")
 
 
 @dataclasses.dataclass
@@ -168,8 +190,11 @@ class Experiment:
         d = self.cfg.data
         return {"fraction": d.validation_fraction, "seed": d.seed}
 
-    def train_config(self, kind: str, eps: float = 0.0, seed_offset: int = 0
+    def train_config(self, kind: str, eps: float = 0.0, role: str = "generator"
                      ) -> train.TrainConfig:
+        """A model's hyperparameters, its seed its own (``train_config.role_seed``): the role
+        says which model of the run it is ("generator" of a column, "row" twin evaluated in a
+        row, "source" of the constructed sets, ...)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
         if kind == "robust" and not eps > 0:
@@ -178,7 +203,8 @@ class Experiment:
         if kind != "robust" and eps:
             raise ValueError(f"eps applies to robust models only; got eps={eps} for {kind}")
         cfg = self.cfg.hparams[kind]
-        return dataclasses.replace(cfg, eps=float(eps), seed=cfg.seed + seed_offset)
+        return dataclasses.replace(cfg, eps=float(eps),
+                                   seed=train.role_seed(cfg.seed, kind, eps, role))
 
     @staticmethod
     def model_name(kind: str, eps: float = 0.0) -> str:
@@ -192,22 +218,20 @@ class Experiment:
             return f"{self.train_data_key()}|holdout={self._holdout_spec()}"
         return self.train_data_key()
 
-    def model_key(self, kind: str, eps: float = 0.0, seed_offset: int = 0) -> str:
+    def model_key(self, kind: str, eps: float = 0.0, role: str = "generator") -> str:
         """The store key of a model, computed without training anything."""
-        cfg = self.train_config(kind, eps, seed_offset)
+        cfg = self.train_config(kind, eps, role)
         return train.model_key(self.store, cfg, self._model_data_key(kind, cfg),
                                self.splits().train.num_classes, self.model_name(kind, eps))
 
-    def model(self, kind: str, eps: float = 0.0, seed_offset: int = 0,
+    def model(self, kind: str, eps: float = 0.0, role: str = "generator",
               runtime: train.RuntimeOptions | None = None) -> train.TrainedModel:
-        """The trained model of a kind (eps for robust ones), from the store or trained now.
-
-        ``seed_offset`` > 0 gives an independently trained twin (same hyperparameters).
-        """
-        cfg = self.train_config(kind, eps, seed_offset)
+        """The trained model of a kind (eps for robust ones) in a role, from the store or
+        trained now; each role is trained independently (same hyperparameters)."""
+        cfg = self.train_config(kind, eps, role)
         sp = self.splits()
         if kind in construct.KINDS:
-            if self.store.has(train.MODEL_KIND, self.model_key(kind, eps, seed_offset)):
+            if self.store.has(train.MODEL_KIND, self.model_key(kind, eps, role)):
                 fit, val = sp.train, None  # cache hit: the data is not needed
             else:
                 fit, val = self.constructed(kind)
@@ -230,7 +254,8 @@ class Experiment:
         cfg = self.cfg.hparams.get(f"victim:{name}", self.cfg.hparams.get("victim"))
         if cfg is None:
             raise ValueError("hparams has no 'victim' entry (Table 3's victim hyperparameters)")
-        return dataclasses.replace(cfg, arch=name, eps=0.0)
+        return dataclasses.replace(cfg, arch=name, eps=0.0,
+                                   seed=train.role_seed(cfg.seed, name, 0.0, "victim"))
 
     def victim_key(self, name: str) -> str:
         cfg = self.victim_config(name)
@@ -272,7 +297,7 @@ class Experiment:
     def constructed_key(self, kind: str) -> str:
         ccfg = self.cfg.construct
         return self.store.key(kind, {"construct": ccfg.key_fields(kind),
-                                     "source": self.model_key("standard"),
+                                     "source": self.model_key("standard", role="source"),
                                      "images": self.train_data_key(),
                                      "holdout": self._holdout_spec(),
                                      "validation": self.cfg.data.validation})
@@ -302,7 +327,7 @@ class Experiment:
                                        wait=(runtime or self.cfg.runtime).wait)
 
     def _construct(self, kind: str, key: str):
-        source = self.model("standard")
+        source = self.model("standard", role="source")
         sp = self.splits()
         ccfg = self.cfg.construct
         parts = {"train": sp.fit_part()}
@@ -338,9 +363,22 @@ class Experiment:
         """(kind, eps) of the model that generates R_eps: the standard model for eps 0."""
         return ("standard", 0.0) if eps == 0 else ("robust", float(eps))
 
+    def robustify_config(self) -> robustify.RobustifyConfig:
+        """The robustification settings, their seed (of the x0 pairing) resolved from
+        ``cfg.pairing``: the run's training seed, or the data seed."""
+        r = self.cfg.robustify
+        if self.cfg.pairing == "data_seed":
+            return r
+        return dataclasses.replace(r, seed=train.role_seed(
+            self.cfg.hparams["standard"].seed, "pairing", 0.0, f"x0|data{r.seed}"))
+
+    def seed_images(self) -> np.ndarray:
+        """Index of each test image's robustification seed x0 (one pairing for every R_eps)."""
+        return robustify.seed_indices(len(self.splits().test), self.robustify_config().seed)
+
     def robustified_key(self, eps: float) -> str:
         return self.store.key(f"R{eps:g}", {"generator": self.model_key(*self.generator(eps)),
-                                            "robustify": self.cfg.robustify.key_fields(),
+                                            "robustify": self.robustify_config().key_fields(),
                                             "test": self.test_data_key()})
 
     def robustified(self, eps: float, runtime: train.RuntimeOptions | None = None
@@ -360,8 +398,8 @@ class Experiment:
 
         def build():
             gen = self.model(*self.generator(eps))
-            rcfg = self.cfg.robustify
-            seeds = robustify.seed_indices(len(test), rcfg.seed)
+            rcfg = self.robustify_config()
+            seeds = self.seed_images()
             self._log(f"[R{eps:g}] robustifying {len(test)} test images w.r.t. {gen.key} "
                       f"({rcfg.steps} steps of {rcfg.step_size})")
             start = time.time()
@@ -459,6 +497,56 @@ class Experiment:
             metrics, arrays = compute()
             return {**metrics, **arrays} if outcomes else metrics
         return self._cached("evals", key, build, load)
+
+    def evaluate_strong(self, trained: train.TrainedModel, eps: float) -> dict:
+        """Robust accuracy at ``eps`` under the stronger attack of ``cfg.eval`` (PGD with
+        random restarts, ``attacks.pgd_l2_restarts``) on its test images: cached in the store
+        with the per-image outcomes (``strong_correct``)."""
+        test = self.splits().test
+        ecfg = self.cfg.eval
+        n = len(test) if ecfg.strong_images is None else min(len(test), ecfg.strong_images)
+        config = {"model": trained.key, "model_sha256": model_digest(trained), "eps": eps,
+                  "steps": ecfg.strong_steps, "restarts": ecfg.strong_restarts,
+                  "step_size_factor": ecfg.step_size_factor, "images": n,
+                  "test": self.test_data_key(), "version": EVAL_VERSION}
+        key = self.store.key("strong", config)
+        path = os.path.join(self.store.path("evals", key), "outcomes.npz")
+
+        def compute():
+            _, right = attacks.pgd_l2_restarts(
+                trained.model, test.float_images()[:n], test.y[:n], eps=eps,
+                steps=ecfg.strong_steps,
+                step_size=ecfg.step_size_factor * eps / ecfg.strong_steps,
+                restarts=ecfg.strong_restarts, batch_size=self.cfg.runtime.eval_batch_size,
+                jit_compile=self.cfg.runtime.jit_compile, verbose=False)
+            return {"strong_pgd_accuracy": float(right.mean()), "images": n}, right
+
+        def build():
+            metrics, right = compute()
+            with self.store.writing("evals", key, config, metrics=metrics) as d:
+                np.savez(os.path.join(d, "outcomes.npz"), strong_correct=right)
+            return load()
+
+        def load():
+            with np.load(path) as z:
+                return {**self.store.manifest("evals", key)["metrics"],
+                        "strong_correct": z["strong_correct"]}
+
+        if not self.writes() and not self.store.has("evals", key):
+            metrics, right = compute()
+            return {**metrics, "strong_correct": right}
+        return self._cached("evals", key, build, load)
+
+    def strong_attack_label(self) -> str | None:
+        """How the stronger attack is described in reports (None when it is off)."""
+        e = self.cfg.eval
+        if not e.strong_restarts:
+            return None
+        n = len(self.splits().test) if e.strong_images is None else \
+            min(e.strong_images, len(self.splits().test))
+        return (f"L2 PGD, {e.strong_steps} steps of {e.step_size_factor:g} eps / "
+                f"{e.strong_steps}, {e.strong_restarts} runs (the first from x, then random "
+                f"starts in the ball, each on the images still right), first {n} test images")
 
 
 def model_digest(trained: train.TrainedModel) -> str | None:

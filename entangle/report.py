@@ -61,20 +61,28 @@ def findings_markdown(result) -> list[str]:
         for f in result.findings:
             lines.append(f"- ({f['finding']}) {f['text']}: **{'held' if f['held'] else 'NOT held'}**"
                          f". Test: {f['test']}, on {f['measure']}. {f['detail']}.")
+            if f.get("loose"):
+                lo = f["loose"]
+                lines.append(f"  - earlier, looser rule ({lo['rule']}): "
+                             f"{'held' if lo['held'] else 'not held'}. {lo['detail']}.")
     if getattr(result, "checks", None):
         lines += ["", "Reported beside the findings (not findings):", ""]
         lines += [f"- {c['check']}: {c['detail']}." for c in result.checks]
     if getattr(result, "generators", None):
+        strong = result.generators[0].get("strong_attack")
         lines += ["", "Generators of the R_eps columns (PGD: " + result.generators[0]["attack"]
-                  + "):", "", "| column | generator | epochs | test % | PGD % at its eps | "
-                  "standard's PGD % there | median rel. distance | flag |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  + (f"; strong: {strong}" if strong else "") + "):", "",
+                  "| column | generator | epochs | test % | PGD % at its eps | strong PGD % | "
+                  "standard's PGD % there (strong) | median rel. distance | flag |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for g in result.generators:
-            pgd = _pgd_text(g)
             rel = g.get("median_relative_distance")
+            std = pct(g.get("standard_pgd_accuracy"))
+            if g.get("standard_strong_pgd_accuracy") is not None:
+                std += f" ({pct(g['standard_strong_pgd_accuracy'])})"
             lines.append(f"| {g['column']} | {g['model']} | {g.get('epochs_run')} | "
-                         f"{pct(g['test_accuracy'])} | {pgd} | "
-                         f"{pct(g.get('standard_pgd_accuracy'))} | "
+                         f"{pct(g['test_accuracy'])} | {_pgd_text(g)} | "
+                         f"{_pgd_text(g, key='strong_pgd_accuracy')} | {std} | "
                          f"{'' if rel is None else f'{rel:.3f}'} | {g.get('flag') or ''} |")
     return lines
 
@@ -122,8 +130,10 @@ def write_table(result, directory: str, title: str, plot_title: str | None = Non
                                 g["attack"], g["key"]])
     outcomes = os.path.join(directory, "outcomes.npz")
     with atomic_file(outcomes) as f:
-        np.savez(f, labels=result.labels, **{f"{r}|{c}": v for r, cols in result.correct.items()
-                                             for c, v in cols.items()})
+        extra = {} if result.seed_images is None else {"seed_images": result.seed_images}
+        np.savez(f, labels=result.labels, **extra,
+                 **{f"{r}|{c}": v for r, cols in result.correct.items() for c, v in cols.items()},
+                 **{f"{r}|seed control": v for r, v in result.seed_control.items()})
     files["outcomes"] = outcomes
     plot_table(result, files["png"], plot_title or title)
     return files
@@ -132,7 +142,7 @@ def write_table(result, directory: str, title: str, plot_title: str | None = Non
 def table_json(result) -> dict:
     """A TableResult as JSON-ready data (per-image outcomes go to outcomes.npz instead)."""
     return {k: v for k, v in dataclasses.asdict(result).items()
-            if k not in ("files", "correct", "labels")}
+            if k not in ("files", "correct", "labels", "seed_control", "seed_images")}
 
 
 def json_default(obj):
@@ -199,9 +209,9 @@ def _plot_columns(columns, lines, chance, path: str, title: str) -> None:
     finish_plot(plt, fig, ax, path, title, "accuracy (%)")
 
 
-def _pgd_text(generator: dict, sep: str = ": ") -> str:
+def _pgd_text(generator: dict, sep: str = ": ", key: str = "pgd_accuracy") -> str:
     """A generator's PGD accuracy: one value, or per column eps for the standard model."""
-    pgd = generator["pgd_accuracy"]
+    pgd = generator.get(key)
     if isinstance(pgd, dict):
         return ", ".join(f"{k}{sep}{pct(v)}" for k, v in pgd.items())
     return pct(pgd)
@@ -223,12 +233,16 @@ def seeds_markdown(result, title: str) -> str:
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", f"Accuracy in %, mean ± sd over {len(result.seeds)} seeds (the paper's in "
               f"brackets); n = {len(first.labels)} test images, chance "
-              f"{100 * first.chance:.1f} %.", "", "| finding | test | held in | per seed |",
-              "|---|---|---|---|"]
+              f"{100 * first.chance:.1f} %.", "",
+              "| finding | test | held in | per seed | earlier, looser rule: held in |",
+              "|---|---|---|---|---|"]
     for name, f in result.findings.items():
         per = ", ".join(f"{s}: {'held' if h else 'not held'}" for s, h in f["per_seed"].items())
+        loose = (f"{f['loose_rule']}: {f['loose_held']} of {f['of']}" if f.get("loose_rule")
+                 else "")
         lines.append(f"| ({name}) {f['text']} | {f['test']} | {f['held']} of {f['of']} seeds | "
-                     f"{per} |")
+                     f"{per} | {loose} |")
+    lines += cross_seed_markdown(getattr(result, "cross_seed", None))
     lines += ["", "Generators per seed (clean test % / PGD % at the model's eps; the standard "
               "model: PGD at each column's eps):", ""]
     for s in result.seeds:
@@ -244,6 +258,28 @@ def seeds_markdown(result, title: str) -> str:
     return "\n".join(lines)
 
 
+def cross_seed_markdown(cross: dict) -> list[str]:
+    """The cross-seed matrix: each row's classifier on its own seed's sets and on the other
+    seeds' sets, with the paired tests of the difference."""
+    if not cross:
+        return []
+    seeds = cross["seeds"]
+    first = next(iter(cross["rows"].values()))
+    columns = list(first)
+    lines = ["", f"Cross-seed check (no training): each row's classifier of seed i on the sets "
+             f"of seed j, seeds {', '.join(map(str, seeds))}. Cell: mean accuracy % on its "
+             "own seed's set / on the other seeds' sets (i != j); in brackets the pairs where "
+             "the own-seed classifier differs significantly from another seed's on the same "
+             "images (exact McNemar, Holm over the pairs). Models that share nothing across "
+             "seeds show no gap.", "",
+             "| classifier | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row, cols in cross["rows"].items():
+        cells = [f"{100 * c['same_mean']:.1f} / {100 * c['cross_mean']:.1f} "
+                 f"({c['significant_pairs']} of {len(c['pairs'])})" for c in cols.values()]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_seeds(result, directory: str, title: str) -> dict:
     """Writes seeds.md, seeds.json (aggregate and findings per seed) and seeds.png."""
     files = start_report(directory, "seeds", seeds_markdown(result, title),
@@ -251,6 +287,7 @@ def write_seeds(result, directory: str, title: str) -> dict:
     with atomic_file(files["json"], "w") as f:
         json.dump({"seeds": result.seeds, "aggregate": result.aggregate,
                    "findings": result.findings, "seconds": result.seconds,
+                   "cross_seed": result.cross_seed,
                    "tables": {s: table_json(t) for s, t in result.tables.items()}}, f,
                   indent=1, default=json_default)
     plot_seeds(result, files["png"], title)

@@ -102,14 +102,21 @@ def transfer_markdown(result, title: str) -> str:
         + f"; chance {100 * result.chance:.1f} %.")
     for f in result.findings:
         sign = f["sign_test"]
-        detail = "; ".join(f"{v}: {'held' if d['held'] else 'not held'} (ε 0 "
-                           f"{pct(d['eps0'])} %, small ε minus ε 0 "
-                           f"{100 * d['small_minus_eps0']:+.1f} points, n {d['n']})"
-                           for v, d in f["per_victim"].items())
+        if f["finding"].startswith("untargeted peak"):
+            detail = "; ".join(f"{v}: best small ε {d['best_small']} {pct(d['best_small_rate'])}"
+                               f" % vs ε 1 {pct(d['eps1_rate'])} % "
+                               f"({100 * d['difference']:+.1f} points, n {d['n']})"
+                               for v, d in f["per_victim"].items())
+        else:
+            detail = "; ".join(f"{v}: {'held' if d['held'] else 'not held'} (ε 0 "
+                               f"{pct(d['eps0'])} %, small ε minus ε 0 "
+                               f"{100 * d['small_minus_eps0']:+.1f} points, n {d['n']})"
+                               for v, d in f["per_victim"].items())
         lines += ["", f"**{f['finding']}**: {f['text']}: "
                   f"{'held' if f['held'] else 'did NOT hold'} (sign test {sign['positive']} "
                   f"up, {sign['negative']} down, p {sign['p']:.3g}; {f['victims_held']} of "
-                  f"{f['victims']} victims held alone: {f['test']}). {detail}."]
+                  f"{f['victims']} victims {'point that way' if 'peak' in f['finding'] else 'held alone'}"
+                  f": {f['test']}). {detail}."]
     return "\n".join(lines)
 
 

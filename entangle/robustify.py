@@ -36,6 +36,10 @@ class RobustifyConfig:
     eps: float = float("inf")       # max L2 change from the seed image
     seed: int = 0                   # of the seed-image derangement
     layer: str = models.REPRESENTATION_LAYER
+    # Step lengths (attacks.STEP_SCHEDULES: constant, or falling linearly to step_size /
+    # steps) and whether each image keeps its closest iterate rather than its last.
+    schedule: str = "constant"
+    keep_best: bool = False
 
     def __post_init__(self):
         if self.steps < 1:
@@ -45,9 +49,15 @@ class RobustifyConfig:
                              f"{self.step_size}")
         if not self.eps > 0:
             raise ValueError(f"robustify eps must be > 0 (inf: unbounded); got {self.eps}")
+        if self.schedule not in attacks.STEP_SCHEDULES:
+            raise ValueError(f"robustify schedule must be one of {attacks.STEP_SCHEDULES}; "
+                             f"got {self.schedule!r}")
 
     def key_fields(self) -> dict:
-        return {**dataclasses.asdict(self), "version": VERSION}
+        fields = dataclasses.asdict(self)
+        if self.schedule == "constant" and not self.keep_best:  # keys of the paper's loop stay
+            del fields["schedule"], fields["keep_best"]
+        return {**fields, "version": VERSION}
 
 
 @dataclasses.dataclass
@@ -111,7 +121,7 @@ def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyC
     target = representations(rep, xf, batch_size)
     fn = attacks.cached_attack([rep], ("features", bool(jit_compile)),
                                lambda: attacks.feature_matching_objective(rep), False,
-                               jit_compile)
+                               jit_compile, cfg.schedule, cfg.keep_best)
     out = attacks.run_attack(fn, x0f, target, eps=cfg.eps, steps=cfg.steps,
                              step_size=cfg.step_size, batch_size=batch_size, verbose=verbose)
     start = np.linalg.norm(representations(rep, x0f, batch_size) - target, axis=1)

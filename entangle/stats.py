@@ -21,8 +21,10 @@ from scipy import stats as st
 ALPHA = 0.05
 
 
-def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> dict:
-    """Exact (binomial) McNemar test of paired per-image correctness, two-sided.
+def mcnemar_exact(first: np.ndarray, second: np.ndarray, alternative: str = "two-sided"
+                  ) -> dict:
+    """Exact (binomial) McNemar test of paired per-image correctness, two-sided, or
+    one-sided that ``second`` is right more often (``alternative="greater"``).
 
     ``first_only``: images right in ``first`` only; ``second_only``: right in ``second`` only.
     Under the null each discordant image is equally likely to fall either way.
@@ -32,8 +34,9 @@ def mcnemar_exact(first: np.ndarray, second: np.ndarray) -> dict:
         raise ValueError(f"paired outcomes must have one shape; got {a.shape} and {b.shape}")
     first_only, second_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n = first_only + second_only
-    p = st.binomtest(second_only, n, 0.5).pvalue if n else 1.0
-    return {"test": "exact McNemar (two-sided)", "first_only": first_only,
+    p = st.binomtest(second_only, n, 0.5, alternative=alternative).pvalue if n else 1.0
+    side = "two-sided" if alternative == "two-sided" else "one-sided"
+    return {"test": f"exact McNemar ({side})", "first_only": first_only,
             "second_only": second_only, "difference": float(b.mean() - a.mean()) if a.size
             else float("nan"), "p": float(p)}
 
@@ -111,6 +114,20 @@ def chance_test(correct: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     return {"test": "z-test, balanced accuracy", "measure": "balanced accuracy",
             "value": value, "chance": chance, "p": float(st.norm.sf(z)),
             "low": value - 1.96 * se, "high": value + 1.96 * se}
+
+
+def above_chance_and_control(correct: np.ndarray, control: np.ndarray, y: np.ndarray,
+                             num_classes: int) -> dict:
+    """One-sided test that accuracy exceeds both nulls of a robustified set: chance 1/C, and
+    the seed control (the same model on each image's seed x0, labelled y: what a model that
+    reads only x0 scores). An intersection-union test: p is the larger of the chance test's
+    p and the exact one-sided McNemar p against the control on the same images."""
+    chance = chance_test(correct, y, num_classes)
+    versus = mcnemar_exact(control, correct, alternative="greater")
+    return {**chance, "test": f"{chance['test']} and {versus['test']} vs the seed control",
+            "p_chance": chance["p"], "p_control": versus["p"],
+            "control": float(_bools(control).mean()), "control_test": versus,
+            "p": max(chance["p"], versus["p"])}
 
 
 def trend_test(outcomes: Sequence[np.ndarray], n_resamples: int = 9999, seed: int = 0,

@@ -18,12 +18,14 @@ from entangle.train_config import TrainConfig
 
 def training_attack(model, cfg: TrainConfig):
     """The batch attack of adversarial training: untargeted L2 PGD at ``cfg.eps`` (from a
-    random start in the ball if ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no
-    gradient through it. Traced inside the train step."""
+    random start in the ball of ``cfg.attack_start_radius`` x eps if
+    ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no gradient through it. Traced
+    inside the train step."""
     objective = attacks.cross_entropy_objective(model, targeted=False)
 
     def attack(x, y, seed):
-        start = attacks.random_l2_start(x, cfg.eps, seed) if cfg.attack_random_start else x
+        start = (attacks.random_l2_start(x, cfg.eps * cfg.attack_start_radius, seed)
+                 if cfg.attack_random_start else x)
         return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
                                                  cfg.attack_steps, cfg.attack_step))
 

@@ -27,10 +27,10 @@ import tensorflow as tf
 from entangle import attacks, batching, data, models, preempt
 from entangle.distribution import get_strategy, is_chief
 from entangle.inference import accuracy, batch_norm_layers, recompute_bn_statistics
-from entangle.steps import load_state, make_train_step, run_epoch, save_state
+from entangle.steps import load_state, make_train_step, run_epoch, save_state, training_attack
 from entangle.store import Store, fingerprint_arrays
 # The configuration types are part of this module's API (train.TrainConfig, ...).
-from entangle.train_config import RuntimeOptions, TrainConfig, parse_arch
+from entangle.train_config import RuntimeOptions, TrainConfig, parse_arch, role_seed
 
 # Images whose batch statistics become the batch norms' moving statistics after training
 # (``bn_statistics="recompute"``): enough for stable averages, a fraction of an epoch's cost.
@@ -38,8 +38,10 @@ BN_RECOMPUTE_IMAGES = 10_000
 MODEL_KIND = "models"
 # Bump when a change to this module alters the model it trains from the same configuration
 # (2: index-permutation input pipeline, batched augmentation, float32 logits; 3: batch-norm
-# statistics recomputed after training, ResNet batch-norm momentum a setting).
-VERSION = 3
+# statistics recomputed after training, ResNet batch-norm momentum a setting; 4: the
+# learning rate per step as a Keras schedule, weight averaging and zero-initialised
+# residual branches as settings, every model's seed its own role seed).
+VERSION = 4
 
 
 @dataclasses.dataclass
@@ -92,29 +94,38 @@ def build_model(cfg: TrainConfig, input_shape, num_classes: int) -> keras.Model:
         if family == "resnet_v2":
             return models.resnet_v2(depth, input_shape, num_classes, width=cfg.width,
                                     weight_decay=cfg.weight_decay, pooling=cfg.pooling,
-                                    bn_momentum=cfg.bn_momentum)
+                                    bn_momentum=cfg.bn_momentum,
+                                    zero_init_residual=cfg.zero_init_residual)
         return models.victim(family, input_shape, num_classes,
                              weights="imagenet" if cfg.pretrained else None,
                              resize_to=cfg.input_size or None)
 
 
-def learning_rate_at(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate for a (0-based) epoch.
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int
+                ) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate per optimiser step, as a Keras schedule.
 
     ``step`` is the schedule of Keras' CIFAR-10 ResNet example (Adam 1e-3, the paper's
     setting), scaled from its 200 epochs to ``cfg.epochs``: x0.1 after 40 %, x0.01 after 60 %,
-    x1e-3 after 80 %, x5e-4 after 90 % of training. ``cosine`` anneals to 0.
+    x1e-3 after 80 %, x5e-4 after 90 % of training. ``cosine`` anneals to 0, ``none`` stays;
+    both after a linear warm-up over ``cfg.lr_warmup`` of the steps when it is > 0.
     """
-    frac = epoch / cfg.epochs
-    if cfg.lr_decay == "none":
-        return cfg.learning_rate
-    if cfg.lr_decay == "cosine":
-        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * frac))
-    factor = 1.0
-    for start, f in ((0.4, 1e-1), (0.6, 1e-2), (0.8, 1e-3), (0.9, 5e-4)):
-        if frac >= start:
-            factor = f
-    return cfg.learning_rate * factor
+    schedules = keras.optimizers.schedules
+    lr, total = cfg.learning_rate, cfg.epochs * steps_per_epoch
+    if cfg.lr_decay == "step":
+        # PiecewiseConstantDecay switches after a boundary: step b-1 is the last at the old rate
+        bounds = [max(0, int(round(f * total)) - 1) for f in (0.4, 0.6, 0.8, 0.9)]
+        return schedules.PiecewiseConstantDecay(
+            bounds, [lr * f for f in (1.0, 1e-1, 1e-2, 1e-3, 5e-4)])
+    warm = int(round(cfg.lr_warmup * total))
+    return schedules.CosineDecay(0.0 if warm else lr, max(1, total - warm),
+                                 alpha=1.0 if cfg.lr_decay == "none" else 0.0,
+                                 warmup_target=lr if warm else None, warmup_steps=warm)
+
+
+def learning_rate_at(cfg: TrainConfig, epoch: int, steps_per_epoch: int = 1) -> float:
+    """The learning rate at the first step of a (0-based) epoch (see ``lr_schedule``)."""
+    return float(lr_schedule(cfg, steps_per_epoch)(epoch * steps_per_epoch))
 
 
 def _user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model:
@@ -150,8 +161,10 @@ def architecture_signature(model: keras.Model) -> str:
 
 
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
-                       model_fn: ModelFn | keras.Model | None = None):
-    """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly.
+                       model_fn: ModelFn | keras.Model | None = None,
+                       steps_per_epoch: int = 1):
+    """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly,
+    its learning rate ``lr_schedule(cfg, steps_per_epoch)`` and its weight average ``cfg.ema``.
 
     Building Adam eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
     value for placeholder" failure of custom steps under MirroredStrategy (keras issue 23085).
@@ -160,7 +173,8 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     with seeded(cfg.seed), strategy.scope():
         model = (build_model(cfg, input_shape, num_classes) if model_fn is None
                  else _user_model(model_fn, cfg))
-        optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=lr_schedule(cfg, steps_per_epoch),
+                                          use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
         if cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
@@ -196,16 +210,15 @@ def _settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
     if cfg.bn_statistics != "recompute" or not batch_norm_layers(model):
         return report
 
+    attack = tf.function(training_attack(model, cfg)) if cfg.eps > 0 else None
+
     def batches():
         for i in range(0, len(rows), batch):
             part = rows[i:i + batch]
             x = data.to_float(np.asarray(train.x[part]))
-            if cfg.eps > 0:
-                x = attacks.pgd_l2(model, x, train.y[part], eps=cfg.eps, steps=cfg.attack_steps,
-                                   step_size=cfg.attack_step,
-                                   random_start=cfg.attack_random_start, seed=cfg.seed + i,
-                                   batch_size=batch, jit_compile=runtime.jit_compile,
-                                   verbose=False)
+            if attack is not None:   # the training attack itself, as the last epoch saw it
+                x = attack(tf.constant(x), tf.constant(train.y[part], tf.int32),
+                           tf.constant([cfg.seed % 2 ** 31, i], tf.int32)).numpy()
             yield x
 
     recompute_bn_statistics(model, batches())
@@ -279,7 +292,7 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
     _check_runtime(cfg, strategy, runtime, len(train))
     steps_per_epoch = len(train) // cfg.batch_size
     model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes,
-                                          model_fn)
+                                          model_fn, steps_per_epoch)
     step = make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
 
     # Every worker resumes from the chief's checkpoint (a shared file system under
@@ -296,8 +309,7 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
         print(f"[{name}] resuming {key} {where} of {cfg.epochs}")
     tb = (tf.summary.create_file_writer(os.path.join(store.root, "tensorboard", key)) if chief
           else tf.summary.create_noop_writer())
-    lr_var = optimizer.inner_optimizer.learning_rate if hasattr(
-        optimizer, "inner_optimizer") else optimizer.learning_rate
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
 
     pipeline = batching.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
                                       augment_images=cfg.augment, seed=cfg.seed,
@@ -306,8 +318,7 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
     for epoch in range(start_epoch, cfg.epochs):
         if best["epoch"] >= 0 and cfg.early_stopping and epoch - best["epoch"] > cfg.patience:
             break
-        lr = learning_rate_at(cfg, epoch)
-        lr_var.assign(lr)
+        lr = float(inner.learning_rate)
         if runtime.verbose:
             print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}"
                   + (f", from batch {in_epoch['batch'] + 1}" if in_epoch else ""))
@@ -350,6 +361,7 @@ def _train(cfg, train, val, store, key, name, runtime, strategy, chief, data_key
 
     if cfg.early_stopping and best_weights is not None:
         model.set_weights(best_weights)
+    inner.finalize_variable_values(model.trainable_variables)  # the weight average, if any
     metrics = {"epochs_run": len(history), "final": history[-1] if history else {},
                "best_val": best, "train_seconds": sum(r["seconds"] for r in history),
                "batch_norm": _settle_bn_statistics(cfg, model, train, runtime)}

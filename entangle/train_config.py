@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from typing import Union
 
@@ -34,16 +35,28 @@ class TrainConfig:
     # 2020's fast adversarial training: one step of 1.25 eps from a random start).
     attack_step_relative: bool = False
     attack_random_start: bool = False
+    # The random start's ball, as a fraction of eps (1: the whole eps ball; in 3,072
+    # dimensions a uniform draw lies near its sphere).
+    attack_start_radius: float = 1.0
     batch_size: int = 200             # global batch
     epochs: int = 100
     learning_rate: float = 1e-3
     lr_decay: str = "step"
+    # Fraction of the training steps spent warming the learning rate up linearly from 0
+    # (cosine and none only).
+    lr_warmup: float = 0.0
+    # Momentum of an exponential moving average of the weights, which replaces them after
+    # training (0: off; not with early stopping, which keeps its own best weights).
+    ema: float = 0.0
     augment: bool = True
     early_stopping: bool = False
     patience: int = 10
     weight_decay: float = 1e-4
     pooling: str = "global"           # ResNet v2: models.POOLINGS
     bn_momentum: float = 0.99         # ResNet v2 batch-norm momentum (Keras' default)
+    # ResNet v2: the last convolution of every residual branch starts at zero, so each block
+    # starts as the identity (Goyal et al. 2017).
+    zero_init_residual: bool = False
     # "recompute": after training, every batch norm's moving statistics become the average
     # batch statistics over the training inputs (adversarial ones for eps > 0); "moving":
     # keep the moving averages (stale after a few hundred steps at momentum 0.99).
@@ -57,10 +70,18 @@ class TrainConfig:
         check(self.eps >= 0 and not math.isnan(self.eps), "eps", self.eps, "a number >= 0")
         check(self.attack_steps >= 1, "attack_steps", self.attack_steps, "an integer >= 1")
         check(self.attack_step_size > 0, "attack_step_size", self.attack_step_size, "> 0")
+        check(0 < self.attack_start_radius <= 1, "attack_start_radius",
+              self.attack_start_radius, "in (0, 1] (a fraction of eps)")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
         check(self.lr_decay in LR_DECAYS, "lr_decay", self.lr_decay, f"one of {LR_DECAYS}")
+        check(0.0 <= self.lr_warmup < 1.0, "lr_warmup", self.lr_warmup, "in [0, 1)")
+        check(not (self.lr_warmup and self.lr_decay == "step"), "lr_warmup", self.lr_warmup,
+              "0 with lr_decay='step' (warm-up combines with cosine or none)")
+        check(0.0 <= self.ema < 1.0, "ema", self.ema, "in [0, 1) (0: off)")
+        check(not (self.ema and self.early_stopping), "ema", self.ema,
+              "0 with early_stopping (early stopping keeps its best weights)")
         check(self.patience >= 1, "patience", self.patience, "an integer >= 1")
         check(self.precision in PRECISIONS, "precision", self.precision,
               f"one of {PRECISIONS}")
@@ -92,12 +113,17 @@ class TrainConfig:
         drop = set()
         if self.eps == 0:
             drop |= {"attack_steps", "attack_step_size", "attack_random_start",
+                     "attack_start_radius",
                      "attack_step_relative"}
-        elif not self.attack_step_relative:
-            drop.add("attack_step_relative")
+        else:
+            if not self.attack_step_relative:
+                drop.add("attack_step_relative")
+            if not self.attack_random_start:
+                drop.add("attack_start_radius")
         if not self.early_stopping:
             drop.add("patience")
-        drop |= ({"width", "weight_decay", "pooling", "bn_momentum"} if self.is_victim
+        drop |= ({"width", "weight_decay", "pooling", "bn_momentum", "zero_init_residual"}
+                 if self.is_victim
                  else {"pretrained", "input_size"})
         fields = {k: v for k, v in fields.items() if k not in drop}
         if self.is_victim:
@@ -117,6 +143,15 @@ class RuntimeOptions:
     lock_poll: float = 2.0                   # seconds between looks at a busy artifact
     wait: bool = True                        # busy artifact: wait for it, or raise ArtifactBusy
     on_corrupt: str = "rebuild"              # damaged artifact: move aside and rebuild, or stop
+
+
+def role_seed(seed: int, kind: str, eps: float = 0.0, role: str = "generator") -> int:
+    """The training seed of one model of a run: its own for every (seed, kind, eps, role), so
+    that no two models of a table share initial weights, batch order or augmentation (the
+    paper: "All classifiers are trained starting with random initial weights"). A hash, not
+    an offset: seed + 1 of one run would be another run's seed."""
+    text = f"{int(seed)}|{kind}|{float(eps)!r}|{role}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") >> 1
 
 
 def check(ok: bool, name: str, value, allowed: str):

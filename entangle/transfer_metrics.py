@@ -121,4 +121,44 @@ def findings(result, alpha: float = stats.ALPHA) -> list[dict]:
                         "held": sign["p"] <= alpha, "sign_test": sign,
                         "victims_held": sum(d["held"] for d in per_victim.values()),
                         "victims": len(result.victims), "per_victim": per_victim})
+    out += peak_findings(result, alpha)
+    return out
+
+
+PEAK_MAX_EPS = 0.125    # Figure 5: "0 < eps <= 1/8 with a peak at eps ~ 1/16"
+
+
+def peak_findings(result, alpha: float = stats.ALPHA) -> list[dict]:
+    """Figure 5's shape as the paper states it ("benefit ... if generated with respect to a
+    robust classifier with a small robustness parameter, 0 < eps <= 1/8 ... The success ...
+    decreases as eps is further increased"): per victim, the untargeted error from the best
+    source with 0 < eps <= 1/8 minus that from the eps 1 source; over victims a one-sided
+    sign test. Once over all images and once over the images the victim gets right."""
+    small = [e for e in result.sources if 0 < e <= PEAK_MAX_EPS + 1e-9]
+    large = next((e for e in result.sources if abs(e - 1.0) < 1e-9), None)
+    if result.mode == "n_targeted" or not small or large is None or not result.outcomes:
+        return []
+    out = []
+    for view in VIEWS:
+        per_victim, diffs = {}, []
+        for v in result.victims:
+            rows = (result.outcomes[outcome_key("clean", 0.0, v)] if view == VIEWS[1]
+                    else np.ones(len(result.outcomes[outcome_key("untargeted", large, v)]),
+                                 bool))
+            rate = {e: float(result.outcomes[outcome_key("untargeted", e, v)][rows].mean())
+                    if rows.any() else math.nan for e in small + [large]}
+            best = max(small, key=lambda e: rate[e])
+            diffs.append(rate[best] - rate[large])
+            per_victim[v] = {"best_small": paper.eps_label(best), "best_small_rate": rate[best],
+                             "eps1_rate": rate[large], "difference": rate[best] - rate[large],
+                             "n": int(rows.sum())}
+        sign = stats.sign_test(diffs)
+        out.append({"finding": f"untargeted peak, {view}", "attack": "untargeted", "view": view,
+                    "text": "untargeted transfer (error rate) from the best source with 0 < "
+                            "eps <= 1/8 exceeds that from the eps 1 source (Figure 5's peak)",
+                    "test": "per victim the best small-eps source's error minus the eps 1 "
+                            "source's; over victims a one-sided sign test",
+                    "held": sign["p"] <= alpha, "sign_test": sign,
+                    "victims_held": sum(d["difference"] > 0 for d in per_victim.values()),
+                    "victims": len(result.victims), "per_victim": per_victim})
     return out

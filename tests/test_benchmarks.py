@@ -2,8 +2,10 @@
 
 import glob
 import os
+import site
 import subprocess
 import sys
+import sysconfig
 
 from conftest import ROOT
 
@@ -13,8 +15,16 @@ def test_pgd_benchmark_venv_sees_the_active_environment(tmp_path):
     not the base interpreter's (`venv --system-site-packages` gave "No module named
     'keras'" there). Offline, without installing the peers, the benchmark starts."""
     user = tmp_path / "user-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(user)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(user)], check=True,
+                   timeout=120)
+    # the user's venv holds the project and its dependencies: it sees this interpreter's site
+    # directories (--system-site-packages would give the base interpreter's, which lack them
+    # when this interpreter is itself a venv's)
+    site_dir = glob.glob(str(user / "lib" / "python*" / "site-packages"))[0]
+    parents = [p for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                           *site.getsitepackages()) if os.path.isdir(p)]
+    with open(os.path.join(site_dir, "_parent.pth"), "w") as f:
+        f.write("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in parents) + "\n")
     env = {**os.environ, "PATH": f"{user / 'bin'}:{os.environ['PATH']}",
            "VIRTUAL_ENV": str(user), "BENCH_VENV": str(tmp_path / "bench"),
            "BENCH_SKIP_INSTALL": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -108,3 +108,56 @@ def test_representation_model_by_name_or_index():
     assert by_name.output.shape == (None, 4, 4, 64)
     with pytest.raises(ValueError, match="no layer"):
         models.representation_model(m, layer="nope")
+
+
+def test_fused_batch_norm_computes_what_keras_batch_norm_computes():
+    """Outputs, input gradients and moving statistics of the fused layer equal Keras' own
+    BatchNormalization with the same weights, in training and in inference mode."""
+    import numpy as np
+    import tensorflow as tf
+    from keras import layers
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.0, 2.0, (8, 5, 5, 6)).astype(np.float32))
+    fused, plain = models.FusedBatchNormalization(momentum=0.9), layers.BatchNormalization(
+        momentum=0.9)
+    fused.build(x.shape)
+    plain.build(x.shape)
+    weights = [rng.normal(1, 0.3, 6).astype(np.float32), rng.normal(0, 0.3, 6).astype(
+        np.float32), rng.normal(0, 1, 6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(
+        np.float32)]
+    fused.set_weights(weights)
+    plain.set_weights(weights)
+    for training in (True, False):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            a, b = fused(x, training=training), plain(x, training=training)
+            la, lb = tf.reduce_sum(a * x), tf.reduce_sum(b * x)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(tape.gradient(la, x).numpy(), tape.gradient(lb, x).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+        for u, v in zip(fused.get_weights(), plain.get_weights()):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fused.get_weights()[2], weights[2])   # the moving mean moved
+
+
+def test_resnets_use_the_fused_batch_norm_and_reload_with_it(tmp_path):
+    import keras
+
+    model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(isinstance(l, models.FusedBatchNormalization) for l in bns)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    assert any(isinstance(l, models.FusedBatchNormalization) for l in again.layers)
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity():
+    import numpy as np
+
+    model = models.resnet_v2(20, (16, 16, 3), 3, width=4, zero_init_residual=True)
+    last = [l for l in model.layers if l.name.endswith("_c_conv")]
+    assert len(last) == 6 and all(not np.any(l.kernel.numpy()) for l in last)
+    other = models.resnet_v2(20, (16, 16, 3), 3, width=4)
+    assert all(np.any(l.kernel.numpy()) for l in other.layers if l.name.endswith("_c_conv"))

@@ -31,8 +31,20 @@ def test_learning_rate_schedules():
     lrs = [train.learning_rate_at(cfg, e) for e in (0, 39, 40, 60, 80, 90, 99)]
     np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-5, 1e-6, 5e-7, 5e-7])
     cos = dataclasses.replace(cfg, lr_decay="cosine")
-    assert train.learning_rate_at(cos, 0) == 1e-3 and train.learning_rate_at(cos, 50) == \
-        pytest.approx(5e-4)
+    assert train.learning_rate_at(cos, 0) == pytest.approx(1e-3)
+    assert train.learning_rate_at(cos, 50) == pytest.approx(5e-4)
+    # per optimiser step: 10 steps an epoch, the schedule moves inside the epoch
+    sched = train.lr_schedule(cos, 10)
+    assert float(sched(5)) < float(sched(0)) and float(sched(1000)) == pytest.approx(0, abs=1e-9)
+    # warm-up: linear from 0 over 10 % of the steps, then the decay (cosine) or flat (none)
+    warm = dataclasses.replace(cos, lr_warmup=0.1)
+    w = train.lr_schedule(warm, 10)
+    assert float(w(0)) == 0 and float(w(50)) == pytest.approx(5e-4, rel=1e-4)
+    assert float(w(100)) == pytest.approx(1e-3) and float(w(101)) < 1e-3
+    flat = train.lr_schedule(dataclasses.replace(warm, lr_decay="none"), 10)
+    assert float(flat(100)) == pytest.approx(1e-3) and float(flat(900)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_warmup"):
+        dataclasses.replace(cfg, lr_warmup=0.1)        # the step schedule takes no warm-up
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -378,3 +390,16 @@ def test_recomputed_bn_statistics_close_the_train_inference_gap(planted, tmp_pat
     assert moving.key != trained.key
     assert inference.accuracy(moving.model, tr.x[:1000], tr.y[:1000]) == pytest.approx(stale,
                                                                                   abs=0.02)
+
+
+def test_weight_averaging_replaces_the_weights_and_still_learns(planted, tmp_path):
+    tr, te = planted
+    plain = train.train_classifier(TINY, tr, None, Store(str(tmp_path / "a")), runtime=QUIET)
+    ema = train.train_classifier(dataclasses.replace(TINY, ema=0.9), tr, None,
+                                 Store(str(tmp_path / "b")), runtime=QUIET)
+    assert ema.key != plain.key
+    assert inference.accuracy(ema.model, te.x, te.y) > 0.7
+    # same seed, same batches: only the average differs
+    assert not np.allclose(ema.model.get_weights()[0], plain.model.get_weights()[0])
+    with pytest.raises(ValueError, match="ema"):
+        dataclasses.replace(TINY, ema=0.9, early_stopping=True)

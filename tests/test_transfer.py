@@ -135,6 +135,29 @@ def test_findings_test_each_source_against_eps0_with_holm_and_a_sign_test(monkey
     assert not any(f["held"] for f in down)   # one-sided: lower transfer is not the finding
 
 
+def test_transfer_peak_compares_the_best_small_eps_source_with_eps_1_over_victims():
+    def peak(rates, **kw):
+        return {f["view"]: f for f in transfer_metrics.findings(_outcomes_result(rates, **kw))
+                if f["finding"].startswith("untargeted peak")}
+
+    # Figure 5's shape: highest at 1/16, lower at 1
+    up = peak({0.0: 0.2, 0.0625: 0.35, 0.25: 0.3, 0.5: 0.25, 1.0: 0.2})
+    assert set(up) == {"all images", "victim right on clean"}
+    f = up["all images"]
+    assert f["held"] and f["sign_test"]["p"] == pytest.approx(1 / 64)
+    assert f["per_victim"]["a"]["best_small"] == "1/16"
+    assert f["per_victim"]["a"]["difference"] == pytest.approx(0.15, abs=0.06)
+    # rising with eps (the quick scale's earlier shape): not held
+    rising = peak({0.0: 0.2, 0.0625: 0.22, 0.25: 0.3, 0.5: 0.35, 1.0: 0.4})
+    assert not rising["all images"]["held"]
+    assert rising["all images"]["sign_test"]["negative"] == 6
+    # 1/4 is no candidate (0 < eps <= 1/8 only): a peak there does not count
+    at_quarter = peak({0.0: 0.2, 0.0625: 0.2, 0.25: 0.5, 1.0: 0.2})
+    assert not at_quarter["all images"]["held"]
+    # no eps 1 source: no peak finding
+    assert not peak({0.0: 0.2, 0.0625: 0.3, 0.25: 0.3})
+
+
 def test_config_errors_name_what_is_allowed():
     with pytest.raises(ValueError, match="two or more sources"):
         transfer.TransferConfig(sources=(0.0,), mode="n_targeted")

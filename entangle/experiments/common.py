@@ -118,10 +118,17 @@ def tag(prefix: str, text: str) -> str:
 
 
 def provenance(f) -> dict:
-    """What a results JSON records of the command: its argv, flagfiles and every flag."""
+    """What a results JSON records of the command: its argv, flagfiles and every flag, and
+    where it ran (the CPU and GPUs, TensorFlow, Keras, the precision each model kind used)."""
+    import keras
+    import tensorflow as tf
+
     from entangle import flags as entangle_flags
+    from entangle import hardware
 
     return {"argv": sys.argv, "flagfiles": list(entangle_flags.FLAGFILES),
+            "hardware": hardware.describe(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "precision": hardware.choose_precision(f.precision)[0],
             "flags": {k: v for k, v in f.flag_values_dict().items()
                       if isinstance(v, (str, int, float, bool, list, type(None)))}}
 

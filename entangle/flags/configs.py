@@ -20,8 +20,11 @@ def train_config(f, kind: str) -> train.TrainConfig:
         attack_steps=f.train_attack_steps, attack_step_size=f.train_attack_step_size,
         attack_step_relative=f.train_attack_step_relative,
         attack_random_start=f.train_attack_random_start,
+        attack_start_radius=f.train_attack_start_radius,
         batch_size=per_kind(f.batch_size, kind, int), epochs=per_kind(f.epochs, kind, int),
         learning_rate=per_kind(f.learning_rate, kind, float), lr_decay=f.lr_decay,
+        lr_warmup=f.lr_warmup, ema=per_kind(f.ema, kind, float),
+        zero_init_residual=f.zero_init_residual,
         augment=kinds_on(f.augment, group), early_stopping=kinds_on(f.early_stopping, group),
         patience=f.patience, weight_decay=f.weight_decay, pooling=f.pooling,
         bn_momentum=f.bn_momentum, bn_statistics=f.bn_statistics,
@@ -55,13 +58,18 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
                                             targets=f.zero_robust_targets, seed=f.data_seed),
         robustify=robustify.RobustifyConfig(steps=f.robustify_steps,
                                             step_size=f.robustify_step_size,
-                                            eps=f.robustify_eps, seed=f.data_seed),
+                                            eps=f.robustify_eps, seed=f.data_seed,
+                                            schedule=f.robustify_schedule,
+                                            keep_best=f.robustify_keep_best),
         eval=pipeline.EvalConfig(attack_steps=f.eval_attack_steps,
-                                 step_size_factor=f.eval_step_size_factor),
+                                 step_size_factor=f.eval_step_size_factor,
+                                 strong_steps=f.eval_strong_steps,
+                                 strong_restarts=f.eval_strong_restarts,
+                                 strong_images=f.eval_strong_images),
         runtime=train.RuntimeOptions(strategy=f.strategy, jit_compile=f.jit_compile,
                                      eval_batch_size=f.eval_batch_size, verbose=not f.quiet,
                                      on_corrupt=f.on_corrupt),
-        workdir=f.workdir)
+        workdir=f.workdir, pairing=f.seed_pairing)
 
 
 def table_config(f=FLAGS) -> entanglement.TableConfig:
@@ -78,7 +86,6 @@ def table_config(f=FLAGS) -> entanglement.TableConfig:
                                     rows=tuple(f.rows),
                                     evaluate_generators=f.evaluate_generators,
                                     robust_row=f.robust_row,
-                                    evaluator_seed_offset=f.evaluator_seed_offset,
                                     generator_report=f.generator_report)
 
 
@@ -111,5 +118,5 @@ def mistakes_config(f=FLAGS) -> mistakes.MistakesConfig:
     return mistakes.MistakesConfig(second_model=f.second_model, eps=f.mistakes_eps,
                                    steps=f.mistakes_steps, step_size=f.mistakes_step_size,
                                    targets=f.mistakes_targets, target_seed=f.target_seed,
-                                   relabel_seed_offset=f.relabel_seed_offset,
+                                   relabel_init=f.relabel_init,
                                    leakage_eps=f.leakage_eps, probe_l2=f.probe_l2)

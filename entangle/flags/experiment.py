@@ -22,8 +22,6 @@ def define_table_flags(fv=FLAGS):
     flags.DEFINE_enum("robust_row", "generator", list(entanglement.ROBUST_ROWS),
                       "The robust row: the eps-robust generator itself (Table 5's R_1/2 cell "
                       "equals its Test cell) or an independently trained twin.", flag_values=fv)
-    flags.DEFINE_integer("evaluator_seed_offset", 1, "Seed offset of the independently trained "
-                         "row classifiers.", lower_bound=1, flag_values=fv)
     flags.DEFINE_list("seeds", [], "Several training seeds on one store (e.g. 0,1,2): one table "
                       "per seed and their aggregate (mean and sd per cell, seeds held per "
                       "finding); overrides --seed.", flag_values=fv)
@@ -110,11 +108,10 @@ def define_mistakes_flags(fv=FLAGS):
                       "Different mistakes: Y1 uniform over all classes and Y2 uniform over the "
                       "others (distinct), or Y1, Y2 independent and uniform (Waseda 4.2: they "
                       "may coincide).", flag_values=fv)
-    flags.DEFINE_integer("relabel_seed_offset", 2, "Different mistakes: the relabelled models "
-                         "start from the initial weights of seed + this offset (choice: 2, so "
-                         "that neither shares F1's (seed) or F2's (seed + 1) initialisation; "
-                         "Waseda trains fresh models; 0 reproduces the shared start).",
-                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("relabel_init", "own", ["own", "f1"], "Different mistakes: each "
+                      "relabelled model starts from initial weights of its own (choice: "
+                      "Waseda trains fresh models), or from F1's (f1: the shared start, a "
+                      "confound measured in docs/results.md).", flag_values=fv)
     flags.DEFINE_float("leakage_eps", 0.5, "Different mistakes, leakage control (Goh 2019): "
                        "the linear probe reads the representation of the robust model at this "
                        "L2 eps (choice: 0.5, the robust CIFAR-10 model Goh probed; 0: no "

@@ -14,6 +14,9 @@ def define_model_flags(fv=FLAGS):
                         "victim name; 'default,kind:arch,...'.", flag_values=fv)
     flags.DEFINE_integer("width", 16, "ResNet v2 base width (16 in the paper).", lower_bound=1,
                          flag_values=fv)
+    flags.DEFINE_bool("zero_init_residual", False, "ResNet v2: start the last convolution of "
+                      "every residual branch at zero (each block starts as the identity).",
+                      flag_values=fv)
     flags.DEFINE_enum("pooling", "global", list(models.POOLINGS), "ResNet v2 pooling before "
                       "the logits: keras_example = AveragePooling2D(8)+Flatten (>= 32 px), "
                       "global = global average pooling.", flag_values=fv)

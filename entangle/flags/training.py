@@ -21,6 +21,12 @@ def define_train_flags(fv=FLAGS):
     flags.DEFINE_enum("lr_decay", "step", list(train_config.LR_DECAYS),
                       "Learning-rate schedule (see entangle.train.learning_rate_at).",
                       flag_values=fv)
+    flags.DEFINE_float("lr_warmup", 0.0, "Fraction of the training steps with a linear "
+                       "learning-rate warm-up from 0 (with --lr_decay=cosine or none).",
+                       lower_bound=0.0, upper_bound=0.99, flag_values=fv)
+    flags.DEFINE_string("ema", "0", "Momentum of an exponential moving average of the weights "
+                        "that replaces them after training, per kind (0: off; not for kinds "
+                        "that early-stop): '0.99,zero_robust:0'.", flag_values=fv)
     flags.DEFINE_string("augment", "standard,robust,victim",
                         "Kinds trained with crop+flip augmentation.", flag_values=fv)
     flags.DEFINE_string("early_stopping", "zero_robust,neg_robust",
@@ -45,6 +51,8 @@ def define_train_flags(fv=FLAGS):
     validator("batch_size", per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     validator("epochs", per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     validator("learning_rate", per_kind_ok(float), "must be a number > 0, optionally per kind ('1e-3,zero_robust:1e-4')", fv)
+    validator("ema", per_kind_ok(float, minimum=0), "must be a number in [0, 1), optionally "
+              "per kind ('0.99,zero_robust:0')", fv)
     for name in ("augment", "early_stopping"):
         validator(name, kinds_ok, f"must be all, none or a list of {', '.join(MODEL_KINDS)}",
                   fv)
