@@ -40,6 +40,22 @@ def test_untargeted_pgd_lowers_accuracy(trained_tiny):
     np.testing.assert_allclose(_norms(fgm - x), 2.0, rtol=0.2)
 
 
+@pytest.mark.parametrize("eps", [0.3, 0.6, 1.0])
+def test_pgd_with_restarts_is_never_weaker_than_pgd10(trained_tiny, eps):
+    """The stronger reporting attack (50 steps, 5 runs) on its own, against the reporting
+    PGD-10 on the same model and images: never a higher robust accuracy; its images stay in
+    the ball and the box, and it says which images it left right."""
+    model, x, y = trained_tiny
+    pgd10 = attacks.pgd_l2(model, x, y, eps=eps, steps=10, step_size=0.25 * eps)
+    adv, right = attacks.pgd_l2_restarts(model, x, y, eps=eps, steps=50, step_size=0.05 * eps,
+                                         restarts=5)
+    assert right.mean() <= _accuracy(model, pgd10, y)
+    assert np.array_equal(right, np.argmax(model.predict(adv, verbose=0), 1) == y)
+    assert _norms(adv - x).max() <= eps * (1 + 1e-4) and adv.min() >= 0 and adv.max() <= 1
+    with pytest.raises(ValueError, match="restarts"):
+        attacks.pgd_l2_restarts(model, x, y, eps=eps, steps=5, step_size=0.1, restarts=0)
+
+
 def test_targeted_pgd_reaches_targets(trained_tiny):
     model, x, y = trained_tiny
     t = (y + 1) % 3
