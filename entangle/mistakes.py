@@ -243,10 +243,10 @@ class Mistakes:
                 f"probe: {exp.model_name('robust', self.cfg.leakage_eps)}",
                 exp.model_key("robust", self.cfg.leakage_eps), (),
                 lambda: exp.model("robust", self.cfg.leakage_eps, runtime=self._nowait), rob))
-        rcfg = self.relabel_config()
         for by in ("Y1", "Y2"):
             items.append(model_item(f"model on (X', {by})", self.relabelled_key(by), (adv.key,),
-                                    lambda by=by: self.relabelled(by, self._nowait), rcfg))
+                                    lambda by=by: self.relabelled(by, self._nowait),
+                                    self.relabel_config(by)))
         return plan_lib.mark_present(exp.store, items)
 
 

@@ -187,7 +187,7 @@ def model_key(store: Store, cfg: TrainConfig, data_key: str, num_classes: int, n
     fields = cfg.key_fields()
     if architecture is not None:  # a user's model: its architecture replaces arch and friends
         for k in ("arch", "width", "weight_decay", "pooling", "bn_momentum", "pretrained",
-                  "input_size"):
+                  "input_size", "zero_init_residual"):
             fields.pop(k, None)
         fields["architecture"] = hashlib.sha256(architecture.encode()).hexdigest()[:16]
     return store.key(name, {"train": fields, "data": data_key, "num_classes": num_classes,

@@ -104,8 +104,10 @@ def test_mistakes_smoke_end_to_end(tmp_path):
         seeds = {m.model("F1").manifest["config"]["train"]["seed"],
                  m.model("F2").manifest["config"]["train"]["seed"]}
         assert trained.manifest["config"]["train"]["seed"] not in seeds
-    shared = mistakes.Mistakes(exp, dataclasses.replace(cfg, relabel_seed_offset=0))
-    assert shared.relabel_config().seed == m.model("F1").manifest["config"]["train"]["seed"]
+        assert trained.manifest["config"]["train"]["seed"] != \
+            m.relabelled("Y2" if by == "Y1" else "Y1").manifest["config"]["train"]["seed"]
+    shared = mistakes.Mistakes(exp, dataclasses.replace(cfg, relabel_init="f1"))
+    assert shared.relabel_config("Y1").seed == m.model("F1").manifest["config"]["train"]["seed"]
     assert shared.adversarial_key() == m.adversarial_key()
     assert shared.relabelled_key("Y1") != m.relabelled_key("Y1")
     blocked = tmp_path / "a-file"
