@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from conftest import smoke_flags
 
-from entangle import batching, entanglement, pipeline, train
+from entangle.core import train
+from entangle.data import batching
 from entangle.flags import configs
+from entangle.store import training
+from entangle.studies import entanglement, pipeline
 
 
 def _table(*args):
@@ -20,7 +23,7 @@ def _table(*args):
 def _trained_models(table):
     """(label, TrainConfig) of every classifier the table trains, from its plan."""
     return [(it.label, it.work[0][0].config) for it in table.plan(robustified=False)
-            if it.kind == train.MODEL_KIND]
+            if it.kind == training.MODEL_KIND]
 
 
 def _kernel_cosine(a, b) -> float:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from entangle import flags as entangle_flags
-from entangle import inference, mistakes, pipeline, probe
+from entangle.core import inference, probe
+from entangle.studies import mistakes, pipeline
 from conftest import ROOT, smoke_flags
 
 

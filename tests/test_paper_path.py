@@ -37,7 +37,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from keras.src.legacy.saving import legacy_h5_format
 from absl import flags
-from entangle import flags as ef, models, pipeline, transfer
+from entangle import flags as ef
+from entangle.core import models
+from entangle.studies import pipeline, transfer
 
 path = models._keras_cache_dir() + "/" + models._VICTIMS["mobilenet_v2"][3]
 keras.utils.set_random_seed(7)
@@ -68,7 +70,7 @@ def _table(fv, results, images=IMAGES, kinds=("standard", "zero_robust")):
     ``kinds``' models, the standard model, the images the early-stopped models fit on)."""
     import tensorflow_datasets as tfds
 
-    from entangle import entanglement, figures, pipeline
+    from entangle.studies import entanglement, figures, pipeline
     from entangle import flags as entangle_flags
 
     with tfds.testing.mock_data(num_examples=images):
@@ -124,7 +126,7 @@ def test_imagenet9_paper_path_reaches_the_table(tmp_path):
     assert all(np.isfinite(c["balanced_accuracy"]) for r in result.cells.values()
                for c in r.values())
     assert os.path.getsize(result.files["png"]) > 0 and os.path.getsize(figure["png"]) > 0
-    from entangle import models
+    from entangle.core import models
 
     assert model.input_shape[1:] == (64, 64, 3)
     assert models.representation_model(model).output_shape[-1] == 1024   # 2x2x256

@@ -138,7 +138,7 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     finite accuracy, and each title names the dataset, the scale, the seed and n."""
     from absl import flags
 
-    from entangle import figures
+    from entangle.studies import figures
     from entangle import flags as entangle_flags
 
     work, _ = smoke_table
@@ -164,7 +164,7 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
 
 
 def test_figure2_shows_distinct_classes():
-    from entangle import figures
+    from entangle.studies import figures
 
     y = np.array([0, 0, 1, 0, 2, 1, 2, 2])
     assert figures.distinct_class_images(y, 3).tolist() == [0, 2, 4]
@@ -303,7 +303,7 @@ def test_paper_scale_offline_fails_fast_with_directions(tmp_path):
 
 
 def test_wilson_interval_is_scipys():
-    from entangle import table_findings
+    from entangle.stats import findings as table_findings
 
     lo, hi = table_findings.wilson_interval(0.12, 500)
     assert lo < 0.1 < 0.12 < hi

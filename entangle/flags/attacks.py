@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import attacks, construct, pipeline
-from entangle.flags._checks import FLAGS, eps_validators
+from entangle.core import attacks, construct
+from entangle.flags._checks import eps_validators, FLAGS
+from entangle.studies import pipeline
 
 
 def define_attack_flags(fv=FLAGS):

@@ -3,10 +3,12 @@ ExperimentConfig, TableConfig, TransferConfig, StudyConfig and MistakesConfig.""
 
 from __future__ import annotations
 
-from entangle import (construct, entanglement, hardware, mistakes, models, paper, pipeline,
-                      planted_study, robustify, train, transfer)
-from entangle import planted as planted_lib
-from entangle.flags._checks import FLAGS, MODEL_KINDS, kinds_on, parse_columns, per_kind
+from entangle.core import construct, models, robustify, train
+from entangle.data import planted as planted_lib
+from entangle.flags._checks import FLAGS, kinds_on, MODEL_KINDS, parse_columns, per_kind
+from entangle.runtime import hardware
+from entangle.stats import paper
+from entangle.studies import entanglement, mistakes, pipeline, planted_study, transfer
 
 
 def train_config(f, kind: str) -> train.TrainConfig:
