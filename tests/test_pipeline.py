@@ -35,7 +35,7 @@ def test_constructed_datasets(smoke_config):
         key = exp.constructed_key(kind)
         manifest = exp.store.manifest("datasets", key)
         # targeted PGD moves the standard source model towards the targets
-        before = inference.accuracy(exp.model("standard").model, fit.x, built.y)
+        before = inference.accuracy(exp.model("standard", role="source").model, fit.x, built.y)
         assert manifest["metrics"]["targeted_success_on_source_train"] > before + 0.1
         if kind == "neg_robust":
             np.testing.assert_array_equal(built.y, (fit.y + 1) % fit.num_classes)

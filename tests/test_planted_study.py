@@ -15,6 +15,7 @@ from entangle.core import inference, train
 from entangle.data import planted
 from entangle.stats import findings as table_findings
 from entangle.store import training
+from entangle.report import planted as planted_report
 from entangle.studies import entanglement, planted_study
 from conftest import ROOT, smoke_flags
 
@@ -123,8 +124,8 @@ def _study_config(workdir, *extra):
 def test_study_smoke_end_to_end_writes_every_file(tmp_path):
     exp_cfg, cfg = _study_config(tmp_path / "work")
     out = tmp_path / "results"
-    result = planted_study.run_planted_study(exp_cfg, cfg, results_dir=str(out),
-                                             log=lambda m: None)
+    result = planted_study.run_planted_study(exp_cfg, cfg, log=lambda m: None)
+    result.files = planted_report.write_study(result, str(out))
     assert [(r.features, r.seed) for r in result.runs] == [("AB", 0)]
     assert set(result.files) == {"md", "csv", "json", "png", "leakage_png"}
     for path in result.files.values():

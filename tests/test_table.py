@@ -138,8 +138,9 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     finite accuracy, and each title names the dataset, the scale, the seed and n."""
     from absl import flags
 
-    from entangle.studies import figures
     from entangle import flags as entangle_flags
+    from entangle.report import figures as report_figures
+    from entangle.studies import figures
 
     work, _ = smoke_table
     fv = flags.FlagValues()
@@ -150,16 +151,16 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     context = "planted, smoke.cfg, seed 0"
     for run, name in ((figures.run_figure3, "figure3"),
                       (figures.run_figure4, "figure4")):
-        result = run(exp_cfg, cfg, results_dir=str(tmp_path / name), log=lambda m: None,
-                     context=context)
+        result = run(exp_cfg, cfg, log=lambda m: None, context=context)
+        result.files = report_figures.write_curve(result, str(tmp_path / name))
         assert result.built == []
         (series,) = result.series.values()
         assert sorted(series) == sorted(cfg.columns)
         assert all(0 <= r["accuracy"] <= 1 for r in series.values())
         assert result.title.endswith(f"({context}, n=128 test images)")
         assert os.path.exists(result.files["png"]) and os.path.exists(result.files["csv"])
-    files = figures.run_figure2(exp_cfg, cfg, results_dir=str(tmp_path / "figure2"),
-                                log=lambda m: None, context=context)
+    grid = figures.run_figure2(exp_cfg, cfg, log=lambda m: None, context=context)
+    files = report_figures.write_grid(grid, str(tmp_path / "figure2"))
     assert os.path.getsize(files["png"]) > 10_000
 
 

@@ -84,8 +84,9 @@ def findings_markdown(result) -> list[str]:
         strong = result.generators[0].get("strong_attack")
         lines += ["", "Generators of the R_eps columns (PGD: " + result.generators[0]["attack"]
                   + (f"; strong: {strong}" if strong else "") + "):", "",
-                  "| column | generator | epochs | test % | PGD % at its eps | strong PGD % | "
-                  "standard's PGD % there (strong) | median rel. distance | flag |",
+                  "| column | generator | epochs | test % | PGD % at its eps | strong PGD % "
+                  "(PGD on the same images) | standard's PGD % there (strong) | median rel. "
+                  "distance | flag |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for g in result.generators:
             rel = g.get("median_relative_distance")
@@ -94,7 +95,7 @@ def findings_markdown(result) -> list[str]:
                 std += f" ({pct(g['standard_strong_pgd_accuracy'])})"
             lines.append(f"| {g['column']} | {g['model']} | {g.get('epochs_run')} | "
                          f"{pct(g['test_accuracy'])} | {_pgd_text(g)} | "
-                         f"{_pgd_text(g, key='strong_pgd_accuracy')} | {std} | "
+                         f"{_strong_text(g)} | {std} | "
                          f"{'' if rel is None else f'{rel:.3f}'} | {g.get('flag') or ''} |")
     return lines
 
@@ -219,6 +220,17 @@ def _plot_columns(columns, lines, chance, path: str, title: str) -> None:
     ax.axhline(100 * chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(x, columns)
     finish_plot(plt, fig, ax, path, title, "accuracy (%)")
+
+
+def _strong_text(generator: dict) -> str:
+    """The stronger attack's accuracy beside the reporting PGD's on the same images."""
+    strong, same = generator.get("strong_pgd_accuracy"), generator.get(
+        "pgd_accuracy_strong_images")
+    if strong is None:
+        return ""
+    if isinstance(strong, dict):
+        return ", ".join(f"{k}: {pct(v)} ({pct(same[k])})" for k, v in strong.items())
+    return f"{pct(strong)} ({pct(same)})"
 
 
 def _pgd_text(generator: dict, sep: str = ": ", key: str = "pgd_accuracy") -> str:

@@ -204,7 +204,12 @@ class Table:
         strong = exp.strong_attack_label()
 
         def strong_of(trained, e):
-            return exp.evaluate_strong(trained, e)["strong_pgd_accuracy"] if strong else None
+            """(strong accuracy, the reporting PGD's on the same images), or Nones."""
+            if not strong:
+                return None, None
+            m = exp.evaluate_strong(trained, e)
+            same = exp.evaluate(trained, e, outcomes=True)["pgd_correct"][:m["images"]]
+            return m["strong_pgd_accuracy"], float(same.mean())
 
         positive = sorted(e for e in set(self.cfg.columns) if e > 0)
         std = exp.model("standard")
@@ -214,8 +219,10 @@ class Table:
                 "test_accuracy": clean["test_accuracy"],
                 "pgd_accuracy": {paper.eps_label(e): m["pgd_accuracy"]
                                  for e, m in std_pgd.items()},
-                "strong_pgd_accuracy": {paper.eps_label(e): strong_of(std, e)
+                "strong_pgd_accuracy": {paper.eps_label(e): strong_of(std, e)[0]
                                         for e in positive} if strong else None,
+                "pgd_accuracy_strong_images": {paper.eps_label(e): strong_of(std, e)[1]
+                                               for e in positive} if strong else None,
                 "attack": attack, "strong_attack": strong,
                 "median_relative_distance": rel.get("R_0"),
                 "epochs_run": std.manifest.get("metrics", {}).get("epochs_run"),
@@ -230,7 +237,9 @@ class Table:
             out.append({"column": label, "model": f"robust (eps {e:g})", "eps": e,
                         "key": gen.key, "test_accuracy": m["test_accuracy"],
                         "pgd_accuracy": m["pgd_accuracy"],
-                        "strong_pgd_accuracy": strong_of(gen, e), "strong_attack": strong,
+                        "strong_pgd_accuracy": strong_of(gen, e)[0],
+                        "pgd_accuracy_strong_images": strong_of(gen, e)[1],
+                        "strong_attack": strong,
                         "standard_pgd_accuracy": std_pgd[e]["pgd_accuracy"],
                         "standard_strong_pgd_accuracy": (out[0]["strong_pgd_accuracy"] or {})
                         .get(paper.eps_label(e)),

@@ -219,6 +219,10 @@ class Mistakes:
     def plan(self) -> list[PlanItem]:
         """F1, F2 (``graph.Graph``), the N-targeted set on them, the leakage probe's robust
         model and the relabelled models, each marked present or not."""
+        return self.graph().plan()
+
+    def graph(self) -> graph_lib.Graph:
+        """The study's artifacts and their dependencies (see ``plan``)."""
         exp = self.exp
         g = graph_lib.Graph(exp)
         f1 = g.model("standard")
@@ -241,7 +245,7 @@ class Mistakes:
                 f"model on (X', {by})", self.relabelled_key(by), (adv,),
                 lambda by=by: self.relabelled(by, self._nowait), cfg,
                 cfg.epochs * g.n_train, g.shape, g.classes, kind=training.MODEL_KIND))
-        return g.plan()
+        return g
 
 
 def success_table(pred1: np.ndarray, pred2: np.ndarray, targets: np.ndarray) -> dict:

@@ -237,6 +237,10 @@ class Transfer:
     def plan(self) -> list[PlanItem]:
         """The sources and victims (``graph.Graph``) and the adversarial sets built on the
         sources, each marked present or not."""
+        return self.graph().plan()
+
+    def graph(self) -> graph_lib.Graph:
+        """The study's artifacts and their dependencies (see ``plan``)."""
         exp = self.exp
         g = graph_lib.Graph(exp)
         size_factor = runner.default_rate(exp) / 600.0
@@ -257,7 +261,7 @@ class Transfer:
                     work=plan_lib.attack_work([exp.train_config(*exp.generator(s)) for s in srcs],
                                               images, exp.cfg.runtime.eval_batch_size, g.shape,
                                               g.classes)))
-        return g.plan()
+        return g
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self) -> tuple[list[dict], dict, dict]:
