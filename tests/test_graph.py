@@ -3,6 +3,7 @@ per run, which loads its data once and hashes each artifact once per process."""
 
 import collections
 import os
+import tempfile
 
 import pytest
 from conftest import smoke_flags
@@ -17,7 +18,7 @@ FEW = ("--rows=standard,robust", "--columns=0,1/2", "--epochs=1", "--robustify_s
 
 
 def _experiment(*args):
-    fv = smoke_flags("--workdir=/nonexistent-never-written", *args)
+    fv = smoke_flags(f"--workdir={tempfile.mkdtemp(prefix='entangle-test-')}", *args)
     return fv, pipeline.Experiment(configs.experiment_config(fv))
 
 

@@ -2,6 +2,7 @@
 pairings (the paper: "All classifiers are trained starting with random initial weights")."""
 
 import itertools
+import tempfile
 
 import numpy as np
 import pytest
@@ -15,14 +16,14 @@ from entangle.studies import entanglement, pipeline
 
 
 def _table(*args):
-    fv = smoke_flags("--workdir=/nonexistent-never-written", *args)
+    fv = smoke_flags(f"--workdir={tempfile.mkdtemp(prefix='entangle-test-')}", *args)
     return entanglement.Table(pipeline.Experiment(configs.experiment_config(fv)),
                               configs.table_config(fv))
 
 
 def _trained_models(table):
     """(label, TrainConfig) of every classifier the table trains, from its plan."""
-    return [(it.label, it.work[0][0].config) for it in table.plan(robustified=False)
+    return [(it.label, it.work[0][0].config) for it in table.items(robustified=False)
             if it.kind == training.MODEL_KIND]
 
 
@@ -70,6 +71,18 @@ def test_the_check_fails_when_models_share_one_seed(monkeypatch):
     assert n == 7 and len(shared_starts(table)) == n * (n - 1) // 2
 
 
+def test_the_constructed_sets_source_follows_its_flag():
+    own, gen = _table(), _table("--construct_source=generator")
+    source = {t: t.exp.constructed_key("zero_robust") for t in (own, gen)}
+    assert source[own] != source[gen]
+    labels = [label for label, _ in _trained_models(gen)]
+    assert "standard (source)" not in labels and len(labels) == 8   # R_0's generator serves
+    assert shared_starts(gen) == []
+    manifest_source = gen.exp.model_key("standard")
+    assert manifest_source in {d for it in gen.items() if it.label == "zero_robust set"
+                               for d in it.deps}
+
+
 def test_role_seeds_are_stable_and_differ_across_roles_kinds_eps_and_seeds():
     seeds = {(s, k, e, r): train.role_seed(s, k, e, r)
              for s in (0, 1, 2) for k in ("standard", "robust") for e in (0.0, 0.25, 0.5)
@@ -84,7 +97,7 @@ def test_role_seeds_are_stable_and_differ_across_roles_kinds_eps_and_seeds():
 
 
 def test_tables_of_different_seeds_share_no_model():
-    keys = [{it.key for it in _table(f"--seed={s}").plan(robustified=True)} for s in (0, 1)]
+    keys = [{it.key for it in _table(f"--seed={s}").items(robustified=True)} for s in (0, 1)]
     assert not keys[0] & keys[1]
 
 

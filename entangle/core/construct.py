@@ -32,6 +32,9 @@ from entangle.runtime import atomic, progress
 
 KINDS = ("zero_robust", "neg_robust")
 TARGET_MODES = ("all", "random")
+# The standard model the sets are built on: one trained for the purpose ("own"), or the
+# generator of R_0 ("generator", whose non-robust features R_0 then also carries).
+SOURCES = ("own", "generator")
 # Bump when a change here alters the constructed set built from the same configuration.
 VERSION = 2
 
@@ -45,10 +48,18 @@ class ConstructConfig:
     step_size: float = 0.1
     targets: str = "all"          # zero-robust only: "all" (CIFAR) or "random" (ImageNet-9)
     seed: int = 0
+    source: str = "own"           # SOURCES
 
     def __post_init__(self):
         if self.targets not in TARGET_MODES:
             raise ValueError(f"targets must be one of {TARGET_MODES}; got {self.targets!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}; got {self.source!r}")
+
+    @property
+    def source_role(self) -> str:
+        """The role (``train_config.role_seed``) of the standard model the sets are built on."""
+        return "source" if self.source == "own" else "generator"
 
     def key_fields(self, kind: str) -> dict:
         """What determines the ``kind`` set: targets (and their seed) matter for zero-robust

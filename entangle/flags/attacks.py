@@ -38,6 +38,11 @@ def define_attack_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("robustify_step_size", 0.05, "Robustification: step size.",
                        lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("construct_source", "own", list(construct.SOURCES),
+                      "The standard model the zero-/neg-robust sets are built on (choice: own, "
+                      "trained for the purpose, so that no table model shares its start; "
+                      "generator: R_0's generator, whose non-robust features R_0 carries).",
+                      flag_values=fv)
     flags.DEFINE_enum("robustify_schedule", "constant", list(attacks.STEP_SCHEDULES),
                       "Robustification step lengths: constant (Table 4), or falling linearly "
                       "to step_size / steps.", flag_values=fv)

@@ -99,7 +99,7 @@ class Builders:
                                        wait=(runtime or self.cfg.runtime).wait)
 
     def _construct(self, kind: str, key: str):
-        source = self.model("standard", role="source")
+        source = self.model("standard", role=self.cfg.construct.source_role)
         sp = self.splits()
         ccfg = self.cfg.construct
         parts = {"train": sp.fit_part()}

@@ -75,12 +75,13 @@ class Graph:
         key = exp.constructed_key(kind)
         if key in self.items:
             return key
-        source = self.model("standard", 0.0, "source")
+        role = exp.cfg.construct.source_role
+        source = self.model("standard", 0.0, role)
         images = self.n_train * self.constructed_copies(kind) * (exp.cfg.construct.steps + 1)
         return self.add(PlanItem(
             f"{kind} set", pipeline.DATASET_KIND, key, (source,),
             lambda: exp.constructed(kind, runtime=self.nowait), images,
-            work=plan_lib.attack_work((exp.train_config("standard", 0.0, "source"),), images,
+            work=plan_lib.attack_work((exp.train_config("standard", 0.0, role),), images,
                                       exp.cfg.runtime.eval_batch_size, self.shape,
                                       self.classes)))
 

@@ -92,7 +92,8 @@ class Keys:
     def constructed_key(self, kind: str) -> str:
         ccfg = self.cfg.construct
         return self.store.key(kind, {"construct": ccfg.key_fields(kind),
-                                     "source": self.model_key("standard", role="source"),
+                                     "source": self.model_key(
+                                         "standard", role=self.cfg.construct.source_role),
                                      "images": self.train_data_key(),
                                      "holdout": self.holdout_spec(),
                                      "validation": self.cfg.data.validation})
