@@ -20,8 +20,11 @@ import statistics  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from entangle import estimate, hardware, models, train  # noqa: E402
-from entangle.plan import Op  # noqa: E402
+from entangle.core import models
+from entangle.core import train  # noqa: E402
+from entangle.runtime import hardware
+from entangle.store import estimate
+from entangle.store.plan import Op  # noqa: E402
 
 KINDS = ("train", "adv_train", "attack", "robustify")
 

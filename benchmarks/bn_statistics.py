@@ -20,7 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-from entangle import attacks, data, inference, train  # noqa: E402
+from entangle import data  # noqa: E402
+from entangle.core import attacks, inference
+from entangle.core import train  # noqa: E402
+from entangle.store import training  # noqa: E402
 
 COPY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                     "cifar10-jpeg")
@@ -56,7 +59,7 @@ def main():
                                     attack_random_start=args.fast,
                                     bn_momentum=momentum, bn_statistics="moving")
             start = time.time()
-            tm = train.train_classifier(cfg, tr, runtime=train.RuntimeOptions(verbose=False),
+            tm = training.train_classifier(cfg, tr, runtime=train.RuntimeOptions(verbose=False),
                                         store=_tmp_store())
             seconds = time.time() - start
             m = tm.model

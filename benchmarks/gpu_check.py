@@ -30,13 +30,17 @@ SLICE = """
 import json, sys, time
 import tensorflow_datasets as tfds
 from absl import flags
-from entangle import distribution, entanglement, flags as ef, hardware, train
+from entangle import flags as ef
+from entangle.core import train
+from entangle.runtime import distribution, hardware
+from entangle.studies import entanglement
 fv = flags.FlagValues(); ef.define_all(fv); ef.parse(sys.argv[2:], fv)
 distribution.configure_threads(fv.inter_op_threads)
 t0 = time.time()
 with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
     if fv.estimate:
-        from entangle import estimate, projections
+        from entangle.store import estimate
+        from entangle.studies import projections
         est = projections.project(ef.experiment_config(fv), "table", ef.table_config(fv),
                                   log=lambda m: None)
         print(json.dumps({"markdown": estimate.markdown(est, "", hardware.describe())}))
@@ -61,7 +65,7 @@ def _run(images: int, args: list[str], timeout: float) -> dict:
 def _devices() -> str:
     import tensorflow as tf
 
-    from entangle import hardware
+    from entangle.runtime import hardware
 
     gpus = tf.config.list_physical_devices("GPU")
     names = [tf.config.experimental.get_device_details(g).get("device_name", g.name)

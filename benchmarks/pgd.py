@@ -19,7 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import attacks, batching, data, models, planted
+from entangle import data
+from entangle.core import attacks, models
+from entangle.data import batching, planted
 
 
 def train_briefly(model, ds, steps, batch):
@@ -83,11 +85,11 @@ def main():
     rows.append(("floor: compiled input-gradient loop", work / t, None))
     t, adv = timed(lambda: attacks.pgd_l2(model, x, y, eps=args.eps, steps=args.steps,
                                           step_size=step_size, batch_size=args.batch), args.repeats)
-    rows.append(("entangle.attacks.pgd_l2", work / t, accuracy(adv)))
+    rows.append(("entangle.core.attacks.pgd_l2", work / t, accuracy(adv)))
     t, adv = timed(lambda: attacks.pgd_l2(model, x, y, eps=args.eps, steps=args.steps,
                                           step_size=step_size, batch_size=args.batch,
                                           jit_compile=True), args.repeats)
-    rows.append(("entangle.attacks.pgd_l2 (jit_compile)", work / t, accuracy(adv)))
+    rows.append(("entangle.core.attacks.pgd_l2 (jit_compile)", work / t, accuracy(adv)))
 
     try:
         from art.attacks.evasion import ProjectedGradientDescentTensorFlowV2
@@ -126,7 +128,7 @@ def main():
               f"{'' if acc is None else f'{acc:.3f}'} |")
     speeds = {name: s for name, s, _ in rows if s}
     floor = speeds["floor: compiled input-gradient loop"]
-    ours = speeds["entangle.attacks.pgd_l2"]
+    ours = speeds["entangle.core.attacks.pgd_l2"]
     peers = [s for name, s in speeds.items() if name.startswith(("ART", "foolbox"))]
     print(f"\npgd_l2 / floor = {ours / floor:.2f}")
     if peers:

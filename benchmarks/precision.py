@@ -23,8 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from entangle import estimate, hardware, train  # noqa: E402
-from entangle.plan import Op  # noqa: E402
+from entangle.core import train  # noqa: E402
+from entangle.runtime import hardware
+from entangle.store import estimate
+from entangle.store.plan import Op  # noqa: E402
 
 CONFIGS = (("float32", False, 128), ("mixed_bfloat16", False, 128), ("float32", True, 128),
            ("float32", False, 256))

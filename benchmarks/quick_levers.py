@@ -37,7 +37,7 @@ QUICK = dict(arch="resnet11v2", width=16, batch_size=64, epochs=5, learning_rate
 
 
 def parse_set(text: str) -> dict:
-    from entangle import train
+    from entangle.core import train
 
     fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
     out = {}
@@ -51,8 +51,10 @@ def parse_set(text: str) -> dict:
 
 
 def run(args):
-    from entangle import attacks, data, inference, train
+    from entangle.core import attacks, inference, train
+    from entangle import data
     from entangle.store import Store
+    from entangle.store import training
 
     cfg = train.TrainConfig(**{**QUICK, **parse_set(args.set)})
     tr = data.load_dataset(f"folder:{args.data}", "train", limit=args.train_images,
@@ -62,7 +64,7 @@ def run(args):
     runtime = train.RuntimeOptions(verbose=args.verbose)
     with tempfile.TemporaryDirectory() as work:
         start = time.time()
-        trained = train.train_classifier(cfg, tr, None, Store(work), runtime=runtime)
+        trained = training.train_classifier(cfg, tr, None, Store(work), runtime=runtime)
         seconds = time.time() - start
     x, y = te.float_images(), te.y
     row = {"set": args.set, "train_images": len(tr), "cfg": dataclasses.asdict(cfg),

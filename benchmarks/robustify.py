@@ -2,7 +2,7 @@
 
 The floor: ``steps`` forward+backward passes of the representation model in one compiled
 loop, each pass fed the previous output (x + 1e-6 * grad) so TF cannot hoist work out of it.
-``entangle.robustify.robustify`` runs the same number of passes plus its bookkeeping (target
+``entangle.core.robustify.robustify`` runs the same number of passes plus its bookkeeping (target
 and start representations, the per-example output-gradient scaling, clip, step).
 
     python benchmarks/robustify.py [--arch=resnet20v2] [--batch=128] [--steps=20]
@@ -19,7 +19,7 @@ import argparse  # noqa: E402
 import numpy as np
 import tensorflow as tf
 
-from entangle import models, robustify
+from entangle.core import models, robustify
 
 
 def floor_fn(rep, steps):
@@ -58,7 +58,7 @@ def main():
           f"oneDNN={os.environ['TF_ENABLE_ONEDNN_OPTS']}\n")
     print("| method | images*steps/s |\n|---|---|")
     print(f"| floor: compiled representation-gradient loop | {work / t_floor:.0f} |")
-    print(f"| entangle.robustify.robustify | {work / t_ours:.0f} |")
+    print(f"| entangle.core.robustify.robustify | {work / t_ours:.0f} |")
     print(f"\nrobustify / floor = {t_floor / t_ours:.2f} (median relative distance after "
           f"{args.steps} steps: {np.median(r.relative_distance):.3f})")
 

@@ -51,7 +51,8 @@ def main():
 
     import keras
 
-    from entangle import data, inference, robustify
+    from entangle import data
+    from entangle.core import inference, robustify
 
     test = data.load_dataset(f"folder:{args.data}", "test", limit=args.test_images, seed=0,
                              verbose=False)

@@ -1,10 +1,10 @@
 """Side-by-side cost of training steps: adversarial step vs its floor, and an epoch vs fit.
 
 One process, one ResNet20v2 at 32x32, one batch size:
-  (1) one adversarial training step with k PGD steps (entangle.train's compiled step) against
+  (1) one adversarial training step with k PGD steps (entangle.core.train's compiled step) against
       its floor: k forward+backward input-gradient passes plus one standard training step,
       each timed separately on the same model and batch;
-  (2) one standard epoch of entangle.train's epoch loop (run_epoch: the loop train_classifier
+  (2) one standard epoch of entangle.core.train's epoch loop (run_epoch: the loop train_classifier
       runs, progress bookkeeping included) against keras.Model.fit, on the same architecture,
       pipeline epochs and optimizer; epochs alternate, the first of each (tracing) is dropped.
 
@@ -28,7 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle import batching, data, planted, steps, train
+from entangle import data
+from entangle.core import steps, train
+from entangle.data import batching, planted
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgd import floor_fn, timed  # noqa: E402
@@ -90,7 +92,7 @@ def main():
     for name, t in rows.items():
         print(f"| {name} | {t:.3f} |")
     print(f"| floor = k passes + train step | {floor:.3f} |")
-    print(f"| standard epoch, entangle.train | {ours_epoch:.2f} |")
+    print(f"| standard epoch, entangle.core.train | {ours_epoch:.2f} |")
     print(f"| standard epoch, keras fit | {fit_epoch:.2f} |")
     print(f"\nadversarial step / floor = {rows['adversarial step (k PGD + train)'] / floor:.2f}"
           f" (target <= 1.1)")

@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from entangle import attacks
+from entangle.core import attacks
 
 PGD = dict(eps=1.0, steps=10, step_size=0.25)
 
@@ -228,7 +228,7 @@ def test_compiles_under_xla(trained_tiny):
 
 def _confident_linear(policy):
     """A linear model with margin ~25 on every input (softmax tail ~1e-11), under ``policy``."""
-    from entangle import train
+    from entangle.core import train
 
     with train.dtype_policy(policy):
         inputs = keras.Input((4, 4, 1))
@@ -258,7 +258,8 @@ def _confident_input_gradient_loops(policy):
     """One step of each input-gradient loop on the confident linear model under ``policy``:
     the training attack, zero-/neg-robust construction and robustification. Returns
     name -> (x_start, x_after_one_step, x_after_five_steps)."""
-    from entangle import construct, data, robustify, steps, train
+    from entangle.core import construct, robustify, steps, train
+    from entangle import data
 
     model = _confident_linear(policy)
     x = np.full((8, 4, 4, 1), 0.3, np.float32)
@@ -314,7 +315,7 @@ def test_softmax_models_are_attacked_through_their_logits(trained_tiny):
 
 
 def test_generic_runner_inverts_representations_from_an_explicit_start(trained_tiny):
-    from entangle import models
+    from entangle.core import models
 
     model, x, _ = trained_tiny
     rep = models.representation_model(model)
@@ -335,7 +336,7 @@ def test_attacked_and_evaluated_models_are_freed():
     import gc
     import weakref
 
-    from entangle import inference, models
+    from entangle.core import inference, models
 
     model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
     x = np.full((4, 16, 16, 3), 0.5, np.float32)

@@ -6,7 +6,9 @@ import tracemalloc
 import keras
 import numpy as np
 
-from entangle import atomic, construct, data
+from entangle import data
+from entangle.core import construct
+from entangle.runtime import atomic
 
 
 def _linear(size, classes):

@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from entangle import batching, data, planted
+from entangle import data
+from entangle.data import batching, planted
 
 CIFAR_COPY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg")
 

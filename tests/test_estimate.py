@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from entangle import estimate, plan, store as store_lib, train
+from entangle import store as store_lib
+from entangle.core import train
+from entangle.store import estimate, plan
 
 CFG = train.TrainConfig(arch="resnet11v2", width=4, batch_size=8, epochs=1, pooling="global")
 
@@ -54,7 +56,8 @@ def test_estimate_images_projects_a_dataset_not_on_this_machine(tmp_path):
     (here faked at 1 ms per image), each artifact at its size x its steps."""
     from conftest import smoke_flags
 
-    from entangle import flags as entangle_flags, projections
+    from entangle import flags as entangle_flags
+    from entangle.studies import projections
 
     fv = smoke_flags("--dataset=imagenet9", "--estimate", "--estimate_images=1000,200",
                      f"--workdir={tmp_path}")
@@ -142,7 +145,7 @@ def test_transfer_and_mistakes_binaries_estimate_without_building(binary, artifa
 def test_auto_precision_follows_the_cpu_and_is_logged(tmp_path, monkeypatch):
     from conftest import run_binary
 
-    from entangle import hardware
+    from entangle.runtime import hardware
 
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert hardware.choose_precision("auto", {"amx_bf16"}, 0)[0] == "float32"   # oneDNN off

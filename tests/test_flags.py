@@ -99,7 +99,7 @@ def test_per_kind_values():
 
 def test_per_victim_overrides_and_victim_weights(monkeypatch):
     monkeypatch.chdir(ROOT)
-    from entangle import pipeline
+    from entangle.studies import pipeline
 
     fv = _parse("--epochs=3,victim:4,xception:2", "--victims=vgg16,xception",
                 "--victim_weights=imagenet")

@@ -8,7 +8,7 @@ import pytest
 from absl import flags
 
 from entangle import flags as entangle_flags
-from entangle import pipeline, transfer
+from entangle.studies import pipeline, transfer
 
 MODELS = ("standard", "robust", "zero_set", "neg_set", "zero_robust", "neg_robust", "victim",
           "vgg16")

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from entangle import flags as entangle_flags
-from entangle import inference, mistakes, pipeline, probe
+from entangle import report
+from entangle.report import mistakes as report_mistakes
+from entangle.core import inference, probe
+from entangle.studies import mistakes, pipeline
 from conftest import ROOT, smoke_flags
 
 
@@ -53,7 +56,8 @@ def _config(workdir, *extra):
 def test_mistakes_smoke_end_to_end(tmp_path):
     exp_cfg, cfg = _config(tmp_path / "work")
     out = tmp_path / "results"
-    result = mistakes.run_mistakes(exp_cfg, cfg, results_dir=str(out), log=lambda m: None)
+    result = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None)
+    result.files, _ = report.write_results(report_mistakes.write_mistakes, result, str(out))
     # F1, F2, the N-targeted set, two relabelled models, the leakage probe's robust model
     assert len(result.built) == 6
     assert set(result.files) == {"md", "csv", "json", "png"}
@@ -112,11 +116,12 @@ def test_mistakes_smoke_end_to_end(tmp_path):
     assert shared.relabelled_key("Y1") != m.relabelled_key("Y1")
     blocked = tmp_path / "a-file"
     blocked.write_text("in the way")
-    again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None,
-                                  results_dir=str(blocked / "results"))
+    again = mistakes.run_mistakes(exp_cfg, cfg, log=lambda m: None)
     assert again.built == [] and again.relabelled == result.relabelled
-    # a results folder that cannot be written: the result is still returned, with the reason
-    assert again.files == {} and "cannot write the results" in again.write_error
+    # a results folder that cannot be written: the result stays, with the reason
+    files, error = report.write_results(report_mistakes.write_mistakes, again,
+                                        str(blocked / "results"))
+    assert files == {} and "cannot write the results" in error
 
 
 def test_linear_probe_learns_signal_and_not_noise():

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from entangle import models
+from entangle.core import models
 
 
 def _convs(model):

@@ -54,14 +54,95 @@ def _imports(path):
             yield from (a.name for a in node.names)
 
 
-def test_imports_go_one_way_experiments_flags_library():
-    """experiments -> flags -> the library: no module imports a layer above its own."""
-    layer = lambda mod: (2 if mod.startswith("entangle.experiments") else
-                         1 if mod.startswith("entangle.flags") else 0)
-    for path in glob.glob(os.path.join(ROOT, "entangle", "**", "*.py"), recursive=True):
-        rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-        if rel in ("entangle.cli", "entangle.__main__"):
-            continue   # the command dispatches to the binaries
+# The layers, top to bottom: a module may import its own layer and those below it; stats
+# imports nothing else of the package.
+LAYERS = ("experiments", "flags|report", "studies", "store", "core", "data", "runtime")
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of an entangle module ('entangle.core.attacks' -> 'core'), or None for the
+    package root (__init__, the cli) and for modules outside entangle."""
+    parts = module.split(".")
+    if parts[0] != "entangle" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in ("experiments", "flags", "report", "studies", "store", "core",
+                                    "data", "runtime", "stats") else None
+
+
+def _rank(layer: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if layer in names.split("|"))
+
+
+def layer_violations(root: str) -> list[str]:
+    """Every import of a module above its own layer, every import by stats of another layer,
+    and every import cycle between modules."""
+    bad, graph = [], {}
+    for path in glob.glob(os.path.join(root, "entangle", "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, root)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        mine = layer_of(rel)
+        graph[rel] = set()
         for target in _imports(path):
-            if target.startswith("entangle"):
-                assert layer(target) <= layer(rel), f"{rel} imports {target}"
+            theirs = layer_of(target)
+            if theirs is None or mine is None:
+                continue
+            mod = _module_of(target, root)
+            if mod and mod != rel:
+                graph[rel].add(mod)
+            if mine == "stats" and theirs != "stats":
+                bad.append(f"{rel} (stats) imports {target}")
+            elif theirs == "stats" or mine == theirs:
+                continue
+            elif _rank(theirs) < _rank(mine) or (mine in ("flags", "report") and
+                                                 theirs in ("flags", "report")):
+                bad.append(f"{rel} ({mine}) imports {target} ({theirs})")
+    bad += [f"import cycle: {' -> '.join(c)}" for c in _cycles(graph)]
+    return bad
+
+
+def _module_of(target: str, root: str) -> str | None:
+    """The entangle module an import names ('entangle.core.train.TrainConfig' ->
+    'entangle.core.train')."""
+    parts = target.split(".")
+    for n in range(len(parts), 1, -1):
+        base = os.path.join(root, *parts[:n])
+        if os.path.exists(base + ".py") or os.path.exists(os.path.join(base, "__init__.py")):
+            return ".".join(parts[:n])
+    return None
+
+
+def _cycles(graph: dict) -> list[list[str]]:
+    """Import cycles (each once, as the path that closes it), by depth-first search."""
+    found, state = [], {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append(path[path.index(nxt):] + [nxt])
+            elif nxt in graph and not state.get(nxt):
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if not state.get(node):
+            visit(node, [node])
+    return found
+
+
+def test_imports_run_one_way_down_the_layers_without_cycles():
+    """experiments -> {flags, report} -> studies -> store -> core -> data -> runtime; stats
+    depends on nothing else in the package; no module imports a layer above its own and no
+    two modules import each other, directly or around a loop."""
+    assert layer_violations(ROOT) == []
+
+
+def test_the_layer_check_catches_an_upward_import_and_a_cycle(tmp_path):
+    shutil.copytree(os.path.join(ROOT, "entangle"), tmp_path / "entangle",
+                    ignore=shutil.ignore_patterns("__pycache__", "resources"))
+    with open(tmp_path / "entangle" / "core" / "models.py", "a") as f:
+        f.write("\nfrom entangle.studies import pipeline  # noqa\n")
+    with open(tmp_path / "entangle" / "stats" / "paper.py", "a") as f:
+        f.write("\nfrom entangle.stats import findings  # noqa\n")
+    bad = layer_violations(str(tmp_path))
+    assert any("entangle.core.models (core) imports entangle.studies" in b for b in bad)
+    assert any(b.startswith("import cycle") and "entangle.stats.paper" in b for b in bad)

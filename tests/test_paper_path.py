@@ -37,7 +37,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from keras.src.legacy.saving import legacy_h5_format
 from absl import flags
-from entangle import flags as ef, models, pipeline, transfer
+from entangle import flags as ef
+from entangle.core import models
+from entangle.report import transfer as report_transfer
+from entangle.studies import pipeline, transfer
 
 path = models._keras_cache_dir() + "/" + models._VICTIMS["mobilenet_v2"][3]
 keras.utils.set_random_seed(7)
@@ -50,7 +53,8 @@ ef.define_all(fv)
 ef.parse(sys.argv[1:], fv)
 with tfds.testing.mock_data(num_examples=%d):
     result = transfer.run_transfer(ef.experiment_config(fv), ef.transfer_config(fv),
-                                   results_dir=fv.results_dir, log=lambda m: None)
+                                   log=lambda m: None)
+    report_transfer.write_transfer(result, fv.results_dir)
     exp = pipeline.Experiment(ef.experiment_config(fv))
     victim = exp.victim("mobilenet_v2").model
 conv = next(l for l in victim.layers if isinstance(l, keras.Model)).get_layer("Conv1")
@@ -68,16 +72,18 @@ def _table(fv, results, images=IMAGES, kinds=("standard", "zero_robust")):
     ``kinds``' models, the standard model, the images the early-stopped models fit on)."""
     import tensorflow_datasets as tfds
 
-    from entangle import entanglement, figures, pipeline
     from entangle import flags as entangle_flags
+    from entangle import report
+    from entangle.report import figures as report_figures
+    from entangle.studies import entanglement, figures, pipeline
 
     with tfds.testing.mock_data(num_examples=images):
         exp_cfg = entangle_flags.experiment_config(fv)
         cfg = entangle_flags.table_config(fv)
-        result = entanglement.run_table(exp_cfg, cfg, results_dir=str(results),
-                                        log=lambda m: None)
-        figure = figures.run_figure2(exp_cfg, cfg, results_dir=str(results / "fig2"),
-                                     log=lambda m: None)
+        result = entanglement.run_table(exp_cfg, cfg, log=lambda m: None)
+        result.files = report.write_table(result, str(results), "paper path")
+        grid = figures.run_figure2(exp_cfg, cfg, log=lambda m: None)
+        figure = report_figures.write_grid(grid, str(results / "fig2"))
         exp = pipeline.Experiment(exp_cfg)
         manifests = {k: exp.store.manifest("models", exp.model_key(k)) for k in kinds}
         standard = exp.model("standard").model
@@ -124,7 +130,7 @@ def test_imagenet9_paper_path_reaches_the_table(tmp_path):
     assert all(np.isfinite(c["balanced_accuracy"]) for r in result.cells.values()
                for c in r.values())
     assert os.path.getsize(result.files["png"]) > 0 and os.path.getsize(figure["png"]) > 0
-    from entangle import models
+    from entangle.core import models
 
     assert model.input_shape[1:] == (64, 64, 3)
     assert models.representation_model(model).output_shape[-1] == 1024   # 2x2x256

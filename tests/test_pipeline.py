@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from entangle import flags as entangle_flags
-from entangle import construct, inference, pipeline
+from entangle.core import construct, inference
+from entangle.studies import pipeline
 from conftest import ROOT, run_binary, smoke_flags
 
 
@@ -205,7 +206,8 @@ def test_r_eps_build_stopped_between_chunks_resumes_to_the_same_images(smoke_con
     the rest, and the stored R_0 equals an uninterrupted build of it exactly."""
     import shutil
 
-    from entangle import preempt, robustify
+    from entangle.runtime import preempt
+    from entangle.core import robustify
 
     monkeypatch.setattr(pipeline, "CHUNK_IMAGES", 32)        # 128 test images: 4 chunks
     exp = pipeline.Experiment(smoke_config)

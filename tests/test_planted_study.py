@@ -10,8 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-from entangle import flags as entangle_flags
-from entangle import data, entanglement, inference, planted, planted_study, table_findings, train
+from entangle import data, flags as entangle_flags
+from entangle.core import inference, train
+from entangle.data import planted
+from entangle.stats import findings as table_findings
+from entangle.store import training
+from entangle.report import planted as planted_report
+from entangle.studies import entanglement, planted_study
 from conftest import ROOT, smoke_flags
 
 CFG = planted.PlantedConfig(image_size=16, num_classes=4, train_size=640, test_size=256,
@@ -98,7 +103,7 @@ def test_robust_model_uses_a_not_the_non_robust_patterns(tmp_path):
                              epochs=6, learning_rate=3e-3, lr_decay="cosine", augment=False)
     from entangle.store import Store
 
-    m = train.train_classifier(tcfg, data.make_planted("train", cfg), store=Store(str(tmp_path)),
+    m = training.train_classifier(tcfg, data.make_planted("train", cfg), store=Store(str(tmp_path)),
                                runtime=train.RuntimeOptions(verbose=False)).model
     acc = {f: inference.accuracy(m, *_xy(data.make_planted_probe(cfg, f))) for f in "ABC"}
     assert acc["A"] > 0.8
@@ -119,8 +124,8 @@ def _study_config(workdir, *extra):
 def test_study_smoke_end_to_end_writes_every_file(tmp_path):
     exp_cfg, cfg = _study_config(tmp_path / "work")
     out = tmp_path / "results"
-    result = planted_study.run_planted_study(exp_cfg, cfg, results_dir=str(out),
-                                             log=lambda m: None)
+    result = planted_study.run_planted_study(exp_cfg, cfg, log=lambda m: None)
+    result.files = planted_report.write_study(result, str(out))
     assert [(r.features, r.seed) for r in result.runs] == [("AB", 0)]
     assert set(result.files) == {"md", "csv", "json", "png", "leakage_png"}
     for path in result.files.values():

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from entangle import planted, robustify
+from entangle.core import robustify
+from entangle.data import planted
 
 
 def test_seed_indices_are_a_seeded_derangement():
@@ -34,7 +35,9 @@ def test_planted_ground_truth_robust_generators_carry_the_robust_pattern(tmp_pat
     non-robust directions); through an eps-2 robust model R moves away from the seed's A and
     towards the target's. (At this size the move is partial: R keeps most of the seed's A;
     the planted study measures how much of the target's A each R_eps carries.)"""
-    from entangle import data, train
+    from entangle import data
+    from entangle.core import train
+    from entangle.store import training
     from entangle.store import Store
 
     cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=128,
@@ -48,7 +51,7 @@ def test_planted_ground_truth_robust_generators_carry_the_robust_pattern(tmp_pat
         tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=8,
                                learning_rate=3e-3, lr_decay="none", augment=False, eps=eps,
                                attack_steps=5, attack_step_size=0.75)
-        model = train.train_classifier(tc, tr, None, Store(str(tmp_path)),
+        model = training.train_classifier(tc, tr, None, Store(str(tmp_path)),
                                        runtime=train.RuntimeOptions(verbose=False)).model
         r = robustify.robustify_split(model, te.x, robustify.RobustifyConfig(
             steps=60, step_size=0.25), verbose=False)

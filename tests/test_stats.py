@@ -4,7 +4,9 @@ themselves on hand-made tables, each held and not held."""
 import numpy as np
 import pytest
 
-from entangle import data, entanglement, stats, table_findings
+from entangle import data, stats
+from entangle.stats import findings as table_findings
+from entangle.studies import entanglement
 
 N = 500
 

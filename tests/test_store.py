@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from entangle import atomic
 from entangle import store as store_lib
+from entangle.runtime import atomic
 from conftest import ROOT
 
 
@@ -143,12 +143,14 @@ def test_get_or_build_waits_for_the_holder_or_reports_busy(tmp_path):
 
 TWO_PROCESSES = """
 import sys, json
-from entangle import data, planted, train
-from entangle.store import Store
+from entangle import data
+from entangle.core import train
+from entangle.data import planted
+from entangle.store import Store, training
 cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
 tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=2,
                        learning_rate=3e-3, lr_decay="none", augment=False)
-t = train.train_classifier(tc, data.make_planted("train", cfg), None, Store(sys.argv[1]),
+t = training.train_classifier(tc, data.make_planted("train", cfg), None, Store(sys.argv[1]),
                            runtime=train.RuntimeOptions(verbose=False, lock_poll=0.2))
 w = t.model.get_weights()
 print("RESULT" + json.dumps({"cached": t.cached, "key": t.key,
@@ -370,15 +372,28 @@ def test_a_full_disk_leaves_no_partial_artifact_and_is_described(tmp_path, monke
     assert os.listdir(tmp_path) == ["datasets"]  # atomic_file removed its temporary
 
 
-def test_plan_rates_are_remembered_per_signature(tmp_path):
-    from entangle import plan
+def test_a_built_artifact_teaches_the_next_plan_its_rate(tmp_path):
+    """One rate system: an artifact built of one kind of work records that op's measured
+    rate in the store; the next plan projects its items from it."""
+    from entangle.core.train_config import TrainConfig
+    from entangle.store import estimate, plan
+    from entangle.studies import runner
 
     s = store_lib.Store(str(tmp_path))
-    assert plan.remembered_rate(s, "host|table|resnet11v2") is None
-    plan.remember_rate(s, "host|table|resnet11v2", plan.Rate(120.0, 2.0, "this run"))
-    got = plan.remembered_rate(s, "host|table|resnet11v2")
-    assert (got.passes_per_second, got.overhead) == (120.0, 2.0)
-    assert got.source.startswith("measured by an earlier run here")
-    assert plan.remembered_rate(s, "host|table|resnet56v2") is None
-    item = plan.PlanItem("standard", "models", "k", (), lambda: None, passes=1200.0)
-    assert "build, ~12s" in plan.describe(s, [item], got)   # 1200 / 120 + 2
+    cfg = TrainConfig(arch="resnet11v2", width=4, batch_size=32)
+    work = plan.training_work(cfg, 1000, (16, 16, 3), 4)
+    item = plan.PlanItem("standard", "models", "k", (), lambda: None, 2000.0, work=work)
+    op = work[0][0]
+    assert estimate.known_rates(s, [op]) == {}
+
+    class Exp:
+        store = s
+    runner._remember(Exp, item, took=5.0)
+    got = estimate.known_rates(s, [op])[op.signature()]
+    assert got.seconds_per_image == pytest.approx(5.0 / 1000) and "a run" in got.source
+    assert estimate.item_seconds(item, {op.signature(): got}) == pytest.approx(5.0)
+    several = plan.PlanItem("sets", "datasets", "j", (), lambda: None, 10.0,
+                            work=plan.attack_work([cfg, TrainConfig(arch="resnet20v2")], 100,
+                                                  50, (16, 16, 3), 4))
+    runner._remember(Exp, several, took=1.0)      # two kinds of work: not attributable
+    assert len(estimate.remembered(s)) == 1

@@ -138,8 +138,9 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     finite accuracy, and each title names the dataset, the scale, the seed and n."""
     from absl import flags
 
-    from entangle import figures
     from entangle import flags as entangle_flags
+    from entangle.report import figures as report_figures
+    from entangle.studies import figures
 
     work, _ = smoke_table
     fv = flags.FlagValues()
@@ -150,21 +151,21 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     context = "planted, smoke.cfg, seed 0"
     for run, name in ((figures.run_figure3, "figure3"),
                       (figures.run_figure4, "figure4")):
-        result = run(exp_cfg, cfg, results_dir=str(tmp_path / name), log=lambda m: None,
-                     context=context)
+        result = run(exp_cfg, cfg, log=lambda m: None, context=context)
+        result.files = report_figures.write_curve(result, str(tmp_path / name))
         assert result.built == []
         (series,) = result.series.values()
         assert sorted(series) == sorted(cfg.columns)
         assert all(0 <= r["accuracy"] <= 1 for r in series.values())
         assert result.title.endswith(f"({context}, n=128 test images)")
         assert os.path.exists(result.files["png"]) and os.path.exists(result.files["csv"])
-    files = figures.run_figure2(exp_cfg, cfg, results_dir=str(tmp_path / "figure2"),
-                                log=lambda m: None, context=context)
+    grid = figures.run_figure2(exp_cfg, cfg, log=lambda m: None, context=context)
+    files = report_figures.write_grid(grid, str(tmp_path / "figure2"))
     assert os.path.getsize(files["png"]) > 10_000
 
 
 def test_figure2_shows_distinct_classes():
-    from entangle import figures
+    from entangle.studies import figures
 
     y = np.array([0, 0, 1, 0, 2, 1, 2, 2])
     assert figures.distinct_class_images(y, 3).tolist() == [0, 2, 4]
@@ -303,7 +304,7 @@ def test_paper_scale_offline_fails_fast_with_directions(tmp_path):
 
 
 def test_wilson_interval_is_scipys():
-    from entangle import table_findings
+    from entangle.stats import findings as table_findings
 
     lo, hi = table_findings.wilson_interval(0.12, 500)
     assert lo < 0.1 < 0.12 < hi

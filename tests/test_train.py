@@ -9,9 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from entangle import attacks, data, distribution, inference, preempt, train
-from entangle import planted as planted_lib
-from entangle.store import Store
+from entangle import data
+from entangle.core import attacks, inference, train
+from entangle.data import planted as planted_lib
+from entangle.runtime import distribution, preempt
+from entangle.store import Store, training
 from conftest import ROOT
 
 PLANTED = planted_lib.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
@@ -59,7 +61,7 @@ def test_bad_config(field, value, match):
 def test_standard_training_learns_and_is_cached(planted, tmp_path):
     tr, te = planted
     store = Store(str(tmp_path))
-    trained = train.train_classifier(TINY, tr, te, store, runtime=QUIET)
+    trained = training.train_classifier(TINY, tr, te, store, runtime=QUIET)
     assert not trained.cached
     acc = inference.accuracy(trained.model, te.x, te.y)
     assert acc > 0.7  # chance is 0.25
@@ -67,7 +69,7 @@ def test_standard_training_learns_and_is_cached(planted, tmp_path):
     assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
     assert os.listdir(os.path.join(str(tmp_path), "tensorboard"))
     start = time.time()
-    again = train.train_classifier(TINY, tr, te, store, runtime=QUIET)
+    again = training.train_classifier(TINY, tr, te, store, runtime=QUIET)
     assert again.cached and again.key == trained.key and time.time() - start < 10
     assert inference.accuracy(again.model, te.x, te.y) == acc
 
@@ -76,9 +78,9 @@ def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp
     tr, te = planted
     store = Store(str(tmp_path))
     eps = 1.0  # twice the norm of B and C: they can be erased or forged; A (4.0) cannot
-    std = train.train_classifier(TINY, tr, None, store, runtime=QUIET).model
+    std = training.train_classifier(TINY, tr, None, store, runtime=QUIET).model
     rob_cfg = dataclasses.replace(TINY, eps=eps, attack_steps=5, attack_step_size=0.5, epochs=8)
-    rob = train.train_classifier(rob_cfg, tr, None, store, runtime=QUIET).model
+    rob = training.train_classifier(rob_cfg, tr, None, store, runtime=QUIET).model
     x = te.float_images()
     pgd = dict(eps=eps, steps=10, step_size=0.4)
     std_adv = inference.accuracy(std, attacks.pgd_l2(std, x, te.y, **pgd), te.y)
@@ -99,7 +101,7 @@ def test_interrupted_training_resumes_to_the_same_result(planted, tmp_path, monk
     continues where it stopped, and the result equals an uninterrupted run exactly."""
     tr, te = planted
     cfg = dataclasses.replace(TINY, epochs=3, augment=True)
-    full = train.train_classifier(cfg, tr, te, Store(str(tmp_path / "a")), runtime=QUIET)
+    full = training.train_classifier(cfg, tr, te, Store(str(tmp_path / "a")), runtime=QUIET)
 
     def kill_after_first_epoch(epoch, record):
         if epoch == 0:
@@ -107,22 +109,22 @@ def test_interrupted_training_resumes_to_the_same_result(planted, tmp_path, monk
 
     store = Store(str(tmp_path / "b"))
     with pytest.raises(KeyboardInterrupt):
-        train.train_classifier(cfg, tr, te, store, runtime=QUIET,
+        training.train_classifier(cfg, tr, te, store, runtime=QUIET,
                                on_epoch_end=kill_after_first_epoch)
-    assert not store.list(train.MODEL_KIND)  # nothing half-finished is trusted
+    assert not store.list(training.MODEL_KIND)  # nothing half-finished is trusted
 
     polls = iter(range(1000))  # a stop request, first seen after the 6th batch of epoch 2
     monkeypatch.setattr(preempt, "requested", lambda: 15 if next(polls) >= 5 else None)
     with pytest.raises(preempt.Preempted, match="in epoch 2 of model, after batch 6"):
-        train.train_classifier(cfg, tr, te, store, runtime=QUIET)
-    assert not os.path.exists(store.path(train.MODEL_KIND, full.key) + ".lock")
-    state = np.load(os.path.join(store.path(train.MODEL_KIND, full.key) + ".partial",
+        training.train_classifier(cfg, tr, te, store, runtime=QUIET)
+    assert not os.path.exists(store.path(training.MODEL_KIND, full.key) + ".lock")
+    state = np.load(os.path.join(store.path(training.MODEL_KIND, full.key) + ".partial",
                                  "state.npz"))
     assert json.loads(str(state["meta"]))["in_epoch"]["batch"] == 6
     monkeypatch.undo()
 
     resumed_epochs = []
-    resumed = train.train_classifier(cfg, tr, te, store, runtime=QUIET,
+    resumed = training.train_classifier(cfg, tr, te, store, runtime=QUIET,
                                      on_epoch_end=lambda e, r: resumed_epochs.append(e))
     assert resumed_epochs == [1, 2]
     assert _history(resumed) == _history(full)
@@ -147,7 +149,7 @@ def test_early_stopping_keeps_best_validation_weights(planted, tmp_path, monkeyp
 
     monkeypatch.setattr(train, "accuracy", scripted_accuracy)
     store = Store(str(tmp_path))
-    trained = train.train_classifier(cfg, tr, te, store, runtime=QUIET)
+    trained = training.train_classifier(cfg, tr, te, store, runtime=QUIET)
     monkeypatch.setattr(train, "accuracy", real_accuracy)
     hist = trained.manifest["history"]
     assert [h["val_accuracy"] for h in hist] == [0.50, 0.70, 0.60]   # epoch 3 - 1 > patience
@@ -156,12 +158,12 @@ def test_early_stopping_keeps_best_validation_weights(planted, tmp_path, monkeyp
     assert any(not np.array_equal(a, b) for a, b in zip(best, last))  # it did train on
     for a, b in zip(best, trained.model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    stored = train.train_classifier(cfg, tr, te, store, runtime=QUIET)
+    stored = training.train_classifier(cfg, tr, te, store, runtime=QUIET)
     assert stored.cached
     for a, b in zip(best, stored.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="validation"):
-        train.train_classifier(cfg, tr, None, Store(str(tmp_path / "b")), runtime=QUIET)
+        training.train_classifier(cfg, tr, None, Store(str(tmp_path / "b")), runtime=QUIET)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""
@@ -169,7 +171,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from entangle import data, inference, planted, train
+    from entangle import data
+    from entangle.core import inference, train
+    from entangle.data import planted
     from entangle.store import Store
     cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
     tr, te = data.make_planted("train", cfg), data.make_planted("test", cfg)
@@ -180,19 +184,19 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     for name, rt in (("default", train.RuntimeOptions(strategy="default", verbose=False)),
                      ("mirrored", train.RuntimeOptions(strategy="mirrored", verbose=False,
                                                        devices=("/cpu:0", "/cpu:1")))):
-        t = train.train_classifier(tc, tr, te, Store(sys.argv[1] + "/" + name), runtime=rt)
+        t = training.train_classifier(tc, tr, te, Store(sys.argv[1] + "/" + name), runtime=rt)
         out[name] = {"loss": [h["loss"] for h in t.manifest["history"]],
                      "replicas": t.manifest["replicas"],
                      "acc": inference.accuracy(t.model, te.x, te.y)}
     try:
-        train.train_classifier(dataclasses.replace(tc, batch_size=33), tr, te,
+        training.train_classifier(dataclasses.replace(tc, batch_size=33), tr, te,
                                Store(sys.argv[1] + "/odd"),
                                runtime=train.RuntimeOptions(strategy="mirrored", verbose=False,
                                                             devices=("/cpu:0", "/cpu:1")))
     except ValueError as e:
         out["odd_batch_error"] = str(e)
     try:
-        train.train_classifier(tc, tr, te, Store(sys.argv[1] + "/jit"),
+        training.train_classifier(tc, tr, te, Store(sys.argv[1] + "/jit"),
                                runtime=train.RuntimeOptions(strategy="mirrored", verbose=False,
                                                             devices=("/cpu:0", "/cpu:1"),
                                                             jit_compile=True))
@@ -227,7 +231,8 @@ SGD_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from entangle import distribution, steps, train
+    from entangle.runtime import distribution
+    from entangle.core import steps, train
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(96, 4, 4, 3)).astype(np.float32)
     y = rng.integers(0, 3, 96).astype(np.int32)
@@ -271,7 +276,7 @@ def test_mirrored_sgd_steps_equal_the_default_strategy_exactly(tmp_path):
 def test_mixed_precision_trains(planted, tmp_path, precision):
     tr, te = planted
     cfg = dataclasses.replace(TINY, epochs=1, precision=precision)
-    trained = train.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
+    trained = training.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
     assert trained.model.layers[1].dtype_policy.name == precision
     assert np.isfinite(trained.manifest["history"][0]["loss"])
     import keras
@@ -312,10 +317,10 @@ def test_user_model_builder_trains_and_is_keyed_by_its_architecture(planted, tmp
 
     store = Store(str(tmp_path))
     cfg = dataclasses.replace(TINY, epochs=3, learning_rate=1e-2)
-    a = train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn)
+    a = training.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn)
     assert inference.accuracy(a.model, te.x, te.y) > 0.5  # chance 0.25
-    assert train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn).cached
-    b = train.train_classifier(cfg, tr, None, store, runtime=QUIET,
+    assert training.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=small_cnn).cached
+    b = training.train_classifier(cfg, tr, None, store, runtime=QUIET,
                                model_fn=lambda: small_cnn(4))
     assert b.key != a.key and not b.cached
     preds = inference.predict(a.model, te.x)
@@ -326,7 +331,7 @@ def test_user_model_builder_trains_and_is_keyed_by_its_architecture(planted, tmp
         m = small_cnn()
         return keras.Model(m.inputs, keras.layers.Softmax()(m.outputs[0]))
     with pytest.raises(ValueError, match="softmax"):
-        train.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=softmax_model)
+        training.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=softmax_model)
 
 
 def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
@@ -342,7 +347,7 @@ def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
     random.seed(123)
     expected_np, expected_py = np.random.get_state()[1].copy(), random.getstate()
     keras.mixed_precision.set_global_policy("float32")
-    trained = train.train_classifier(dataclasses.replace(TINY, epochs=1,
+    trained = training.train_classifier(dataclasses.replace(TINY, epochs=1,
                                                          precision="mixed_bfloat16"),
                                      tr, None, Store(str(tmp_path)), runtime=QUIET)
     np.testing.assert_array_equal(np.random.get_state()[1], expected_np)
@@ -379,13 +384,13 @@ def test_recomputed_bn_statistics_close_the_train_inference_gap(planted, tmp_pat
     Recomputing the statistics closes that gap for the same weights."""
     tr, _ = planted
     cfg = dataclasses.replace(TINY, epochs=1, bn_momentum=0.99)
-    trained = train.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
+    trained = training.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
     bn = trained.manifest["metrics"]["batch_norm"]
     train_mode = trained.manifest["history"][-1]["train_accuracy"]
     stale, fixed = bn["probe_accuracy_moving"], bn["probe_accuracy_recomputed"]
     assert bn["images"] == len(tr) and bn["statistics"] == "recompute"
     assert abs(train_mode - fixed) + 0.2 < abs(train_mode - stale)
-    moving = train.train_classifier(dataclasses.replace(cfg, bn_statistics="moving"), tr, None,
+    moving = training.train_classifier(dataclasses.replace(cfg, bn_statistics="moving"), tr, None,
                                     Store(str(tmp_path)), runtime=QUIET)
     assert moving.key != trained.key
     assert inference.accuracy(moving.model, tr.x[:1000], tr.y[:1000]) == pytest.approx(stale,
@@ -394,8 +399,8 @@ def test_recomputed_bn_statistics_close_the_train_inference_gap(planted, tmp_pat
 
 def test_weight_averaging_replaces_the_weights_and_still_learns(planted, tmp_path):
     tr, te = planted
-    plain = train.train_classifier(TINY, tr, None, Store(str(tmp_path / "a")), runtime=QUIET)
-    ema = train.train_classifier(dataclasses.replace(TINY, ema=0.9), tr, None,
+    plain = training.train_classifier(TINY, tr, None, Store(str(tmp_path / "a")), runtime=QUIET)
+    ema = training.train_classifier(dataclasses.replace(TINY, ema=0.9), tr, None,
                                  Store(str(tmp_path / "b")), runtime=QUIET)
     assert ema.key != plain.key
     assert inference.accuracy(ema.model, te.x, te.y) > 0.7

@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from entangle import inference, transfer, transfer_metrics
+from entangle.core import inference
+from entangle.stats import transfer_metrics
+from entangle.studies import transfer
 from conftest import run_binary
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -171,7 +173,9 @@ def test_config_errors_name_what_is_allowed():
 
 def test_victim_trains_at_tiny_size_through_the_trainer_and_store(tmp_path):
     from conftest import colour_dataset
-    from entangle import data, train
+    from entangle import data
+    from entangle.core import train
+    from entangle.store import training
     from entangle.store import Store
 
     x, y = colour_dataset(384, size=16)
@@ -182,14 +186,14 @@ def test_victim_trains_at_tiny_size_through_the_trainer_and_store(tmp_path):
                             lr_decay="none", augment=False, pretrained=False, seed=0)
     store = Store(str(tmp_path))
     runtime = train.RuntimeOptions(verbose=False)
-    trained = train.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
+    trained = training.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
     assert not trained.cached
     final = trained.manifest["metrics"]["final"]
     assert final["train_accuracy"] > 0.8
     # chance 1/3; 192 test images: 0.45 is more than 3 standard errors above it (MobileNetV2
     # from scratch keeps a train/inference gap from batch norm after 48 steps)
     assert inference.accuracy(trained.model, xt, yt) > 0.45
-    again = train.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
+    again = training.train_classifier(cfg, ds, None, store, name="mobilenet_v2", runtime=runtime)
     assert again.cached and again.key == trained.key
 
 
@@ -244,7 +248,8 @@ def test_untargeted_attack_fools_the_white_box_source_and_sets_are_bounded(smoke
     clean = data["clean_accuracy"]["source eps 0"]
     assert std["error_rate"] > (1 - clean) + 0.1    # the attack lowers accuracy
     from conftest import smoke_flags
-    from entangle import flags as entangle_flags, pipeline
+    from entangle import flags as entangle_flags
+    from entangle.studies import pipeline
 
     test = pipeline.Experiment(entangle_flags.experiment_config(smoke_flags(
         *SMOKE[1:], f"--workdir={work}"))).splits().test

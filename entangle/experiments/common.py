@@ -124,7 +124,7 @@ def provenance(f) -> dict:
     import tensorflow as tf
 
     from entangle import flags as entangle_flags
-    from entangle import hardware
+    from entangle.runtime import hardware
 
     return {"argv": sys.argv, "flagfiles": list(entangle_flags.FLAGFILES),
             "hardware": hardware.describe(), "tensorflow": tf.__version__,
@@ -157,7 +157,9 @@ def estimate_and_exit(argv, experiment: str, exp_cfg, make_cfg, title: str,
                       failures: dict | None = None):
     """--estimate: probe the plan's kinds of work, print the projection as Markdown, exit 0.
     ``exp_cfg`` and ``make_cfg`` are called inside ``run_main`` (threads and strategy first)."""
-    from entangle import estimate, hardware, projections
+    from entangle.store import estimate
+    from entangle.studies import projections
+    from entangle.runtime import hardware
     from entangle import flags as entangle_flags
 
     images = entangle_flags.estimate_images(entangle_flags.FLAGS.estimate_images)
@@ -179,7 +181,7 @@ def fail(message: str, quick_hint: str = "", code: int = 2):
 def log_precision_choice(f) -> None:
     """With --precision=auto, says which precision the hardware chose and why."""
     if f.precision == "auto" and not f.quiet:
-        from entangle import hardware
+        from entangle.runtime import hardware
 
         chosen, why = hardware.choose_precision("auto")
         print(f"precision: {chosen} ({why})", flush=True)
@@ -188,14 +190,14 @@ def log_precision_choice(f) -> None:
 def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ()):
     """The binaries' shared main: no positional arguments; threads and the distribution
     strategy first (both must precede TensorFlow's start-up); then ``body()``, with SIGTERM
-    and SIGINT stopping at the next safe point (``entangle.preempt``). An exception of a type
+    and SIGINT stopping at the next safe point (``entangle.runtime.preempt``). An exception of a type
     in ``failures`` exits with its message and that hint; a bad value (ValueError,
     FileNotFoundError, or ``usage_errors``) is a usage error; a file-system fault (read-only,
     full, a file in the way) is one line and exit code 1."""
     from absl import app
 
     from entangle import flags as entangle_flags
-    from entangle import distribution, preempt
+    from entangle.runtime import distribution, preempt
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -16,9 +16,9 @@ import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 
-from entangle import flags as entangle_flags  # noqa: E402
-from entangle import data, mistakes  # noqa: E402
+from entangle import data, flags as entangle_flags  # noqa: E402
 from entangle.experiments import common  # noqa: E402
+from entangle.studies import mistakes  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -42,14 +42,16 @@ def main(argv):
     def body():
         return mistakes.run_mistakes(entangle_flags.experiment_config(FLAGS),
                                      entangle_flags.mistakes_config(FLAGS),
-                                     results_dir=common.results_dir(FLAGS, "mistakes"),
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, {data.DatasetUnavailableError: QUICK})
-    from entangle import report_transfer
+    from entangle import report
+    from entangle.report import mistakes as report_mistakes
 
+    result.files, result.write_error = report.write_results(
+        report_mistakes.write_mistakes, result, common.results_dir(FLAGS, "mistakes"))
     print()
-    print(report_transfer.mistakes_markdown(result))
+    print(report_mistakes.mistakes_markdown(result))
     common.finish(result)
 
 

@@ -4,9 +4,9 @@ import sys
 
 from absl import app
 
-from entangle import flags as entangle_flags
-from entangle import data, figures
+from entangle import data, flags as entangle_flags
 from entangle.experiments import common
+from entangle.studies import figures
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -22,7 +22,6 @@ def main(argv, name):
     def body():
         return RUNNERS[name](entangle_flags.experiment_config(FLAGS),
                              entangle_flags.table_config(FLAGS),
-                             results_dir=common.results_dir(FLAGS, name),
                              log=print if not FLAGS.quiet else (lambda m: None),
                              context=f"{common.dataset_label(FLAGS)}, "
                                      f"{entangle_flags.scale_name()}, seed {FLAGS.seed}")
@@ -30,8 +29,15 @@ def main(argv, name):
     result = common.run_main(argv, body, {data.DatasetUnavailableError:
                                           "Try the quick scale: "
                                           "--flagfile=flags/cifar10_quick.cfg"})
-    files = result if isinstance(result, dict) else result.files
-    if not isinstance(result, dict):
+    from entangle import report
+    from entangle.report import figures as report_figures
+
+    grid = isinstance(result, figures.GridResult)
+    result.files, result.write_error = report.write_results(
+        report_figures.write_grid if grid else report_figures.write_curve, result,
+        common.results_dir(FLAGS, name))
+    files = result.files
+    if not grid:
         for series, values in result.series.items():
             print(f"\n{series}:")
             for eps, rep in sorted(values.items()):
@@ -39,6 +45,9 @@ def main(argv, name):
                 print(f"  eps {eps:<8g} {100 * rep['accuracy']:5.1f} %"
                       + (f"   (paper {ref:g} %)" if ref is not None else ""))
     print("\nfiles: " + ", ".join(files.values()))
+    if result.write_error:
+        print(result.write_error, file=sys.stderr)
+        sys.exit(1)
 
 
 def run(name, argv=None):

@@ -16,8 +16,8 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 
 from entangle import flags as entangle_flags  # noqa: E402
-from entangle import planted_study  # noqa: E402
 from entangle.experiments import common  # noqa: E402
+from entangle.studies import planted_study  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -29,12 +29,14 @@ def main(argv):
     def body():
         return planted_study.run_planted_study(
             entangle_flags.experiment_config(FLAGS), entangle_flags.study_config(FLAGS),
-            results_dir=common.results_dir(FLAGS, "planted_study"),
             log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body)
-    from entangle import planted_report
+    from entangle import report
+    from entangle.report import planted as planted_report
 
+    result.files, result.write_error = report.write_results(
+        planted_report.write_study, result, common.results_dir(FLAGS, "planted_study"))
     print()
     print(planted_report.markdown(result))
     common.finish(result)

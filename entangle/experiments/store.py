@@ -12,8 +12,7 @@ import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 
-from entangle import flags as entangle_flags  # noqa: E402
-from entangle import store as store_lib  # noqa: E402
+from entangle import flags as entangle_flags, store as store_lib  # noqa: E402
 from entangle.experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS

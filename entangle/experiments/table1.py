@@ -12,9 +12,9 @@ import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 
-from entangle import flags as entangle_flags  # noqa: E402
-from entangle import data, entanglement  # noqa: E402
+from entangle import data, flags as entangle_flags  # noqa: E402
 from entangle.experiments import common  # noqa: E402
+from entangle.studies import entanglement  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -41,19 +41,24 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
             failures)
 
     def body():
-        out = common.results_dir(FLAGS, name, table=True)
         exp_cfg = entangle_flags.experiment_config(FLAGS)
         cfg = entangle_flags.table_config(FLAGS)
         given = common.provenance(FLAGS)
         if len(seeds) > 1:
-            return entanglement.run_seeds(exp_cfg, cfg, seeds, results_dir=out, title=label,
-                                          log=log, provenance=given)
+            return entanglement.run_seeds(exp_cfg, cfg, seeds, log=log, provenance=given)
         return entanglement.run_table(entanglement.with_seed(exp_cfg, seeds[0]), cfg,
-                                      results_dir=out, title=f"{label}, seed {seeds[0]}",
                                       log=log, provenance=given)
 
     result = common.run_main(argv, body, failures)
     from entangle import report
+
+    out = common.results_dir(FLAGS, name, table=True)
+    if isinstance(result, entanglement.SeedsResult):
+        result.files, result.write_error = report.write_results(report.write_seeds, result,
+                                                                out, label)
+    else:
+        result.files, result.write_error = report.write_results(
+            report.write_table, result, out, f"{label}, seed {seeds[0]}")
 
     print()
     if isinstance(result, entanglement.SeedsResult):

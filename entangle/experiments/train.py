@@ -11,9 +11,9 @@ import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 
-from entangle import flags as entangle_flags  # noqa: E402
-from entangle import data, single  # noqa: E402
+from entangle import data, flags as entangle_flags  # noqa: E402
 from entangle.experiments import common  # noqa: E402
+from entangle.studies import single  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()

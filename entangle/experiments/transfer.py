@@ -15,9 +15,10 @@ import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 
-from entangle import flags as entangle_flags  # noqa: E402
-from entangle import data, models, transfer  # noqa: E402
+from entangle import data, flags as entangle_flags  # noqa: E402
+from entangle.core import models
 from entangle.experiments import common  # noqa: E402
+from entangle.studies import transfer  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
 entangle_flags.define_all()
@@ -42,19 +43,21 @@ def main(argv):
                                  f"transfer ({common.dataset_label(FLAGS)}, "
                                  f"{entangle_flags.scale_name()})", failures)
 
+    cfg = entangle_flags.transfer_config(FLAGS)
+
     def body():
-        cfg = entangle_flags.transfer_config(FLAGS)
-        name = "transfer" if cfg.mode == "per_source" else \
-            f"transfer-n_targeted-{cfg.n_targeted_loss}"
-        sources = [] if FLAGS.sources == "paper" else [common.tag("src", FLAGS.sources)]
         return transfer.run_transfer(entangle_flags.experiment_config(FLAGS), cfg,
-                                     results_dir=common.results_dir(FLAGS, name,
-                                                                    extra=sources),
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, failures)
-    from entangle import report_transfer
+    from entangle import report
+    from entangle.report import transfer as report_transfer
 
+    name = "transfer" if cfg.mode == "per_source" else \
+        f"transfer-n_targeted-{cfg.n_targeted_loss}"
+    sources = [] if FLAGS.sources == "paper" else [common.tag("src", FLAGS.sources)]
+    result.files, result.write_error = report.write_results(
+        report_transfer.write_transfer, result, common.results_dir(FLAGS, name, extra=sources))
     print()
     print(report_transfer.transfer_markdown(result, "Transfer from robust sources"))
     common.finish(result)

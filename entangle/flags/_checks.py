@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import models, paper, pipeline
+from entangle.core import models
+from entangle.stats import paper
+from entangle.studies import pipeline
 
 FLAGS = flags.FLAGS
 MODEL_KINDS = pipeline.KINDS + ("victim",)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import attacks, construct, pipeline
-from entangle.flags._checks import FLAGS, eps_validators
+from entangle.core import attacks, construct
+from entangle.flags._checks import eps_validators, FLAGS
+from entangle.studies import pipeline
 
 
 def define_attack_flags(fv=FLAGS):
@@ -37,6 +38,11 @@ def define_attack_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("robustify_step_size", 0.05, "Robustification: step size.",
                        lower_bound=1e-9, flag_values=fv)
+    flags.DEFINE_enum("construct_source", "own", list(construct.SOURCES),
+                      "The standard model the zero-/neg-robust sets are built on (choice: own, "
+                      "trained for the purpose, so that no table model shares its start; "
+                      "generator: R_0's generator, whose non-robust features R_0 carries).",
+                      flag_values=fv)
     flags.DEFINE_enum("robustify_schedule", "constant", list(attacks.STEP_SCHEDULES),
                       "Robustification step lengths: constant (Table 4), or falling linearly "
                       "to step_size / steps.", flag_values=fv)

@@ -3,10 +3,12 @@ ExperimentConfig, TableConfig, TransferConfig, StudyConfig and MistakesConfig.""
 
 from __future__ import annotations
 
-from entangle import (construct, entanglement, hardware, mistakes, models, paper, pipeline,
-                      planted_study, robustify, train, transfer)
-from entangle import planted as planted_lib
-from entangle.flags._checks import FLAGS, MODEL_KINDS, kinds_on, parse_columns, per_kind
+from entangle.core import construct, models, robustify, train
+from entangle.data import planted as planted_lib
+from entangle.flags._checks import FLAGS, kinds_on, MODEL_KINDS, parse_columns, per_kind
+from entangle.runtime import hardware
+from entangle.stats import paper
+from entangle.studies import entanglement, mistakes, pipeline, planted_study, transfer
 
 
 def train_config(f, kind: str) -> train.TrainConfig:
@@ -55,7 +57,8 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
                  **{f"victim:{v}": train_config(f, v) for v in f.victims}},
         construct=construct.ConstructConfig(eps=f.construct_eps, steps=f.construct_steps,
                                             step_size=f.construct_step_size,
-                                            targets=f.zero_robust_targets, seed=f.data_seed),
+                                            targets=f.zero_robust_targets, seed=f.data_seed,
+                                            source=f.construct_source),
         robustify=robustify.RobustifyConfig(steps=f.robustify_steps,
                                             step_size=f.robustify_step_size,
                                             eps=f.robustify_eps, seed=f.data_seed,

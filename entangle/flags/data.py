@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import data, pipeline, planted
-from entangle.flags._checks import FLAGS, accepts, validator
+from entangle import data
+from entangle.data import planted
+from entangle.flags._checks import accepts, FLAGS, validator
+from entangle.studies import pipeline
 
 
 def define_data_flags(fv=FLAGS):

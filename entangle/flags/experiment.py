@@ -7,8 +7,10 @@ import math
 
 from absl import flags
 
-from entangle import attacks, entanglement, models, planted, planted_study, transfer
-from entangle.flags._checks import FLAGS, accepts, columns_ok, eps_validators, validator
+from entangle.core import attacks, models
+from entangle.data import planted
+from entangle.flags._checks import accepts, columns_ok, eps_validators, FLAGS, validator
+from entangle.studies import entanglement, planted_study, transfer
 
 
 def define_table_flags(fv=FLAGS):

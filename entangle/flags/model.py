@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import models, train
+from entangle.core import models, train
 from entangle.flags._checks import (FLAGS, MODEL_KINDS, VICTIM_WEIGHTS, per_kind, per_kind_ok,
                                     validator)
 

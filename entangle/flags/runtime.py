@@ -6,8 +6,8 @@ from __future__ import annotations
 from absl import flags
 
 from entangle import store as store_lib
-from entangle import distribution
 from entangle.flags._checks import FLAGS, validator
+from entangle.runtime import distribution
 
 
 def define_output_flags(fv=FLAGS):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle import pipeline, train_config
+from entangle.core import train_config
+from entangle.studies import pipeline
 from entangle.flags._checks import (FLAGS, MODEL_KINDS, eps_validators, kinds_ok, per_kind_ok,
                                     validator)
 
@@ -19,7 +20,7 @@ def define_train_flags(fv=FLAGS):
                         flag_values=fv)
     flags.DEFINE_string("learning_rate", "1e-3", "Adam learning rate per kind.", flag_values=fv)
     flags.DEFINE_enum("lr_decay", "step", list(train_config.LR_DECAYS),
-                      "Learning-rate schedule (see entangle.train.learning_rate_at).",
+                      "Learning-rate schedule (see entangle.core.train.learning_rate_at).",
                       flag_values=fv)
     flags.DEFINE_float("lr_warmup", 0.0, "Fraction of the training steps with a linear "
                        "learning-rate warm-up from 0 (with --lr_decay=cosine or none).",

@@ -1,0 +1,492 @@
+"""L2 attacks: Madry's projected gradient descent, FGM, the multi-model targeted attack, and
+the generic runner they (and robustification) share.
+
+Built from small pieces (an ``Objective``, a normalised step, L2 projection, clip to [0, 1])
+that compose into one ``tf.function`` per model and configuration: the whole step loop runs in
+the graph (optionally under XLA), and the traced function is reused across batches and calls.
+All budgets are L2 norms in the [0, 1] pixel scale; models run in inference mode.
+
+Mixed precision: the input gradient is taken in two parts. The objective's gradient with
+respect to the model outputs is computed in float32 and rescaled per example to unit norm,
+then back-propagated through the (possibly float16) network. Each step is normalised per
+example anyway, so the scale changes no direction, but it keeps a confidently classified
+input's gradient (softmax tails of 1e-9) from underflowing to zero in float16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from entangle.runtime import preempt, progress
+
+_NORM_FLOOR = 1e-30
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What an attack ascends: ``loss(forward(x), labels)``, one value per example.
+
+    ``forward`` maps images to model outputs (a tensor or a tuple of them); ``loss`` maps those
+    outputs (cast to float32) and the labels to per-example values. Keeping them apart lets
+    the runner rescale the output gradient per example (see the module docstring).
+    """
+
+    forward: Callable[[tf.Tensor], Any]
+    loss: Callable[[Any, tf.Tensor], tf.Tensor]
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def logits_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """x -> logits of ``model`` in inference mode, looking through a final softmax.
+
+    keras.applications classifiers end in a softmax by default; cross-entropy on such
+    probabilities (as if they were logits) is nearly flat, which silently weakens an attack.
+    A final ``Softmax``/``Activation('softmax')`` layer or a ``Dense(activation='softmax')``
+    is detected and its pre-softmax values are used instead. The model is held weakly, so
+    cached attacks never keep it alive.
+    """
+    ref = weakref.ref(model)
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    act = getattr(last, "activation", None)
+    if last is None or not _is_softmax(last, act):
+        return lambda x: ref()(x, training=False)
+    features = keras.Model(model.inputs, last.input)
+    if isinstance(last, keras.layers.Dense):
+        def dense_logits(x):
+            layer, h = ref().layers[-1], tf.cast(features(x, training=False), tf.float32)
+            out = tf.matmul(h, tf.cast(layer.kernel, tf.float32))
+            return out + tf.cast(layer.bias, tf.float32) if layer.use_bias else out
+        return dense_logits
+    return lambda x: features(x, training=False)
+
+
+def _is_softmax(layer, activation) -> bool:
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == \
+        "softmax"
+
+
+def ends_in_softmax(model: keras.Model) -> bool:
+    """Whether ``model``'s last layer is a softmax (its outputs are probabilities, not logits)."""
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    return last is not None and _is_softmax(last, getattr(last, "activation", None))
+
+
+def cross_entropy_objective(model: keras.Model, targeted: bool) -> Objective:
+    """Ascend CE(model(x), y) untargeted, -CE(model(x), t) targeted."""
+    sign = -1.0 if targeted else 1.0
+
+    def loss(logits, labels):
+        return sign * tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                                     logits=logits)
+
+    return Objective(logits_fn(model), loss)
+
+
+def multi_model_objective(models: Sequence[keras.Model]) -> Objective:
+    """Objective of the N-targeted attack (Waseda et al.): -sum_i CE(model_i(x), t_i).
+
+    ``labels`` has shape (num_models, batch): one target per model and example.
+    """
+    forwards = [logits_fn(m) for m in models]
+
+    def loss(outputs, labels):
+        return -tf.add_n([tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels[:, i],
+                                                                        logits=logits)
+                          for i, logits in enumerate(outputs)])
+
+    return Objective(lambda x: tuple(f(x) for f in forwards), loss)
+
+
+N_TARGETED_LOSSES = ("ce", "margin")
+
+
+def multi_margin_objective(models: Sequence[keras.Model], kappa: float) -> Objective:
+    """The N-targeted attack with a clipped margin per model (Carlini-Wagner style):
+    -sum_i max(max_{j != t_i} z_ij - z_i,t_i, -kappa). A model that already predicts its
+    target with margin kappa contributes nothing (its term is constant), so no model's target
+    gets more of the budget than it needs, unlike cross-entropy, which keeps pulling."""
+    forwards = [logits_fn(m) for m in models]
+
+    def loss(outputs, labels):
+        terms = []
+        for i, logits in enumerate(outputs):
+            target = tf.one_hot(labels[:, i], tf.shape(logits)[1], dtype=logits.dtype)
+            z_target = tf.reduce_sum(logits * target, axis=1)
+            z_other = tf.reduce_max(logits - 1e9 * target, axis=1)
+            terms.append(tf.maximum(z_other - z_target, -kappa))
+        return -tf.add_n(terms)
+
+    return Objective(lambda x: tuple(f(x) for f in forwards), loss)
+
+
+def feature_matching_objective(feature_model: keras.Model) -> Objective:
+    """Ascend -||f(x) - target||_2, ``labels`` holding each example's target features.
+
+    With an unbounded budget and a start x0, this is representation inversion
+    (robustification, Ilyas et al. 2019): x moves until f(x) matches f of another image.
+    """
+    ref = weakref.ref(feature_model)
+
+    def forward(x):
+        out = ref()(x, training=False)
+        return tf.reshape(out, [tf.shape(out)[0], -1])
+
+    def loss(features, targets):
+        diff = features - tf.reshape(tf.cast(targets, tf.float32), tf.shape(features))
+        return -tf.sqrt(tf.reduce_sum(tf.square(diff), axis=1) + 1e-12)
+
+    return Objective(forward, loss)
+
+
+def l2_norm(v: tf.Tensor) -> tf.Tensor:
+    """Per-example L2 norm, shaped to broadcast against ``v`` (batch, 1, 1, 1)."""
+    axes = list(range(1, len(v.shape)))
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True))
+
+
+def value_and_input_gradient(objective: Objective, x: tf.Tensor, labels
+                             ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The objective per example at ``x``, and the gradient of their sum w.r.t. ``x`` up to a
+    positive factor per example.
+
+    The output gradient is rescaled per example to unit norm (one factor for all outputs of
+    an example, so multi-output objectives keep their balance) before back-propagation.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), objective.forward(x))
+    with tf.GradientTape() as head:
+        head.watch(outputs)
+        values = objective.loss(outputs, labels)
+        value = tf.reduce_sum(values)
+    grads = head.gradient(value, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    flat = tf.nest.flatten(grads)
+    sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), 1)
+                   for g in flat])
+    scale = 1.0 / tf.maximum(tf.sqrt(sq), _NORM_FLOOR)
+    grads = tf.nest.pack_sequence_as(grads, [
+        g * tf.reshape(scale, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
+        for g in flat])
+    return values, tape.gradient(outputs, x, output_gradients=grads)
+
+
+def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
+    """The gradient of the summed objective w.r.t. ``x``, up to a positive factor per example
+    (see ``value_and_input_gradient``)."""
+    return value_and_input_gradient(objective, x, labels)[1]
+
+
+def normalized_step(x: tf.Tensor, grad: tf.Tensor, step_size) -> tf.Tensor:
+    """x + a * g / ||g||_2 per example; a zero gradient gives a zero step, never NaN."""
+    return x + step_size * grad / tf.maximum(l2_norm(grad), _NORM_FLOOR)
+
+
+def project_l2(delta: tf.Tensor, eps) -> tf.Tensor:
+    """Scales each delta into the L2 ball of radius eps (eps = inf leaves it unchanged)."""
+    norm = tf.maximum(l2_norm(delta), _NORM_FLOOR)
+    return delta * tf.minimum(1.0, eps / norm)
+
+
+def clip01(x: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def random_l2_start(x: tf.Tensor, eps, seed) -> tf.Tensor:
+    """A point drawn uniformly from the L2 ball of radius eps around x, clipped to [0, 1]."""
+    d = int(np.prod(x.shape[1:]))
+    direction = tf.random.stateless_normal(tf.shape(x), seed=seed)
+    direction /= tf.maximum(l2_norm(direction), _NORM_FLOOR)
+    u = tf.random.stateless_uniform(tf.concat([tf.shape(x)[:1], [1, 1, 1]], 0),
+                                    seed=seed + 1)
+    return clip01(x + direction * eps * u ** (1.0 / d))
+
+
+STEP_SCHEDULES = ("constant", "linear")
+
+
+def step_at(step_size, i, steps, schedule: str = "constant"):
+    """The length of step ``i`` (0-based) of ``steps``: ``step_size`` throughout, or falling
+    linearly from ``step_size`` to ``step_size / steps`` (the loop's last steps refine instead
+    of jumping about the optimum)."""
+    if schedule == "constant":
+        return step_size
+    return step_size * (1.0 - tf.cast(i, tf.float32) / tf.cast(steps, tf.float32))
+
+
+def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size,
+             schedule: str = "constant", keep_best: bool = False):
+    """``steps`` of: ascend the objective by a normalised step (its length by ``schedule``),
+    clip, project onto the ball. ``keep_best`` returns, per example, the iterate with the
+    highest objective seen (the last one included) instead of the last."""
+    if schedule not in STEP_SCHEDULES:
+        raise ValueError(f"schedule must be one of {STEP_SCHEDULES}; got {schedule!r}")
+
+    def body(i, x_adv, best_x, best_v):
+        value, grad = value_and_input_gradient(objective, x_adv, labels)
+        if keep_best:
+            better = value > best_v
+            best_x = tf.where(better[:, None, None, None], x_adv, best_x)
+            best_v = tf.maximum(value, best_v)
+        grad = tf.cast(grad, x_adv.dtype)
+        x_new = clip01(normalized_step(x_adv, grad, step_at(step_size, i, steps, schedule)))
+        return i + 1, x + project_l2(x_new - x, eps), best_x, best_v
+
+    lowest = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float32))
+    _, x_adv, best_x, best_v = tf.while_loop(
+        lambda i, *_: i < steps, body, (tf.constant(0), x_start, x_start, lowest),
+        maximum_iterations=steps)
+    if not keep_best:
+        return x_adv
+    last = objective.loss(tf.nest.map_structure(lambda t: tf.cast(t, tf.float32),
+                                                objective.forward(x_adv)), labels)
+    return tf.where((last >= best_v)[:, None, None, None], x_adv, best_x)
+
+
+# ---------------------------------------------------------------------------- compiled attacks
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compile_attack(objective: Objective, *, random_start: bool = False,
+                   jit_compile: bool = False, schedule: str = "constant",
+                   keep_best: bool = False) -> Callable:
+    """One tf.function running the whole loop: (x, labels, x_start, eps, steps, step, seed)."""
+    def attack(x, labels, x_start, eps, steps, step_size, seed):
+        if random_start:
+            x_start = random_l2_start(x, eps, seed)
+        return pgd_loop(objective, x, labels, x_start, eps, steps, step_size, schedule,
+                        keep_best)
+
+    return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
+                  random_start: bool, jit_compile: bool, schedule: str = "constant",
+                  keep_best: bool = False) -> Callable:
+    """A compiled attack cached on ``owners[0]`` for as long as every owner lives.
+
+    The cache holds models only weakly (objectives close over weak references), so
+    ``del model; gc.collect()`` frees a model that was attacked.
+    """
+    per_model = _COMPILED.setdefault(owners[0], {})
+    config = (*config, schedule, bool(keep_best))
+    entry = per_model.get(config)
+    if entry is not None and all(r() is m for r, m in zip(entry[0], owners)):
+        return entry[1]
+    fn = compile_attack(make_objective(), random_start=random_start, jit_compile=jit_compile,
+                        schedule=schedule, keep_best=keep_best)
+    per_model[config] = (tuple(weakref.ref(m) for m in owners), fn)
+    return fn
+
+
+def _check_budget(eps, steps, step_size, random_start):
+    if not isinstance(eps, (int, float, np.floating, np.integer)) or math.isnan(eps) or eps < 0:
+        raise ValueError(f"eps must be a number >= 0 (float('inf') for no projection); got {eps!r}")
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+    if (not isinstance(step_size, (int, float, np.floating, np.integer))
+            or not math.isfinite(step_size) or step_size <= 0):
+        raise ValueError(f"step_size must be a finite number > 0; got {step_size!r}")
+    if random_start and not math.isfinite(eps):
+        raise ValueError("random_start needs a finite eps (a ball to sample from); got eps=inf")
+
+
+def _check_images(x, name: str = "x") -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name} must be a floating-point array in [0, 1] (convert uint8 images "
+                         f"with entangle.data.to_float); got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have rank 4 (batch, height, width, channels); got shape "
+                         f"{x.shape}")
+    if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
+        raise ValueError(f"{name} must lie in [0, 1]; got values in [{x.min()}, {x.max()}]")
+    return x
+
+
+def _check_labels(y, name: str, n: int, num_classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integer class indices; got dtype {y.dtype}")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"{name} must have one label per image ({n}); got shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes}); got values in "
+                         f"[{y.min()}, {y.max()}]")
+    return y.astype(np.int32, copy=False)
+
+
+def _num_classes(model: keras.Model) -> int:
+    return int(model.output_shape[-1])
+
+
+def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("inf"),
+               steps: int, step_size: float, x0=None, random_start: bool = False,
+               batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
+               verbose="auto", out: np.ndarray | None = None) -> np.ndarray:
+    """The generic L2 attack runner: normalised gradient ascent on any objective, batched.
+
+    ``attack`` is an ``Objective`` (compiled here, once per call) or a function from
+    ``compile_attack``. ``x`` (float, [0, 1]) is the centre of the L2 ball of radius ``eps``
+    (``inf``: no bound); the loop starts from ``x0`` (default ``x``, or a random point of the
+    ball). ``labels`` has one entry per image along axis 0: class indices, per-example float
+    targets (feature matching), or (batch, num_models) targets. Results go to ``out`` (any
+    writable array, e.g. a float16 memmap) or a new float32 array.
+    """
+    _check_budget(eps, steps, step_size, random_start)
+    x = _check_images(x)
+    if x0 is not None:
+        x0 = _check_images(x0, "x0")
+        if x0.shape != x.shape:
+            raise ValueError(f"x0 must have the shape of x {x.shape}; got {x0.shape}")
+    labels = np.asarray(labels)
+    if labels.shape[:1] != x.shape[:1]:
+        raise ValueError(f"labels must have one entry per image ({len(x)}) along axis 0; got "
+                         f"shape {labels.shape}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    fn = (compile_attack(attack, random_start=random_start, jit_compile=jit_compile)
+          if isinstance(attack, Objective) else attack)
+    n = len(x)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    if n == 0:
+        return out
+    num_batches = -(-n // batch_size)
+    show = (num_batches > 1 and steps * n >= 20_000) if verbose == "auto" else bool(verbose)
+    bar = progress.progbar(n, enabled=show, unit_name="image")
+    eps_t = tf.constant(eps, tf.float32)
+    step_t = tf.constant(step_size, tf.float32)
+    steps_t = tf.constant(steps, tf.int32)
+    for b in range(num_batches):
+        sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
+        xb = tf.constant(x[sl], tf.float32)
+        start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
+        out[sl] = fn(xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t,
+                     tf.constant([seed, b], tf.int32)).numpy()
+        bar.update(sl.stop, finalize=sl.stop == n)
+        if sl.stop < n:
+            preempt.check("in an attack (the current chunk will be redone)")
+    return out
+
+
+def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
+           targeted: bool = False, random_start: bool = False, batch_size: int = 256,
+           seed: int = 0, jit_compile: bool = False, verbose="auto",
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Madry's L2 PGD on [0, 1] images; returns the adversarial images (float32 numpy).
+
+    Untargeted ascends CE(y); targeted (``y`` holds the targets) descends CE(y). Each step
+    moves by ``step_size`` along the per-example L2-normalised gradient, clips to [0, 1] and
+    projects the perturbation onto the L2 ball of radius ``eps`` (``float('inf')``: none).
+    A model ending in a softmax is attacked through its logits.
+    """
+    _check_budget(eps, steps, step_size, random_start)
+    x = _check_images(x)
+    y = _check_labels(y, "y", len(x), _num_classes(model))
+    fn = cached_attack([model], ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
+                        lambda: cross_entropy_objective(model, targeted), random_start,
+                        jit_compile)
+    return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
+                      random_start=random_start, batch_size=batch_size, seed=seed,
+                      verbose=verbose, out=out)
+
+
+def pgd_l2_restarts(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
+                    restarts: int, batch_size: int = 256, seed: int = 0,
+                    jit_compile: bool = False, verbose="auto") -> tuple[np.ndarray, np.ndarray]:
+    """Untargeted L2 PGD with random restarts: the first run starts at x, each further one
+    from a random point of the ball, and attacks only the images still classified right.
+    Returns (adversarial images, still right after every run): the per-image worst case, the
+    robust accuracy a gradient-masked model cannot hide behind one start."""
+    if not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1; got {restarts!r}")
+    x = _check_images(x)
+    y = _check_labels(y, "y", len(x), _num_classes(model))
+    forward = logits_fn(model)
+    adv = x.astype(np.float32)
+    right = np.ones(len(x), bool)
+    for r in range(restarts):
+        rows = np.flatnonzero(right)
+        if not len(rows):
+            break
+        adv[rows] = pgd_l2(model, x[rows], y[rows], eps=eps, steps=steps, step_size=step_size,
+                           random_start=r > 0, batch_size=batch_size, seed=seed + r,
+                           jit_compile=jit_compile, verbose=verbose)
+        right[rows] = _predict_classes(forward, adv[rows], batch_size) == y[rows]
+    return adv, right
+
+
+def fgm_l2(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
+           batch_size: int = 256, jit_compile: bool = False, verbose="auto") -> np.ndarray:
+    """Fast gradient method, L2: one normalised gradient step of size eps, clipped to [0, 1]."""
+    if eps == 0:
+        return _check_images(x).astype(np.float32)
+    return pgd_l2(model, x, y, eps=eps, steps=1, step_size=eps, targeted=targeted,
+                  batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
+
+
+def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *, eps: float,
+                          steps: int, step_size: float, random_start: bool = False,
+                          batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
+                          verbose="auto", loss: str = "ce", kappa: float = 0.0,
+                          first_hit: bool = False):
+    """The N-targeted attack of Waseda et al.: descend sum_i CE(model_i(x), t_i), or with
+    ``loss="margin"`` the clipped margins of ``multi_margin_objective``.
+
+    ``targets_per_model`` has shape (len(models), len(x)): model i is pushed towards t_i.
+    With ``first_hit``, returns (images, first_hit) where first_hit[i, n] is the first step
+    after which model i predicted its target on image n (-1: never): the loop is run one step
+    at a time (PGD without momentum continues exactly from where it stopped).
+    """
+    if loss not in N_TARGETED_LOSSES:
+        raise ValueError(f"loss must be one of {N_TARGETED_LOSSES}; got {loss!r}")
+    if not (kappa >= 0 and math.isfinite(kappa)):
+        raise ValueError(f"kappa must be a finite number >= 0; got {kappa!r}")
+    models = list(models)
+    if not models:
+        raise ValueError("models must hold at least one model")
+    _check_budget(eps, steps, step_size, random_start)
+    x = _check_images(x)
+    targets = np.asarray(targets_per_model)
+    if targets.ndim != 2 or targets.shape[0] != len(models):
+        raise ValueError(f"targets_per_model must have shape (num_models={len(models)}, "
+                         f"num_images={len(x)}); got {targets.shape}")
+    targets = np.stack([_check_labels(t, f"targets_per_model[{i}]", len(x), _num_classes(m))
+                        for i, (t, m) in enumerate(zip(targets, models))], axis=1)
+    make = (lambda: multi_model_objective(models)) if loss == "ce" else \
+        (lambda: multi_margin_objective(models, kappa))
+    fn = cached_attack(models, ("multi", loss, float(kappa), len(models), bool(random_start),
+                                bool(jit_compile)), make, random_start, jit_compile)
+    if not first_hit:
+        return run_attack(fn, x, targets, eps=eps, steps=steps, step_size=step_size,
+                          random_start=random_start, batch_size=batch_size, seed=seed,
+                          verbose=verbose)
+    if random_start:
+        raise ValueError("first_hit runs the loop step by step: no random start")
+    hit = np.full((len(models), len(x)), -1, np.int64)
+    forwards = [logits_fn(m) for m in models]   # once: a softmax model builds a sub-model
+    x_adv = x.astype(np.float32)
+    for step in range(1, steps + 1):
+        x_adv = run_attack(fn, x, targets, x0=x_adv, eps=eps, steps=1, step_size=step_size,
+                           batch_size=batch_size, seed=seed, verbose=False)
+        for i, forward in enumerate(forwards):
+            now = _predict_classes(forward, x_adv, batch_size) == targets[:, i]
+            hit[i][(hit[i] < 0) & now] = step
+    return x_adv, hit
+
+
+def _predict_classes(forward: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([np.argmax(forward(tf.constant(x[i:i + batch_size])).numpy(), 1)
+                           for i in range(0, len(x), batch_size)])

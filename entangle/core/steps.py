@@ -1,0 +1,124 @@
+"""The compiled training step (PGD on the batch first when eps > 0), one epoch of it with
+progress and preemption, and the checkpointed state a stopped training resumes from."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from entangle.core import attacks
+from entangle.core.train_config import TrainConfig
+from entangle.runtime import preempt, progress
+from entangle.runtime.atomic import atomic_save_npz
+
+
+def training_attack(model, cfg: TrainConfig):
+    """The batch attack of adversarial training: untargeted L2 PGD at ``cfg.eps`` (from a
+    random start in the ball of ``cfg.attack_start_radius`` x eps if
+    ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no gradient through it. Traced
+    inside the train step."""
+    objective = attacks.cross_entropy_objective(model, targeted=False)
+
+    def attack(x, y, seed):
+        start = (attacks.random_l2_start(x, cfg.eps * cfg.attack_start_radius, seed)
+                 if cfg.attack_random_start else x)
+        return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
+                                                 cfg.attack_steps, cfg.attack_step))
+
+    return attack
+
+
+def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):
+    """The compiled global step: (PGD on the batch when eps > 0, then) one Adam update.
+
+    Returns summed loss and correct count over the global batch.
+    """
+    replicas = strategy.num_replicas_in_sync
+    global_batch = float(cfg.batch_size)
+    adversarial = training_attack(model, cfg)
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(x, y, seed):
+        if cfg.eps > 0:
+            x = adversarial(x, y, seed)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            loss = tf.reduce_sum(per_example) / global_batch
+            if model.losses:
+                loss += tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / replicas
+            to_diff = optimizer.scale_loss(loss) if scaled else loss
+        grads = tape.gradient(to_diff, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y),
+                                        tf.float32))
+        return tf.reduce_sum(per_example), correct
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y, seed):
+        loss, correct = strategy.run(replica_step, args=(x, y, seed))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
+
+    return step
+
+
+def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
+              label: str = "accuracy", verbose: bool = False, start: dict | None = None) -> dict:
+    """One pass of a compiled train step over a dataset: mean loss and train accuracy.
+
+    ``dataset`` starts at batch ``start["batch"]`` when resuming mid-epoch (``start`` holds
+    the sums so far). On a stop request (``preempt``) it returns after the current batch with
+    ``{"stopped": {"batch", "loss", "correct", "seconds"}}``: the state to resume from.
+    """
+    start = start or {"batch": 0, "loss": 0.0, "correct": 0.0, "seconds": 0.0}
+    progbar = progress.progbar(steps, enabled=verbose, unit_name="batch",
+                               stateful_metrics=["loss", label])
+    tot_loss, tot_correct, first = start["loss"], start["correct"], start["batch"]
+    t0 = time.time() - start["seconds"]
+    seen = float(first * batch_size)
+    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset), first):
+        loss, correct = step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32))
+        tot_loss += float(loss)
+        tot_correct += float(correct)
+        seen += batch_size
+        progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
+                       finalize=b + 1 == steps)
+        if preempt.requested() and b + 1 < steps:
+            return {"stopped": {"batch": b + 1, "loss": tot_loss, "correct": tot_correct,
+                                "seconds": time.time() - t0}}
+    return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen,
+            "seconds": time.time() - t0}
+
+
+def save_state(path: str, model, optimizer, epoch: int, history: list, best: dict,
+               best_weights: list | None, in_epoch: dict | None = None):
+    """Checkpoints after epoch ``epoch`` (or, with ``in_epoch``, part way into the next)."""
+    arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
+    arrays.update({f"b{i}": w for i, w in enumerate(best_weights or [])})
+    arrays["meta"] = np.array(json.dumps({"epoch": epoch, "history": history, "best": best,
+                                          "in_epoch": in_epoch}))
+    atomic_save_npz(os.path.join(path, "state.npz"), **arrays)
+
+
+def load_state(path: str, model, optimizer):
+    """(meta, best weights or None) of a checkpoint, loaded into model and optimizer."""
+    file = os.path.join(path, "state.npz")
+    if not os.path.exists(file):
+        return None, None
+    with np.load(file) as z:
+        n_w = sum(k.startswith("w") for k in z.files)
+        model.set_weights([z[f"w{i}"] for i in range(n_w)])
+        for i, v in enumerate(optimizer.variables):
+            v.assign(z[f"o{i}"])
+        n_b = sum(k.startswith("b") for k in z.files)
+        best = [z[f"b{i}"] for i in range(n_b)] if n_b else None
+        return json.loads(str(z["meta"])), best
+
+

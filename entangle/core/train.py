@@ -1,0 +1,379 @@
+"""One training loop for every classifier of the paper: Adam, standard or Madry adversarial.
+
+``fit`` builds the model inside a ``tf.distribute`` strategy scope, runs one compiled step
+per global batch through ``strategy.run`` (PGD on the batch first when eps > 0, with the
+model in inference mode), keeps the best validation weights when early stopping is on, and
+recomputes the batch-norm statistics at the end. Given a checkpoint folder it saves its
+state there every epoch (and part way into one on a stop request) and resumes from what it
+finds, bit for bit. It knows nothing of stores or keys: ``entangle.store.training`` adds
+those (the key, the lock among processes, the checkpoint folder, the stored model).
+
+The loop is ours rather than ``keras.Model.fit`` because its resume is exact mid-epoch:
+the batch order, augmentation and attack start of epoch e are pure functions of (seed, e),
+and a checkpoint holds the optimiser state and the sums of a partial epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from entangle import data
+from entangle.core import attacks, models
+from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
+from entangle.core.steps import (load_state, make_train_step, run_epoch, save_state,
+                                 training_attack)
+from entangle.core.train_config import parse_arch, RuntimeOptions, TrainConfig
+from entangle.data import batching
+from entangle.runtime import preempt
+from entangle.runtime.distribution import get_strategy
+
+# Images whose batch statistics become the batch norms' moving statistics after training
+# (``bn_statistics="recompute"``): enough for stable averages, a fraction of an epoch's cost.
+BN_RECOMPUTE_IMAGES = 10_000
+# Bump when a change to this module alters the model it trains from the same configuration
+# (2: index-permutation input pipeline, batched augmentation, float32 logits; 3: batch-norm
+# statistics recomputed after training, ResNet batch-norm momentum a setting; 4: the
+# learning rate per step as a Keras schedule, weight averaging and zero-initialised
+# residual branches as settings, every model's seed its own role seed).
+VERSION = 4
+
+
+ModelFn = Callable[[], keras.Model]
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Sets Keras' global dtype policy inside the block only."""
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """``keras.utils.set_random_seed(seed)`` inside the block; the caller's Python, NumPy,
+    TensorFlow and Keras seed state is restored afterwards, so nothing leaks."""
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from tensorflow.python.eager import context
+
+    saved = (random.getstate(), np.random.get_state(), context.global_seed(),
+             global_state.get_global_attribute("global_random_seed"),
+             global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR))
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        tf.random.set_seed(saved[2])
+        global_state.set_global_attribute("global_random_seed", saved[3])
+        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, saved[4])
+
+
+def build_model(cfg: TrainConfig, input_shape, num_classes: int) -> keras.Model:
+    family, depth = parse_arch(cfg.arch)
+    with dtype_policy(cfg.precision):
+        if family == "resnet_v2":
+            return models.resnet_v2(depth, input_shape, num_classes, width=cfg.width,
+                                    weight_decay=cfg.weight_decay, pooling=cfg.pooling,
+                                    bn_momentum=cfg.bn_momentum,
+                                    zero_init_residual=cfg.zero_init_residual)
+        return models.victim(family, input_shape, num_classes,
+                             weights="imagenet" if cfg.pretrained else None,
+                             resize_to=cfg.input_size or None)
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int
+                ) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate per optimiser step, as a Keras schedule.
+
+    ``step`` is the schedule of Keras' CIFAR-10 ResNet example (Adam 1e-3, the paper's
+    setting), scaled from its 200 epochs to ``cfg.epochs``: x0.1 after 40 %, x0.01 after 60 %,
+    x1e-3 after 80 %, x5e-4 after 90 % of training. ``cosine`` anneals to 0, ``none`` stays;
+    both after a linear warm-up over ``cfg.lr_warmup`` of the steps when it is > 0.
+    """
+    schedules = keras.optimizers.schedules
+    lr, total = cfg.learning_rate, cfg.epochs * steps_per_epoch
+    if cfg.lr_decay == "step":
+        # PiecewiseConstantDecay switches after a boundary: step b-1 is the last at the old rate
+        bounds = [max(0, int(round(f * total)) - 1) for f in (0.4, 0.6, 0.8, 0.9)]
+        return schedules.PiecewiseConstantDecay(
+            bounds, [lr * f for f in (1.0, 1e-1, 1e-2, 1e-3, 5e-4)])
+    warm = int(round(cfg.lr_warmup * total))
+    return schedules.CosineDecay(0.0 if warm else lr, max(1, total - warm),
+                                 alpha=1.0 if cfg.lr_decay == "none" else 0.0,
+                                 warmup_target=lr if warm else None, warmup_steps=warm)
+
+
+def learning_rate_at(cfg: TrainConfig, epoch: int, steps_per_epoch: int = 1) -> float:
+    """The learning rate at the first step of a (0-based) epoch (see ``lr_schedule``)."""
+    return float(lr_schedule(cfg, steps_per_epoch)(epoch * steps_per_epoch))
+
+
+def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model:
+    """A fresh model from a user's builder (or a clone of a user's model), checked."""
+    with dtype_policy(cfg.precision):
+        if isinstance(model_fn, keras.Model):
+            model = keras.models.clone_model(model_fn)
+            model.set_weights(model_fn.get_weights())
+        else:
+            model = model_fn()
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model_fn must return a keras.Model; got {type(model).__name__}")
+    if attacks.ends_in_softmax(model):
+        raise ValueError(f"model {model.name!r} ends in a softmax; train_classifier needs a model "
+                         f"that outputs logits (e.g. keras.applications.*(classifier_activation"
+                         f"=None), or drop the final softmax)")
+    return model
+
+
+def architecture_signature(model: keras.Model) -> str:
+    """The model's configuration as JSON with auto-generated names replaced by layer indices,
+    so two builds of one architecture match ('dense_3' vs 'dense_7')."""
+    index = {layer.name: f"#{i}" for i, layer in enumerate(model.layers)}
+
+    def clean(obj):
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if k != "name"}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return index.get(obj, obj) if isinstance(obj, str) else obj
+
+    return json.dumps(clean(model.get_config()), sort_keys=True, default=str)
+
+
+def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
+                       model_fn: ModelFn | keras.Model | None = None,
+                       steps_per_epoch: int = 1):
+    """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly,
+    its learning rate ``lr_schedule(cfg, steps_per_epoch)`` and its weight average ``cfg.ema``.
+
+    Building Adam eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
+    value for placeholder" failure of custom steps under MirroredStrategy (keras issue 23085).
+    The seed is set for the build only; the caller's random state is left as it was.
+    """
+    with seeded(cfg.seed), strategy.scope():
+        model = (build_model(cfg, input_shape, num_classes) if model_fn is None
+                 else user_model(model_fn, cfg))
+        optimizer = keras.optimizers.Adam(learning_rate=lr_schedule(cfg, steps_per_epoch),
+                                          use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+        if cfg.precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
+                          runtime: RuntimeOptions) -> dict:
+    """Recomputes the batch-norm statistics (``cfg.bn_statistics == "recompute"``) over up to
+    ``BN_RECOMPUTE_IMAGES`` training images as the training step saw them (attacked by the
+    training attack when eps > 0, not augmented); reports inference-mode accuracy on 1,000
+    clean training images before and after, the measure of how stale the averages were."""
+    rng = np.random.default_rng(cfg.seed + 104729)
+    rows = np.sort(rng.choice(len(train), min(len(train), BN_RECOMPUTE_IMAGES), replace=False))
+    probe = rows[:1000]
+    batch = runtime.eval_batch_size
+    before = accuracy(model, train.x[probe], train.y[probe], batch)
+    report = {"statistics": cfg.bn_statistics, "probe_images": len(probe),
+              "probe_accuracy_moving": before}
+    if cfg.bn_statistics != "recompute" or not batch_norm_layers(model):
+        return report
+
+    attack = tf.function(training_attack(model, cfg)) if cfg.eps > 0 else None
+
+    def batches():
+        for i in range(0, len(rows), batch):
+            part = rows[i:i + batch]
+            x = data.to_float(np.asarray(train.x[part]))
+            if attack is not None:   # the training attack itself, as the last epoch saw it
+                x = attack(tf.constant(x), tf.constant(train.y[part], tf.int32),
+                           tf.constant([cfg.seed % 2 ** 31, i], tf.int32)).numpy()
+            yield x
+
+    recompute_bn_statistics(model, batches())
+    report.update(images=len(rows), probe_accuracy_recomputed=accuracy(
+        model, train.x[probe], train.y[probe], batch))
+    if runtime.verbose:
+        print(f"[bn] statistics recomputed over {len(rows)} training images: inference accuracy "
+              f"on {len(probe)} of them {before:.4f} -> {report['probe_accuracy_recomputed']:.4f}")
+    return report
+
+
+def _check_runtime(cfg: TrainConfig, strategy, runtime: RuntimeOptions, n_train: int):
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of "
+                         f"replicas ({replicas}) of the {runtime.strategy} strategy")
+    if runtime.jit_compile and replicas > 1:
+        raise ValueError(f"--jit_compile (jit_compile=True) is not supported for training with "
+                         f"{replicas} replicas: Keras turns XLA off under tf.distribute, and a "
+                         f"step whose optimizer all-reduces across replicas cannot be compiled "
+                         f"as one XLA cluster. Train without it (attacks and evaluation, which "
+                         f"run outside the strategy, still use it)")
+    if n_train // cfg.batch_size < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n_train} training images")
+
+
+@dataclasses.dataclass
+class Fit:
+    """What ``fit`` returns: the trained model, its history (one record per epoch) and its
+    metrics (epochs run, the best validation accuracy, seconds, the batch-norm check)."""
+
+    model: keras.Model
+    history: list
+    metrics: dict
+    replicas: int
+    strategy: str
+
+
+def as_dataset(value, name: str = "train") -> data.Dataset:
+    """A ``data.Dataset`` from one, or from an (images, labels) pair of arrays."""
+    if isinstance(value, data.Dataset):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        x, y = np.asarray(value[0]), np.asarray(value[1])
+        if x.ndim != 4 or len(x) != len(y):
+            raise ValueError(f"{name} must be (images (n, h, w, c), labels (n,)); got shapes "
+                             f"{x.shape} and {y.shape}")
+        y = y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y
+        classes = int(y.max()) + 1 if len(y) else 1
+        return data.Dataset(x, y.astype(np.int64), tuple(str(c) for c in range(classes)), name)
+    raise TypeError(f"{name} must be an entangle.data.Dataset or an (images, labels) tuple of "
+                    f"arrays; got {type(value).__name__}")
+
+
+def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeOptions(),
+        checkpoint_dir: str | None = None, write_checkpoints: bool = True,
+        log_dir: str | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
+        model_fn: ModelFn | keras.Model | None = None, name: str = "model",
+        strategy=None) -> Fit:
+    """Trains a classifier of ``cfg`` (or a user's ``model_fn``) on ``train`` (a
+    ``data.Dataset`` or (images, labels) arrays; uint8 or floats in [0, 1]).
+
+    ``val`` feeds early stopping and the per-epoch validation accuracy. ``checkpoint_dir``:
+    resume from the state saved there, and (``write_checkpoints``) save it every epoch and on
+    a stop request (``preempt``); ``log_dir``: TensorBoard scalars per epoch.
+    """
+    train = as_dataset(train)
+    val = None if val is None else as_dataset(val, "val")
+    if cfg.early_stopping and not val:
+        raise ValueError("early_stopping needs a validation set (val=...)")
+    strategy = strategy or get_strategy(runtime.strategy, runtime.devices)
+    replicas = strategy.num_replicas_in_sync
+    _check_runtime(cfg, strategy, runtime, len(train))
+    steps_per_epoch = len(train) // cfg.batch_size
+    model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes,
+                                          model_fn, steps_per_epoch)
+    step = make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
+
+    state, best_weights = (load_state(checkpoint_dir, model, optimizer) if checkpoint_dir
+                           else (None, None))
+    start_epoch, history = (state["epoch"] + 1, state["history"]) if state else (0, [])
+    best = state["best"] if state else {"val_accuracy": -1.0, "epoch": -1}
+    if state and runtime.verbose:
+        where = (f"in epoch {start_epoch + 1}, after batch {state['in_epoch']['batch']}"
+                 if state.get("in_epoch") else f"after epoch {start_epoch}")
+        print(f"[{name}] resuming {where} of {cfg.epochs}")
+    save = checkpoint_dir is not None and write_checkpoints
+    tb = (tf.summary.create_file_writer(log_dir) if log_dir
+          else tf.summary.create_noop_writer())
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+
+    pipeline = batching.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
+                                      augment_images=cfg.augment, seed=cfg.seed,
+                                      drop_remainder=True)
+    in_epoch = state.get("in_epoch") if state else None
+    for epoch in range(start_epoch, cfg.epochs):
+        if best["epoch"] >= 0 and cfg.early_stopping and epoch - best["epoch"] > cfg.patience:
+            break
+        lr = float(inner.learning_rate)
+        if runtime.verbose:
+            print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}"
+                  + (f", from batch {in_epoch['batch'] + 1}" if in_epoch else ""))
+        result = run_epoch(step, strategy,
+                           pipeline.epoch(epoch, in_epoch["batch"] if in_epoch else 0),
+                           steps_per_epoch, seed=(cfg.seed, epoch), batch_size=cfg.batch_size,
+                           label="adv_accuracy" if cfg.eps > 0 else "accuracy",
+                           verbose=runtime.verbose, start=in_epoch)
+        in_epoch = None
+        if "stopped" in result:
+            if save:
+                save_state(checkpoint_dir, model, optimizer, epoch - 1, history, best,
+                           best_weights if cfg.early_stopping else None, result["stopped"])
+            tb.close()
+            preempt.check(f"in epoch {epoch + 1} of {name}, after batch "
+                          f"{result['stopped']['batch']}")
+        record = {"epoch": epoch, "lr": lr, **result}
+        if val:
+            record["val_accuracy"] = accuracy(model, val.x, val.y, runtime.eval_batch_size)
+            if record["val_accuracy"] > best["val_accuracy"]:
+                best = {"val_accuracy": record["val_accuracy"], "epoch": epoch}
+                if cfg.early_stopping:
+                    best_weights = model.get_weights()
+        if runtime.verbose:
+            print(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                           if k not in ("epoch", "lr")))
+        history.append(record)
+        with tb.as_default(step=epoch):
+            for k, v in record.items():
+                if k != "epoch":
+                    tf.summary.scalar(k, v)
+        if save:
+            save_state(checkpoint_dir, model, optimizer, epoch, history, best,
+                       best_weights if cfg.early_stopping else None)
+        if on_epoch_end:
+            on_epoch_end(epoch, record)
+        if preempt.requested() and epoch + 1 < cfg.epochs:
+            tb.close()
+            preempt.check(f"after epoch {epoch + 1} of {name}")
+
+    if cfg.early_stopping and best_weights is not None:
+        model.set_weights(best_weights)
+    inner.finalize_variable_values(model.trainable_variables)  # the weight average, if any
+    metrics = {"epochs_run": len(history), "final": history[-1] if history else {},
+               "best_val": best, "train_seconds": sum(r["seconds"] for r in history),
+               "batch_norm": _settle_bn_statistics(cfg, model, train, runtime)}
+    tb.close()
+    return Fit(model, history, metrics, replicas, type(strategy).__name__)
+
+
+def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,
+                     strategy=None, jit_compile: bool = False,
+                     adversarial: bool = False) -> tuple[float, float]:
+    """(images per second of the training step at ``cfg.batch_size``, seconds to build and
+    trace the model and take its first step): a few steps on random images, for plan
+    estimates. The clean step unless ``adversarial`` (then its PGD runs inside, as in
+    training; cfg.eps must be > 0)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if adversarial and not cfg.eps > 0:
+        raise ValueError(f"an adversarial training probe needs eps > 0; got {cfg.eps}")
+    clean = cfg if adversarial else dataclasses.replace(cfg, eps=0.0)
+    start = time.time()
+    with seeded(cfg.seed):
+        model, optimizer = build_for_training(clean, strategy, input_shape, num_classes)
+        step = make_train_step(model, optimizer, clean, strategy, jit_compile)
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.random((cfg.batch_size,) + tuple(input_shape), np.float32))
+        y = tf.constant(rng.integers(0, num_classes, cfg.batch_size), tf.int32)
+        seed = tf.constant([0, 0], tf.int32)
+        float(step(x, y, seed)[0])
+        first = time.time() - start
+        t0 = time.time()
+        for _ in range(steps):
+            float(step(x, y, seed)[0])
+        per_second = steps * cfg.batch_size / max(time.time() - t0, 1e-9)
+    del model, optimizer, step
+    return per_second, first

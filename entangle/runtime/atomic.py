@@ -1,0 +1,272 @@
+"""The store's building blocks: files written atomically (a temporary named by its owner,
+renamed into place), temporaries whose owner died, resumable chunked arrays, and the lock
+file one process holds while it builds an artifact (heartbeat, takeover of a dead holder)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from typing import Callable
+
+import numpy as np
+
+from entangle.runtime import preempt
+
+
+def builder_id() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+ORPHAN_AGE = 86400.0  # a temporary without a checkable owner is an orphan after a day
+
+
+_TAGGED = re.compile(r"\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]+(\.tmp)?$")
+
+
+def owner_tag() -> str:
+    """pid@host, written into every temporary's name so that a later run can tell whether
+    the process that made it is still alive."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def orphaned(path: str, *, other_hosts_dead: bool = False, now: float | None = None) -> bool:
+    """Whether a temporary (``.<key>.tmp-<pid>@<host>-*`` directory or ``.tmp`` file) has no
+    live owner: its pid is gone on this host, or, where the owner cannot be checked (another
+    host, or a name from before owners were recorded), it is older than ``ORPHAN_AGE``
+    (``other_hosts_dead``: the caller holds the artifact's lock, so no other host writes it)."""
+    m = _TAGGED.search(os.path.basename(path))
+    if m and m["host"] == socket.gethostname():
+        return int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+    if m and other_hosts_dead:
+        return True
+    try:
+        age = (now or time.time()) - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    return age > ORPHAN_AGE
+
+
+def tree_size(path: str) -> int:
+    if not os.path.isdir(path):
+        return os.path.getsize(path) if os.path.exists(path) else 0
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if os.path.exists(os.path.join(d, f)))
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def build_chunks(workdir: str, n: int, chunk_size: int,
+                 make: Callable[[slice], dict[str, np.ndarray]], *,
+                 on_chunk: Callable[[int], None] | None = None,
+                 bar=None) -> None:
+    """Fills ``workdir/chunk-NNNNN.npz`` with ``make(rows)`` for consecutive row slices,
+    atomically, skipping chunks already there: a killed build resumes, losing at most one
+    chunk, and memory holds one chunk at a time."""
+    os.makedirs(workdir, exist_ok=True)
+    for c in range(-(-n // chunk_size)):
+        rows = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
+        path = os.path.join(workdir, f"chunk-{c:05d}.npz")
+        if not os.path.exists(path):
+            atomic_save_npz(path, **make(rows))
+            if on_chunk:
+                on_chunk(c)
+        if bar is not None:
+            bar.update(rows.stop, finalize=rows.stop == n)
+        if rows.stop < n:
+            preempt.check(f"after chunk {c + 1} of {-(-n // chunk_size)} in {workdir}")
+
+
+def assemble_chunks(workdir: str, name: str, out_path: str) -> np.ndarray:
+    """Concatenates array ``name`` of every chunk into one ``.npy`` file, streamed chunk by
+    chunk; returns it memory-mapped (read-only)."""
+    paths = sorted(p for p in os.listdir(workdir) if p.startswith("chunk-"))
+    if not paths:
+        raise RuntimeError(f"no chunks in {workdir}")
+    shapes = []
+    for p in paths:
+        with np.load(os.path.join(workdir, p)) as z:
+            shapes.append((z[name].shape, z[name].dtype))
+    n = sum(s[0][0] for s in shapes)
+    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=shapes[0][1],
+                                    shape=(n,) + shapes[0][0][1:])
+    start = 0
+    for p, (shape, _) in zip(paths, shapes):
+        with np.load(os.path.join(workdir, p)) as z:
+            out[start:start + shape[0]] = z[name]
+        start += shape[0]
+    out.flush()
+    del out
+    return np.load(out_path, mmap_mode="r")
+
+
+class ArtifactBusy(RuntimeError):
+    """Another live process holds the lock of the artifact (``get_or_build(wait=False)``)."""
+
+
+class Lock:
+    """An exclusive lock file that works on local disks and shared file systems.
+
+    Created with O_EXCL; holds the owner's host, pid and a token; a daemon thread refreshes its
+    mtime every ``heartbeat`` seconds. A lock counts as stale when its host is this host and
+    its pid is gone, or when it has not been refreshed for ``stale_after`` seconds; a stale
+    lock is renamed away (one winner) and acquisition retried.
+    """
+
+    def __init__(self, path: str, *, heartbeat: float = 30.0, stale_after: float = 600.0):
+        self.path, self.heartbeat, self.stale_after = path, heartbeat, stale_after
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def owner(self) -> dict | None:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _stale(self, owner: dict | None) -> bool:
+        try:
+            age = time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return False
+        if owner is None:  # unreadable: being written, or garbage; judge by age alone
+            return age > max(self.stale_after, 5.0)
+        if owner.get("host") == socket.gethostname():
+            try:
+                os.kill(int(owner["pid"]), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError, KeyError):
+                pass
+        return age > self.stale_after
+
+    def held(self) -> bool:
+        """Whether a live process holds this lock (it exists and is not stale)."""
+        return os.path.exists(self.path) and not self._stale(self.owner())
+
+    def try_acquire(self) -> bool:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner()
+                if not self._stale(owner):
+                    return False
+                self._break(owner)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({**builder_id(), "token": self.token, "since": time.time()}, f)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+            return True
+        return False
+
+    def _break(self, seen: dict | None) -> None:
+        aside = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # somebody else broke it first
+        try:
+            with open(aside) as f:
+                taken = json.load(f)
+        except (OSError, ValueError):
+            taken = None
+        if seen is not None and taken is not None and taken.get("token") != seen.get("token"):
+            try:  # we raced and took a fresh lock: put it back unless a newer one exists
+                os.link(aside, self.path)
+            except OSError:
+                pass
+        os.unlink(aside)
+
+    def _beat(self):
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        owner = self.owner()
+        if owner is not None and owner.get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb"):
+    """Yields a temporary file beside ``path``; on success it is renamed onto ``path``.
+
+    A process killed mid-write leaves at most a stray temporary file, never a partial ``path``.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp",
+                               prefix=f".{os.path.basename(path)}.tmp-{owner_tag()}-")
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600: colleagues sharing a store read it
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_save_npz(path: str, **arrays) -> None:
+    """np.savez through atomic_file."""
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
+
+
+def temporaries_in(folder: str) -> list[str]:
+    """The ``atomic_file`` temporaries anywhere under ``folder`` (e.g. a ``.partial`` state)."""
+    return [os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".tmp")]
+
+
+def listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
