@@ -208,8 +208,9 @@ def test_r_eps_build_stopped_between_chunks_resumes_to_the_same_images(smoke_con
 
     from entangle.runtime import preempt
     from entangle.core import robustify
+    from entangle.studies import builders
 
-    monkeypatch.setattr(pipeline, "CHUNK_IMAGES", 32)        # 128 test images: 4 chunks
+    monkeypatch.setattr(builders, "CHUNK_IMAGES", 32)        # 128 test images: 4 chunks
     exp = pipeline.Experiment(smoke_config)
     exp.model("standard")
     calls = []

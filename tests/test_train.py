@@ -174,7 +174,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from entangle import data
     from entangle.core import inference, train
     from entangle.data import planted
-    from entangle.store import Store
+    from entangle.store import Store, training
     cfg = planted.PlantedConfig(image_size=16, num_classes=4, train_size=512, test_size=64)
     tr, te = data.make_planted("train", cfg), data.make_planted("test", cfg)
     tc = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=1,

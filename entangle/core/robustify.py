@@ -5,7 +5,8 @@ seeded derangement: no image seeds itself), and minimise ||rep(x_r) - rep(x)||_2
 normalised gradient descent with no norm bound (Table 4: CIFAR 400 steps of 0.05, ImageNet-9
 200 of 0.1), clipping to [0, 1]; x_r is labelled y. With rep from an eps-robust model, x_r
 carries the robust features of x and little else: R_eps. It is the attack loop of
-``entangle.core.attacks`` with another objective (``feature_matching_objective``), not a copy.
+``entangle.core.attacks`` with another objective (``objectives.feature_matching_objective``),
+not a copy.
 
 Each image also gets its relative distance ||rep(x_r) - rep(x)|| / ||rep(x0) - rep(x)||, so
 users can see convergence (tables report the median).
@@ -21,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core import attacks, models
+from entangle.core import attacks, models, objectives
 
 # Bump when a change here alters the robustified images built from the same configuration.
 VERSION = 1
@@ -120,7 +121,7 @@ def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyC
         raise ValueError(f"x0 must have the shape of x {xf.shape}; got {x0f.shape}")
     target = representations(rep, xf, batch_size)
     fn = attacks.cached_attack([rep], ("features", bool(jit_compile)),
-                               lambda: attacks.feature_matching_objective(rep), False,
+                               lambda: objectives.feature_matching_objective(rep), False,
                                jit_compile, cfg.schedule, cfg.keep_best)
     out = attacks.run_attack(fn, x0f, target, eps=cfg.eps, steps=cfg.steps,
                              step_size=cfg.step_size, batch_size=batch_size, verbose=verbose)

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core import attacks
+from entangle.core import attacks, objectives
 from entangle.core.train_config import TrainConfig
 from entangle.runtime import preempt, progress
 from entangle.runtime.atomic import atomic_save_npz
@@ -22,7 +22,7 @@ def training_attack(model, cfg: TrainConfig):
     random start in the ball of ``cfg.attack_start_radius`` x eps if
     ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no gradient through it. Traced
     inside the train step."""
-    objective = attacks.cross_entropy_objective(model, targeted=False)
+    objective = objectives.cross_entropy_objective(model, targeted=False)
 
     def attack(x, y, seed):
         start = (attacks.random_l2_start(x, cfg.eps * cfg.attack_start_radius, seed)

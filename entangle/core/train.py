@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import attacks, models
+from entangle.core import models, objectives
 from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
 from entangle.core.steps import (load_state, make_train_step, run_epoch, save_state,
                                  training_attack)
@@ -133,7 +133,7 @@ def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model
             model = model_fn()
     if not isinstance(model, keras.Model):
         raise ValueError(f"model_fn must return a keras.Model; got {type(model).__name__}")
-    if attacks.ends_in_softmax(model):
+    if objectives.ends_in_softmax(model):
         raise ValueError(f"model {model.name!r} ends in a softmax; train_classifier needs a model "
                          f"that outputs logits (e.g. keras.applications.*(classifier_activation"
                          f"=None), or drop the final softmax)")
@@ -343,7 +343,8 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
     if cfg.early_stopping and best_weights is not None:
         model.set_weights(best_weights)
     inner.finalize_variable_values(model.trainable_variables)  # the weight average, if any
-    metrics = {"epochs_run": len(history), "final": history[-1] if history else {},
+    metrics = {"epochs_run": len(history), "steps_per_epoch": steps_per_epoch,
+               "final": history[-1] if history else {},
                "best_val": best, "train_seconds": sum(r["seconds"] for r in history),
                "batch_norm": _settle_bn_statistics(cfg, model, train, runtime)}
     tb.close()

@@ -7,7 +7,7 @@ import math
 
 from absl import flags
 
-from entangle.core import attacks, models
+from entangle.core import models, objectives
 from entangle.data import planted
 from entangle.flags._checks import accepts, columns_ok, eps_validators, FLAGS, validator
 from entangle.studies import entanglement, planted_study, transfer
@@ -56,7 +56,7 @@ def define_transfer_flags(fv=FLAGS):
                          flag_values=fv)
     flags.DEFINE_float("transfer_step_size", 0.1, "Transfer attacks: step size.",
                        lower_bound=1e-9, flag_values=fv)
-    flags.DEFINE_enum("n_targeted_loss", "ce", list(attacks.N_TARGETED_LOSSES),
+    flags.DEFINE_enum("n_targeted_loss", "ce", list(objectives.N_TARGETED_LOSSES),
                       "N-targeted attack: the sum of cross-entropies (Waseda et al.), or "
                       "clipped margins (each source stops pulling once it says its target "
                       "with margin --margin_kappa): the control for budget allocation.",

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from entangle import data
-from entangle.core import attacks, models
+from entangle.core import attacks, models, objectives
 from entangle.runtime import atomic
 from entangle.stats import paper
 from entangle.store import plan as plan_lib
@@ -78,8 +78,8 @@ class TransferConfig:
                              f"{self.sources}")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise ValueError(f"transfer eps must be a finite number > 0; got {self.eps}")
-        if self.n_targeted_loss not in attacks.N_TARGETED_LOSSES:
-            raise ValueError(f"n_targeted_loss must be one of {attacks.N_TARGETED_LOSSES}; "
+        if self.n_targeted_loss not in objectives.N_TARGETED_LOSSES:
+            raise ValueError(f"n_targeted_loss must be one of {objectives.N_TARGETED_LOSSES}; "
                              f"got {self.n_targeted_loss!r}")
         if not (self.kappa >= 0 and math.isfinite(self.kappa)):
             raise ValueError(f"kappa must be a finite number >= 0; got {self.kappa}")
