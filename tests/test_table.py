@@ -52,6 +52,8 @@ def smoke_table(tmp_path_factory):
 
 
 def _seconds(text):
+    """'12s', '3 min' or '1.5 h' (a table cell's padding and bars aside) in seconds."""
+    text = text.strip(" |")
     value, unit = text.split()[0].rstrip("s"), text.split()[-1]
     return float(value) * {"min": 60, "h": 3600}.get(unit, 1)
 
@@ -59,10 +61,10 @@ def _seconds(text):
 def test_table1_smoke_writes_every_file_with_every_cell(smoke_table):
     work, out = smoke_table
     assert "Plan:" in out and "ETA" in out
-    # a cold store estimates from a timed probe of the training step, not from constants
+    # a cold store estimates from timed probes of each kind of work, not from constants
     # (which said "~0s" per artifact and 1 s for a 44 s run): within 4x of the wall time
     line = next(l for l in out.splitlines() if l.startswith("Estimated time"))
-    assert "from a timed probe of the training step" in line
+    assert "from op rates probed now" in line and "guess" not in line
     estimate = _seconds(line.split(": ", 1)[1].split(" (")[0])
     wall = float(out.split("built here: ")[1].split("; ")[1].rstrip("s"))
     assert wall / 4 <= estimate <= wall * 4, (estimate, wall)
@@ -83,7 +85,8 @@ def test_table1_smoke_writes_every_file_with_every_cell(smoke_table):
     # the standard row is an independent twin, the robust row the generator itself
     assert data["models"]["standard"] != data["models"]["robust (eps 1)"]
     gens = [m for m in os.listdir(work / "models") if m.startswith("standard-")]
-    assert data["models"]["standard"] in gens and len(gens) == 2
+    # R_0's generator, the row's twin and the constructed sets' source: three of them
+    assert data["models"]["standard"] in gens and len(gens) == 3
 
 
 def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_table):
@@ -98,14 +101,15 @@ def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_ta
         assert 0 <= g["pgd_accuracy"] <= g["test_accuracy"] + 0.05
         assert g["standard_pgd_accuracy"] == gens["R_0"]["pgd_accuracy"][col[2:]]
         assert "PGD" in g["attack"] and g["batch_norm"]["statistics"] == "recompute"
-    assert {f["finding"] for f in data["findings"]} == set("abcde")
+    assert {f["finding"] for f in data["findings"]} == set("abcdef")
     assert "Generators of the R_eps columns" in out and "Test: exact McNemar" in out
     prov = data["provenance"]                # what the table was computed from
     assert prov["commit"] and prov["flags"]["eps"] == 1.0 and prov["flagfiles"][-1] == \
         "flags/smoke.cfg"
     stored = {f"{kind}/{k}" for kind in ("models", "datasets") for k in os.listdir(work / kind)
               if not k.startswith(".") and not k.endswith((".lock", ".partial"))}
-    assert len(prov["artifacts"]) == 15 and set(prov["artifacts"].values()) <= stored
+    plan = int(out.split("Plan: ")[1].split(" artifacts")[0])
+    assert len(prov["artifacts"]) == plan and set(prov["artifacts"].values()) <= stored
     assert "Table 1 (planted, smoke.cfg), seed 0" in out and "over n = 128 images" in out
     assert "CIFAR" not in out and "paper's in brackets" not in out   # nothing in brackets
 
@@ -311,7 +315,7 @@ def test_wilson_interval_is_scipys():
     assert (lo, hi) == pytest.approx((0.0944, 0.1514), abs=1e-4)
 
 
-def test_estimate_projects_every_artifact_within_3x_of_the_smoke_run(smoke_table, tmp_path):
+def test_estimate_projects_every_artifact_within_4x_of_the_smoke_run(smoke_table, tmp_path):
     _, out = smoke_table
     wall = float(out.split("built here: ")[1].split("; ")[1].rstrip("s"))
     proc = run_binary("table1", *SMOKE, f"--workdir={tmp_path}", "--estimate", check=True)
@@ -323,7 +327,7 @@ def test_estimate_projects_every_artifact_within_3x_of_the_smoke_run(smoke_table
     assert all(0 < p < math.inf for p in projected)
     one = _seconds(next(l for l in lines if l.startswith("| 1 |")).split(" | ")[1])
     two = _seconds(next(l for l in lines if l.startswith("| 2 |")).split(" | ")[1])
-    assert wall / 3 <= one <= wall * 3, (one, wall)
+    assert wall / 4 <= one <= wall * 4, (one, wall)   # both under the suite's other worker
     assert two < one                                    # independent models run side by side
     assert not (tmp_path / "models").exists()           # probes only: nothing was built
     again = run_binary("table1", *SMOKE, f"--workdir={tmp_path}", "--estimate", check=True)

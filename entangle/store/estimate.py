@@ -118,7 +118,8 @@ def remember(store: Store, rates: dict) -> None:
     when = time.strftime("%Y-%m-%d %H:%M")
     for sig, r in rates.items():
         entries[f"{host_id()}|{sig}"] = {"seconds_per_image": r.seconds_per_image,
-                                        "overhead": r.overhead, "when": when}
+                                        "overhead": r.overhead, "when": when,
+                                        "how": r.source}
     try:
         os.makedirs(store.root, exist_ok=True)
         with atomic_file(path, "w") as f:
@@ -134,7 +135,8 @@ def known_rates(store: Store, ops) -> dict:
         e = entries.get(f"{host_id()}|{op.signature()}")
         if e:
             out[op.signature()] = OpRate(e["seconds_per_image"], e["overhead"],
-                                         f"measured here {e['when']}")
+                                         f"measured here ({e.get('how', 'probe')}) "
+                                         f"{e['when']}")
     return out
 
 

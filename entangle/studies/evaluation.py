@@ -33,12 +33,17 @@ class Evaluation:
         key = self.store.key("pred", config)
         path = os.path.join(self.store.path(PREDICTIONS_KIND, key), "predictions.npy")
 
+        def compute():
+            return inference.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
+
         def build():
-            pred = inference.predict(trained.model, ds.x, self.cfg.runtime.eval_batch_size)
+            pred = compute()
             with self.store.writing(PREDICTIONS_KIND, key, config) as d:
                 np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
             return pred
 
+        if not self.writes() and not self.store.has(PREDICTIONS_KIND, key):
+            return compute()
         return self.cached(PREDICTIONS_KIND, key, build, lambda: np.load(path).astype(np.int64))
 
     def fingerprint(self, ds: data.Dataset) -> str:

@@ -5,8 +5,9 @@ work as it goes.
 One rate system: the op rates of ``store.estimate`` (seconds per image of a training step,
 an adversarial step, an attack or robustification loop step, per host and CPU). A plan takes
 its estimate from the rates remembered in the store (measured by ``--estimate`` or by earlier
-runs) and from a guess for the rest; every artifact built of a single kind of work records
-its measured rate for the next plan.
+runs), probes the kinds of work never measured on this host, and falls back on a guess only
+for an artifact without ops; every artifact built of a single kind of work records its
+measured rate for the next plan.
 """
 
 from __future__ import annotations
@@ -34,11 +35,18 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
     """Prints the plan with time estimates, then builds what is missing, cooperating with
     other processes on the store; returns the keys this process built."""
     todo = [it for it in items if not it.present]
-    rates = estimate.known_rates(exp.store, [op for it in todo for op, _ in it.work])
+    ops = [op for it in todo for op, _ in it.work]
+    rates = estimate.known_rates(exp.store, ops)
+    probed = {op.signature() for op in ops} - set(rates)
+    if probed:
+        # a few timed steps of each new kind of work: an ETA from constants was off by 40x
+        est = estimate.estimate(exp.store, todo, log=log)
+        rates = est.rates
     projected = {it.key: estimate.item_seconds(it, rates) for it in todo
                  if it.work and all(op.signature() in rates for op, _ in it.work)}
-    source = ("op rates measured here" if projected and len(projected) == len(todo) else
-              "op rates measured here and a guess" if projected else "a guess")
+    source = ("a guess" if not projected else
+              ("op rates probed now" if probed else "op rates measured here")
+              + ("" if len(projected) == len(todo) else " and a guess"))
     rate = plan_lib.Rate(default_rate(exp), 0.0, source, projected)
     log(plan_lib.describe(exp.store, items, rate))
     return plan_lib.build(exp.store, items, rate, log, poll, name,
