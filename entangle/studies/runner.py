@@ -40,7 +40,7 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
     probed = {op.signature() for op in ops} - set(rates)
     if probed:
         # a few timed steps of each new kind of work: an ETA from constants was off by 40x
-        est = estimate.estimate(exp.store, todo, log=log)
+        est = estimate.estimate(exp.store, items, log=log)   # the stored ones too: deps
         rates = est.rates
     projected = {it.key: estimate.item_seconds(it, rates) for it in todo
                  if it.work and all(op.signature() in rates for op, _ in it.work)}
