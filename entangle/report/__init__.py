@@ -181,10 +181,11 @@ def finish_plot(plt, fig, ax, path: str, title: str, ylabel: str, top: float | N
     ax.set_ylabel(ylabel)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), top)   # below 0 only for signed quantities
     ax.set_title(title if "\n" in title else "\n".join(textwrap.wrap(title, 72)), fontsize=10)
-    ax.legend(fontsize=8)
+    # outside the axes: inside, it hid the paper's high values (robust row at R_1/2, R_1)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_file(path) as f:
-        fig.savefig(f, format="png")
+        fig.savefig(f, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
