@@ -185,7 +185,7 @@ def finish_plot(plt, fig, ax, path: str, title: str, ylabel: str, top: float | N
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     with atomic_file(path) as f:
-        fig.savefig(f, format="png", bbox_inches="tight")
+        fig.savefig(f, format="png")
     plt.close(fig)
 
 
