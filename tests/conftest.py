@@ -1,8 +1,15 @@
 """Shared fixtures: tiny models and synthetic data at 16 px so the suite stays fast on a CPU."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One user cache for the whole run, shared by pytest-xdist's workers: probes of an op are
+# timed once per run, not once per test, and nothing reaches the real ~/.cache. A test that
+# fakes rates, or needs a cold record, takes ``own_cache``.
+os.environ["ENTANGLE_CACHE"] = os.path.join(
+    tempfile.gettempdir(),
+    f"entangle-test-cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID') or os.getpid()}")
 
 import numpy as np
 import pytest
@@ -11,6 +18,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A user cache of this test's own (no op rates remembered), for this process and the
+    binaries it starts with os.environ."""
+    path = tmp_path / "user-cache"
+    monkeypatch.setenv("ENTANGLE_CACHE", str(path))
+    return path
 
 
 def run_binary(binary, *args, env=None, timeout=600, check=False):

@@ -3,6 +3,7 @@ run once per kind of work and are remembered in the store, and real probes on a 
 
 import dataclasses
 import math
+import os
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_items_count_images_at_each_ops_rate_and_each_trace_once():
         plan.Op("evaluate", CFG, 8, (16, 16, 3), 4)
 
 
-def test_estimate_images_projects_a_dataset_not_on_this_machine(tmp_path):
+def test_estimate_images_projects_a_dataset_not_on_this_machine(tmp_path, own_cache):
     """ImageNet-9 is not here: the plan is made for the sizes given, every op of it probed
     (here faked at 1 ms per image), each artifact at its size x its steps."""
     from conftest import smoke_flags
@@ -96,7 +97,7 @@ def test_bad_estimate_images_fail_naming_the_flag(args, message):
         smoke_flags(*args)
 
 
-def test_probes_run_once_per_op_are_remembered_and_seed_the_plans_eta(tmp_path):
+def test_probes_run_once_per_op_are_remembered_and_seed_the_plans_eta(tmp_path, own_cache):
     s = store_lib.Store(str(tmp_path))
     items = [_item("a", 100), _item("b", 50, ("a",))]
     calls = []
@@ -117,6 +118,27 @@ def test_probes_run_once_per_op_are_remembered_and_seed_the_plans_eta(tmp_path):
     assert "build, ~13s" in plan.describe(s, items, rate)
     refined = rate.refined(items[0], 26.0, plan.Rate(100.0))        # took twice the projection
     assert refined.seconds(items[1]) == pytest.approx(8.0 * 1.5)    # halfway to that
+
+
+def test_a_new_store_on_this_machine_estimates_from_the_users_record(tmp_path, own_cache):
+    items = [_item("a", 100)]
+    first = store_lib.Store(str(tmp_path / "one"))
+    estimate.estimate(first, items, probe_fn=lambda op: estimate.OpRate(0.1, 3.0),
+                      log=lambda m: None)
+    assert os.path.exists(own_cache / estimate.RATES)
+    fresh = store_lib.Store(str(tmp_path / "two"))
+    again = estimate.estimate(fresh, items, probe=False)        # no probe: this machine knows
+    assert again is not None and again.items[0][2] == pytest.approx(13.0)
+    # the store's own measurement wins over the machine's
+    sig = items[0].work[0][0].signature()
+    estimate.remember(fresh, {sig: estimate.OpRate(0.2, 1.0)})
+    other = store_lib.Store(str(tmp_path / "three"))
+    estimate.remember(other, {sig: estimate.OpRate(0.5, 0.0)})   # the machine record moves on
+    assert estimate.known_rates(fresh, [items[0].work[0][0]])[sig].seconds_per_image == 0.2
+    (own_cache / estimate.RATES).write_text("[not a record")     # a damaged record: ignored
+    assert estimate.known_rates(fresh, [items[0].work[0][0]])[sig].seconds_per_image == 0.2
+    assert estimate.known_rates(store_lib.Store(str(tmp_path / "four")),
+                                [items[0].work[0][0]]) == {}
 
 
 def test_real_probes_give_positive_finite_rates():

@@ -372,7 +372,7 @@ def test_a_full_disk_leaves_no_partial_artifact_and_is_described(tmp_path, monke
     assert os.listdir(tmp_path) == ["datasets"]  # atomic_file removed its temporary
 
 
-def test_a_built_artifact_teaches_the_next_plan_its_rate(tmp_path):
+def test_a_built_artifact_teaches_the_next_plan_its_rate(tmp_path, own_cache):
     """One rate system: an artifact built of one kind of work records that op's measured
     rate in the store; the next plan projects its items from it."""
     from entangle.core.train_config import TrainConfig

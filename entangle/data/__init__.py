@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
+from entangle import runtime
 from entangle.data import planted as planted_lib
 from entangle.runtime.atomic import atomic_save_npz
 
@@ -299,11 +300,6 @@ def _load_imagenet9(split: str, data_dir: str | None, download: str) -> Dataset:
 # ---------------------------------------------------------------------------- image folders
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("ENTANGLE_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "entangle"))
-
-
 def _class_dirs(split_dir: str) -> list[str]:
     return sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
 
@@ -366,7 +362,7 @@ def load_folder(root: str, split: str, *, cache_dir: str | None = None,
     for path, label in files:
         st = os.stat(path)
         h.update(f"{os.path.relpath(path, root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    cache = os.path.join(cache_dir or default_cache_dir(), "folders",
+    cache = os.path.join(cache_dir or runtime.cache_dir(), "folders",
                          f"{os.path.basename(root)}-{split}-{h.hexdigest()[:16]}.npz")
     name = f"folder:{root}"
     if os.path.exists(cache):

@@ -7,7 +7,8 @@ PGD inside), a step of the attack loop (construction, transfer) and a step of th
 robustification loop, each timed whole as the experiments run it. A probe
 times each distinct op once: the first call (building and tracing the model) is the fixed
 cost of every artifact that uses the op; the next calls give seconds per image. Rates are
-remembered in the store per host, CPU and op, so later plans estimate without probing.
+remembered per host, CPU and op, in the store and in this user's cache (``runtime.cache_dir``),
+so later plans estimate without probing, on this store or on a new one on the same machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from entangle import runtime
 from entangle.runtime.atomic import atomic_file
 from entangle.store import plan as plan_lib, Store
 from entangle.store.plan import Op, PlanItem
@@ -48,6 +50,7 @@ class Estimate:
     items: list[tuple[str, str, float, bool]]
     wall: dict                           # processes -> seconds
     rates: dict                          # op signature -> OpRate
+    probed: tuple = ()                   # the signatures timed now (never measured here)
 
 
 def host_id() -> str:
@@ -103,29 +106,40 @@ def _loop(kind: str, model, x: np.ndarray, y: np.ndarray) -> Callable[[int], obj
         model, x, x0, robustify.RobustifyConfig(steps=steps), batch_size=len(x), verbose=False)
 
 
-def remembered(store: Store) -> dict:
+def _records(store: Store) -> list[str]:
+    """Where rates are remembered: the store's own record first, then this machine's."""
+    return [os.path.join(store.root, RATES), os.path.join(runtime.cache_dir(), RATES)]
+
+
+def _read(path: str) -> dict:
     try:
-        with open(os.path.join(store.root, RATES)) as f:
-            return json.load(f)
+        with open(path) as f:
+            entries = json.load(f)
+        return entries if isinstance(entries, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
+def remembered(store: Store) -> dict:
+    """Every remembered rate, the store's own where both records have one."""
+    return {k: v for path in reversed(_records(store)) for k, v in _read(path).items()}
+
+
 def remember(store: Store, rates: dict) -> None:
-    """Merges measured op rates into the store's record; a read-only store just does not."""
-    path = os.path.join(store.root, RATES)
-    entries = remembered(store)
+    """Merges measured op rates into both records; one that cannot be written (a read-only
+    store, no home directory) just does not learn them."""
     when = time.strftime("%Y-%m-%d %H:%M")
-    for sig, r in rates.items():
-        entries[f"{host_id()}|{sig}"] = {"seconds_per_image": r.seconds_per_image,
-                                        "overhead": r.overhead, "when": when,
-                                        "how": r.source}
-    try:
-        os.makedirs(store.root, exist_ok=True)
-        with atomic_file(path, "w") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-    except OSError:
-        pass
+    new = {f"{host_id()}|{sig}": {"seconds_per_image": r.seconds_per_image,
+                                  "overhead": r.overhead, "when": when, "how": r.source}
+           for sig, r in rates.items()}
+    for path in _records(store):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            entries = {**_read(path), **new}
+            with atomic_file(path, "w") as f:
+                json.dump(entries, f, indent=1, sort_keys=True)
+        except OSError:
+            pass
 
 
 def known_rates(store: Store, ops) -> dict:
@@ -133,10 +147,10 @@ def known_rates(store: Store, ops) -> dict:
     entries, out = remembered(store), {}
     for op in ops:
         e = entries.get(f"{host_id()}|{op.signature()}")
-        if e:
+        if isinstance(e, dict) and {"seconds_per_image", "overhead"} <= set(e):
             out[op.signature()] = OpRate(e["seconds_per_image"], e["overhead"],
                                          f"measured here ({e.get('how', 'probe')}) "
-                                         f"{e['when']}")
+                                         f"{e.get('when', '')}".rstrip())
     return out
 
 
@@ -194,7 +208,8 @@ def estimate(store: Store, items: list[PlanItem], *, probe: bool = True,
     seconds = {it.key: 0.0 if it.present else item_seconds(it, rates) for it in items}
     return Estimate(items=[(it.label, it.key, seconds[it.key], it.present) for it in items],
                     wall={n: schedule(items, seconds, n) for n in processes},
-                    rates={sig: rates[sig] for sig in ops})
+                    rates={sig: rates[sig] for sig in ops},
+                    probed=tuple(op.signature() for op in missing))
 
 
 def markdown(est: Estimate, title: str, hardware: str = "") -> str:

@@ -70,7 +70,13 @@ class Builders:
                                       runtime=runtime or self.cfg.runtime,
                                       data_key=self.model_data_key("victim", cfg))
 
-    def cached(self, kind: str, key: str, build, load):
+    def cached(self, kind: str, key: str, build, load, compute=None):
+        """The artifact, loaded or built (``build``) under the store's lock. ``compute``: the
+        same value without writing, for a process that does not write (a non-chief worker)
+        when the store lacks it: such a process must neither write nor wait on a chief that
+        may never build this."""
+        if compute is not None and not self.writes() and not self.store.has(kind, key):
+            return compute()
         return self.store.get_or_build(kind, key, build, load, poll=self.cfg.runtime.lock_poll,
                                        log=self.log)
 

@@ -42,9 +42,8 @@ class Evaluation:
                 np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
             return pred
 
-        if not self.writes() and not self.store.has(PREDICTIONS_KIND, key):
-            return compute()
-        return self.cached(PREDICTIONS_KIND, key, build, lambda: np.load(path).astype(np.int64))
+        return self.cached(PREDICTIONS_KIND, key, build, lambda: np.load(path).astype(np.int64),
+                           compute)
 
     def fingerprint(self, ds: data.Dataset) -> str:
         """The content hash of a set, computed once per set object (its arrays never change
@@ -101,23 +100,17 @@ class Evaluation:
             right = inference.predict(trained.model, adv, batch) == test.y
             return {"pgd_accuracy": float(right.mean()),
                     "pgd_norm_max": float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
-                                                  .sum(1)).max())}, right
+                                                  .sum(1)).max()), "pgd_correct": right}
 
         def build():
-            metrics, right = compute()
-            with self.store.writing("evals", key, config, metrics=metrics) as d:
-                np.savez(os.path.join(d, "outcomes.npz"), pgd_correct=right)
-            return load()
+            return self._write_outcomes(key, config, compute(), "pgd_correct", load)
 
         def load():
             with np.load(path) as z:
                 return {**self.store.manifest("evals", key)["metrics"],
                         "pgd_correct": z["pgd_correct"]}
 
-        if not self.writes() and not self.store.has("evals", key):
-            metrics, right = compute()
-            return {**metrics, "pgd_correct": right}
-        return self.cached("evals", key, build, load)
+        return self.cached("evals", key, build, load, compute)
 
     def evaluate_strong(self, trained: training.TrainedModel, eps: float) -> dict:
         """Robust accuracy at ``eps`` under the stronger attack of ``cfg.eval`` on its test
@@ -148,23 +141,26 @@ class Evaluation:
                     batch_size=self.cfg.runtime.eval_batch_size,
                     jit_compile=self.cfg.runtime.jit_compile, verbose=False)
                 right[rows] = still
-            return {"strong_pgd_accuracy": float(right.mean()), "images": n}, right
+            return {"strong_pgd_accuracy": float(right.mean()), "images": n,
+                    "strong_correct": right}
 
         def build():
-            metrics, right = compute()
-            with self.store.writing("evals", key, config, metrics=metrics) as d:
-                np.savez(os.path.join(d, "outcomes.npz"), strong_correct=right)
-            return load()
+            return self._write_outcomes(key, config, compute(), "strong_correct", load)
 
         def load():
             with np.load(path) as z:
                 return {**self.store.manifest("evals", key)["metrics"],
                         "strong_correct": z["strong_correct"]}
 
-        if not self.writes() and not self.store.has("evals", key):
-            metrics, right = compute()
-            return {**metrics, "strong_correct": right}
-        return self.cached("evals", key, build, load)
+        return self.cached("evals", key, build, load, compute)
+
+    def _write_outcomes(self, key: str, config: dict, result: dict, outcomes: str, load):
+        """Stores an attack evaluation: its numbers in the manifest, its per-image outcomes
+        (``result[outcomes]``) as outcomes.npz; returns it as loaded."""
+        metrics = {k: v for k, v in result.items() if k != outcomes}
+        with self.store.writing("evals", key, config, metrics=metrics) as d:
+            np.savez(os.path.join(d, "outcomes.npz"), **{outcomes: result[outcomes]})
+        return load()
 
     def strong_attack_label(self) -> str | None:
         """How the stronger attack is described in reports (None when it is off)."""

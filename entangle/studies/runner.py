@@ -35,13 +35,10 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
     """Prints the plan with time estimates, then builds what is missing, cooperating with
     other processes on the store; returns the keys this process built."""
     todo = [it for it in items if not it.present]
-    ops = [op for it in todo for op, _ in it.work]
-    rates = estimate.known_rates(exp.store, ops)
-    probed = {op.signature() for op in ops} - set(rates)
-    if probed:
-        # a few timed steps of each new kind of work: an ETA from constants was off by 40x
-        est = estimate.estimate(exp.store, items, log=log)   # the stored ones too: deps
-        rates = est.rates
+    # a few timed steps of each kind of work this host never ran: an ETA from constants was
+    # off by 40x
+    est = estimate.estimate(exp.store, items, processes=(), log=log)
+    rates, probed = est.rates, bool(est.probed)
     projected = {it.key: estimate.item_seconds(it, rates) for it in todo
                  if it.work and all(op.signature() in rates for op, _ in it.work)}
     source = ("a guess" if not projected else
