@@ -20,6 +20,11 @@ LOGITS_LAYER = "logits"
 # pooling at 32 px; at 64 px a 2x2x(16*width) = 1,024-d representation). "global": global
 # average pooling, a (16*width)-d representation at any size.
 POOLINGS = ("keras_example", "global")
+# The input, its preprocessing and the first convolution compute in float32 under any policy:
+# in bfloat16, x + delta at L2 1/256 reaches the first layer's output with a cosine of 0.18 to
+# float32's (docs/performance.md), so a mixed-precision model would be attacked and trained
+# on rounding noise at the paper's small eps. One layer of 56: a small cost.
+STEM_DTYPE = "float32"
 
 
 @keras.saving.register_keras_serializable(package="entangle")
@@ -59,12 +64,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 def _resnet_layer(x, filters, kernel_size=3, strides=1, activation=True, batch_norm=True,
                   conv_first=True, weight_decay=1e-4, bn_momentum=0.99, name=None,
-                  initializer="he_normal"):
-    """Conv-BN-ReLU (conv_first) or BN-ReLU-Conv (pre-activation), as in the Keras example."""
+                  initializer="he_normal", conv_dtype=None):
+    """Conv-BN-ReLU (conv_first) or BN-ReLU-Conv (pre-activation), as in the Keras example;
+    ``conv_dtype``: the convolution's own dtype policy (None: the global one)."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                          kernel_initializer=initializer, kernel_regularizer=reg,
-                         name=f"{name}_conv" if name else None)
+                         name=f"{name}_conv" if name else None, dtype=conv_dtype)
     if conv_first:
         x = conv(x)
         if batch_norm:
@@ -98,7 +104,8 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
     stage, so tests can use a tiny variant (depth 11, width 4). ``bn_momentum`` is every batch
     norm's moving-average momentum (Keras' 0.99 by default). ``zero_init_residual`` starts the
     last convolution of every residual branch at zero (each block starts as the identity).
-    Logits are float32 under any mixed-precision policy.
+    The stem convolution (``STEM_DTYPE``) and the logits are float32 under any
+    mixed-precision policy.
     """
     if not is_resnet_v2_depth(depth):
         raise ValueError(f"depth must be 9n+2 with n >= 1 (11, 20, 29, 38, 47, 56, ..., e.g. "
@@ -122,7 +129,8 @@ def resnet_v2(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes:
     n = (depth - 2) // 9
     kw = dict(weight_decay=weight_decay, bn_momentum=bn_momentum)
     inputs = keras.Input(shape=input_shape, name="image")
-    x = _resnet_layer(inputs, width, conv_first=True, name="stem", **kw)
+    x = _resnet_layer(inputs, width, conv_first=True, name="stem", conv_dtype=STEM_DTYPE,
+                      **kw)
     filters_in = width
     for stage in range(3):
         for block in range(n):
@@ -275,8 +283,9 @@ def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if min(input_shape[:2]) < size or resize_to:
-        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
-    x = ApplicationPreprocess(mode, name="preprocess")(x)
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize",
+                            dtype=STEM_DTYPE)(x)
+    x = ApplicationPreprocess(mode, name="preprocess", dtype=STEM_DTYPE)(x)
     ctor = getattr(keras.applications, ctor_name)
     try:
         backbone = ctor(include_top=False, weights=weights, input_shape=tuple(x.shape[1:]))
@@ -291,6 +300,10 @@ def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int
             f"{fname!r} in the Keras cache directory {_keras_cache_dir()!r} "
             f"($KERAS_HOME/models), or build the victim with weights=None, which works "
             f"offline. Original error: {msg}") from e
+    # keras.applications builds under the global policy; its first convolution computes in
+    # float32 as the ResNets' stem does (the policy is saved with the model)
+    next(l for l in backbone.layers if hasattr(l, "kernel")).dtype_policy = \
+        keras.DTypePolicy(STEM_DTYPE)
     if weights is None:
         for layer in backbone.layers:
             if isinstance(layer, layers.BatchNormalization):

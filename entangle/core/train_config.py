@@ -128,6 +128,8 @@ class TrainConfig:
         fields = {k: v for k, v in fields.items() if k not in drop}
         if self.is_victim:
             fields["victim_version"] = models.VICTIM_VERSION
+        if self.precision != "float32":      # mixed-precision models before it had a half stem
+            fields["stem"] = models.STEM_DTYPE
         return fields
 
 
