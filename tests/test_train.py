@@ -272,6 +272,56 @@ def test_mirrored_sgd_steps_equal_the_default_strategy_exactly(tmp_path):
     assert out["default"]["losses"][2] < out["default"]["losses"][0]   # the steps learn
 
 
+INF_SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from entangle.runtime import distribution
+    from entangle.core import steps, train
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 4, 4, 3)).astype(np.float32)
+    x[20, 0, 0, 0] = np.inf                  # in the second half: replica 1's shard only
+    y = rng.integers(0, 3, 32).astype(np.int32)
+    cfg = train.TrainConfig(arch="resnet11v2", batch_size=32, epochs=1, lr_decay="none",
+                            augment=False)
+    strategy = distribution.get_strategy("mirrored", ("/cpu:0", "/cpu:1"))
+    with strategy.scope(), train.seeded(0):
+        inputs = keras.Input((4, 4, 3))
+        model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(learning_rate=0.1))
+        opt.build(model.trainable_variables)
+    before = [w.copy() for w in model.get_weights()]
+    scale = float(opt.dynamic_scale.numpy())
+    step = steps.make_train_step(model, opt, cfg, strategy)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    for xb, yb in strategy.experimental_distribute_dataset(ds):
+        step(xb, yb, tf.constant([0, 0]))
+    kernel = model.trainable_variables[0]
+    per_replica = [v.numpy() for v in strategy.experimental_local_results(kernel.value)]
+    print("RESULT" + json.dumps({
+        "finite": bool(all(np.isfinite(w).all() for w in model.get_weights())),
+        "unchanged": bool(all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))),
+        "replicas_equal": bool(np.array_equal(per_replica[0], per_replica[1])),
+        "replicas": len(per_replica),
+        "scale": [scale, float(opt.dynamic_scale.numpy())]}))
+""")
+
+
+def test_an_overflow_on_one_replica_skips_the_step_on_every_replica():
+    """Loss scaling under MirroredStrategy: an infinite gradient on replica 1 alone leaves
+    the weights finite, unchanged and equal on both replicas, and halves the scale."""
+    proc = subprocess.run([sys.executable, "-c", INF_SCRIPT], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    assert out["replicas"] == 2 and out["finite"] and out["unchanged"] and out["replicas_equal"]
+    assert out["scale"][1] == out["scale"][0] / 2
+
+
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains(planted, tmp_path, precision):
     tr, te = planted

@@ -54,6 +54,8 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
                 loss += tf.add_n([tf.cast(l, tf.float32) for l in model.losses]) / replicas
             to_diff = optimizer.scale_loss(loss) if scaled else loss
         grads = tape.gradient(to_diff, model.trainable_variables)
+        if scaled and replicas > 1:
+            grads = agree_on_finite(grads)
         optimizer.apply(grads, model.trainable_variables)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y),
                                         tf.float32))
@@ -66,6 +68,19 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
                 strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
     return step
+
+
+def agree_on_finite(grads: list) -> list:
+    """Every replica's gradients made non-finite when any replica's are (in a replica
+    context). Keras' LossScaleOptimizer decides "finite or not" on the first replica's local
+    gradients and then sums all of them into the weights: an overflow on another replica
+    would reach every replica's weights instead of skipping the step and halving the scale."""
+    local_bad = tf.logical_not(tf.reduce_all(tf.stack(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])))
+    any_bad = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(local_bad, tf.float32)) > 0
+    return [g if g is None else tf.where(any_bad, tf.constant(float("inf"), g.dtype), g)
+            for g in grads]
 
 
 def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
