@@ -187,6 +187,21 @@ def log_precision_choice(f) -> None:
         print(f"precision: {chosen} ({why})", flush=True)
 
 
+def _gpu_locks(f) -> str:
+    """Where --gpu=auto's processes on one store hold their GPUs: <workdir>/.locks."""
+    from entangle import store as store_lib
+
+    workdir = f["workdir"].value if "workdir" in f else None
+    return os.path.join(os.path.abspath(os.path.expanduser(
+        workdir or store_lib.default_workdir())), ".locks")
+
+
+def _say(f):
+    """A log that prints unless --quiet."""
+    quiet = "quiet" in f and f.quiet
+    return lambda m: None if quiet else print(m, flush=True)
+
+
 def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ()):
     """The binaries' shared main: no positional arguments; threads and the distribution
     strategy first (both must precede TensorFlow's start-up); then ``body()``, with SIGTERM
@@ -207,8 +222,11 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
                 "--on_corrupt=stop to rebuild it.", **(failures or {})}
     try:
         with preempt.handling():
-            distribution.configure_threads(entangle_flags.FLAGS.inter_op_threads)
-            distribution.get_strategy(entangle_flags.FLAGS.strategy)
+            f = entangle_flags.FLAGS
+            distribution.configure_threads(f.inter_op_threads)
+            if "gpu" in f:      # before the strategy: it sees only the chosen GPUs
+                distribution.configure_gpus(f.gpu, _gpu_locks(f), log=_say(f))
+            distribution.get_strategy(f.strategy)
             quiet_startup_done()
             log_precision_choice(entangle_flags.FLAGS)
             return body()

@@ -22,9 +22,21 @@ def define_output_flags(fv=FLAGS):
                         flag_values=fv)
 
 
+def _gpu_ok(value) -> bool:
+    try:
+        distribution.parse_gpus(value)
+    except ValueError:
+        return False
+    return True
+
+
 def define_runtime_flags(fv=FLAGS):
     flags.DEFINE_enum("strategy", "auto", list(distribution.STRATEGIES),
                       "tf.distribute strategy; auto = mirrored on >1 GPU.", flag_values=fv)
+    flags.DEFINE_string("gpu", "all", "Which GPUs this process uses: "
+                        + distribution.GPU_CHOICES + ". Memory grows as needed.",
+                        flag_values=fv)
+    validator("gpu", _gpu_ok, "must be " + distribution.GPU_CHOICES, flag_values=fv)
     flags.DEFINE_bool("jit_compile", False, "Compile train and attack steps with XLA.",
                       flag_values=fv)
     flags.DEFINE_integer("eval_batch_size", 500, "Batch size for evaluation and attacks.",

@@ -3,9 +3,11 @@ what must happen before TensorFlow starts."""
 
 from __future__ import annotations
 
+import os
+import socket
+from typing import Callable, Mapping
+
 import tensorflow as tf
-
-
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
@@ -36,6 +38,88 @@ def configure_threads(inter_op: int | str = "auto") -> int:
                                f"entangle.runtime.distribution.configure_threads first thing): {e}"
                                ) from e
     return inter_op
+
+
+GPU_CHOICES = ("all: every visible GPU; none: the CPU only; auto: one GPU for this process (the "
+               "local rank of LOCAL_RANK, SLURM_LOCALID, OMPI_COMM_WORLD_LOCAL_RANK or "
+               "MPI_LOCALRANKID, else the first GPU no other process on the store holds); or "
+               "indices such as 0 or 0,2")
+LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK",
+                   "MPI_LOCALRANKID")
+_HELD: list = []          # the locks on the GPUs this process took: held until it exits
+
+
+def parse_gpus(request: str) -> str | tuple[int, ...]:
+    """``--gpu``'s value: "all", "none", "auto" or a tuple of distinct indices >= 0."""
+    text = str(request).strip().lower()
+    if text in ("all", "none", "auto"):
+        return text
+    try:
+        indices = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        indices = ()
+    if not indices or min(indices) < 0 or len(set(indices)) != len(indices):
+        raise ValueError(f"--gpu must be {GPU_CHOICES}; got {request!r}")
+    return indices
+
+
+def choose_gpus(request: str, count: int, *, lock_dir: str | None = None,
+                env: Mapping[str, str] | None = None) -> tuple[list[int], str]:
+    """Which of ``count`` GPUs this process uses, and why: see ``GPU_CHOICES``. ``auto``
+    without a local rank takes, under a lock file in ``lock_dir`` (one per host and GPU,
+    released when the process ends, broken when its owner is dead), the first GPU no other
+    live process holds."""
+    from entangle.runtime import atomic
+
+    choice = parse_gpus(request)
+    env = os.environ if env is None else env
+    if choice == "none" or count == 0 and choice in ("all", "auto"):
+        return [], "no GPU" if choice == "none" else "none visible"
+    if choice == "all":
+        return list(range(count)), "every visible GPU"
+    if isinstance(choice, tuple):
+        bad = [i for i in choice if i >= count]
+        if bad:
+            seen = (f"{count} GPUs are visible (indices 0 to {count - 1})" if count
+                    else "no GPU is visible")
+            raise ValueError(f"--gpu={request}: {seen}; there is no GPU {bad[0]}")
+        return list(choice), "as given"
+    for var in LOCAL_RANK_VARS:
+        if env.get(var, "").strip().isdigit():
+            rank = int(env[var])
+            return [rank % count], f"local rank {var}={rank}"
+    if lock_dir is None:
+        return [0], "the first (no store to share GPUs through)"
+    for i in range(count):
+        lock = atomic.Lock(os.path.join(lock_dir, f"gpu-{socket.gethostname()}-{i}.lock"))
+        if lock.try_acquire():
+            _HELD.append(lock)
+            return [i], f"the first GPU free on this store (lock {lock.path})"
+    raise RuntimeError(f"--gpu=auto: all {count} GPUs of this host are held by other processes "
+                       f"on the store (locks in {lock_dir}); start at most {count} processes "
+                       f"per host, or share one with --gpu=INDEX")
+
+
+def configure_gpus(request: str = "all", lock_dir: str | None = None,
+                   log: Callable[[str], None] = print) -> list[int]:
+    """Makes only the chosen GPUs visible to this process, with memory growth (a process
+    takes the memory it uses, not every GPU's), before TensorFlow starts; logs its choice.
+    Returns the physical indices taken."""
+    physical = tf.config.list_physical_devices("GPU")
+    indices, why = choose_gpus(request, len(physical), lock_dir=lock_dir)
+    if not physical:
+        return []
+    try:
+        tf.config.set_visible_devices([physical[i] for i in indices], "GPU")
+        for i in indices:
+            tf.config.experimental.set_memory_growth(physical[i], True)
+    except RuntimeError as e:
+        raise RuntimeError(f"--gpu must take effect before TensorFlow starts (call "
+                           f"entangle.runtime.distribution.configure_gpus first thing): {e}"
+                           ) from e
+    names = ", ".join(physical[i].name for i in indices) or "none (CPU only)"
+    log(f"GPU: {names} ({why})")
+    return indices
 
 
 def get_strategy(name="auto", devices=None) -> tf.distribute.Strategy:
