@@ -23,9 +23,11 @@ times an assumed utilisation: they are arithmetic, not measurements.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,7 +87,7 @@ def plan_flops(flagfile: str, experiment: str, extra: list, images: tuple) -> di
     fv = flags.FlagValues()
     entangle_flags.define_all(fv)
     entangle_flags.parse([f"--flagfile={entangle_flags.flagfile(flagfile)}", *extra,
-                          f"--workdir={os.path.join(os.getcwd(), '.flops-work')}",
+                          f"--workdir={tempfile.mkdtemp(prefix='entangle-flops-')}",
                           "--quiet"], fv)
     exp = pipeline.Experiment(entangle_flags.experiment_config(fv))
     exp.use_placeholder_data(*images)
@@ -96,7 +98,8 @@ def plan_flops(flagfile: str, experiment: str, extra: list, images: tuple) -> di
         for op, n in item.work:
             sig = op.signature()
             if sig not in forward:
-                model, _ = train.build_for_training(op.config, tf.distribute.get_strategy(),
+                config = dataclasses.replace(op.config, pretrained=False)  # offline
+                model, _ = train.build_for_training(config, tf.distribute.get_strategy(),
                                                     op.input_shape, op.num_classes)
                 forward[sig] = forward_flops(model)
             per = PASSES[op.kind](op.config.attack_steps) * forward[sig]
@@ -139,10 +142,10 @@ def main():
 
     from entangle.runtime import hardware
 
-    fp32 = matmul_peak("float32")
+    fp32, bf16 = matmul_peak("float32"), matmul_peak("bfloat16")
     print(f"# FLOPs and floors ({hardware.describe()}; {time.strftime('%Y-%m-%d')})\n")
-    print(f"2048 x 2048 float32 matmul, measured now: {fp32 / 1e9:.0f} GFLOP/s (the floor's "
-          f"rate).\n")
+    print(f"2048 x 2048 matmul, measured now: float32 {fp32 / 1e9:.0f} GFLOP/s (the floor's "
+          f"rate), bfloat16 {bf16 / 1e9:.0f} GFLOP/s.\n")
     for label, flagfile, experiment, extra, images in PLANS:
         rows = plan_flops(flagfile, experiment, extra, images)
         measured = remembered_seconds(rows)

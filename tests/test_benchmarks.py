@@ -42,3 +42,30 @@ def test_gpu_check_starts_and_names_its_options():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--images" in proc.stdout and "--out" in proc.stdout
+
+
+def test_flop_count_is_the_hand_count_and_the_plan_counts_each_kind_of_work():
+    """benchmarks/flops.py: 2 x multiply-adds per layer (ResNet20v2 at 32 px: 66,243,072
+    multiply-adds, the figure in NOTES.md), and per image 3 passes for a training step,
+    3 + 2k for an adversarial one, 2 for a loop step."""
+    import keras
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import flops
+
+    from entangle.core import models
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)       # 8*8*3*3*3*4 = 6,912
+    out = keras.layers.Dense(5)(keras.layers.Flatten()(x))      # 256*5 = 1,280
+    assert flops.forward_flops(keras.Model(inputs, out)) == 2 * (6912 + 1280)
+    assert flops.forward_flops(models.resnet_v2(20, (32, 32, 3), 10)) == 2 * 66_243_072
+    assert [flops.PASSES[k](16) for k in ("train", "adv_train", "attack", "robustify")] == \
+        [3, 35, 2, 2]
+    rows = flops.plan_flops("smoke.cfg", "table", ["--dataset=cifar10", "--rows=standard",
+                                                   "--columns=0"],
+                            (1000, 100))
+    kinds = {r["kind"]: r for r in rows.values()}
+    assert set(kinds) == {"train", "robustify"}
+    train = kinds["train"]
+    assert train["flops"] == 3 * train["forward"] * train["images"] > 0
