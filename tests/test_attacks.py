@@ -348,3 +348,54 @@ def test_attacked_and_evaluated_models_are_freed():
     del model
     gc.collect()
     assert ref() is None
+
+
+REPLICA_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from entangle.core import attacks, models, robustify, train
+from entangle.runtime import distribution
+rng = np.random.default_rng(0)
+x = rng.random((13, 16, 16, 3)).astype(np.float32)      # 13: the last batch splits unevenly
+y = rng.integers(0, 3, 13)
+with train.seeded(0):
+    model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
+mirrored = distribution.get_strategy("mirrored", ("/cpu:0", "/cpu:1"))
+out = {}
+for name, strategy in (("default", None), ("mirrored", mirrored)):
+    adv = attacks.pgd_l2(model, x, y, eps=0.5, steps=4, step_size=0.2, batch_size=8,
+                         strategy=strategy, verbose=False)
+    rob = robustify.robustify(model, x, x[::-1].copy(), robustify.RobustifyConfig(steps=3),
+                              batch_size=8, strategy=strategy, verbose=False).x
+    out[name] = {"pgd": adv.tolist(), "robustify": rob.tolist()}
+out["replicas"] = mirrored.num_replicas_in_sync
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_attacks_on_two_replicas_equal_the_single_device_result():
+    """PGD and robustification split each batch over a strategy's replicas (two logical
+    CPUs here, 13 images in batches of 8): the same images as on one device."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", REPLICA_SCRIPT], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    assert out["replicas"] == 2
+    for key in ("pgd", "robustify"):
+        single, split = np.array(out["default"][key]), np.array(out["mirrored"][key])
+        assert single.shape == split.shape == (13, 16, 16, 3)
+        np.testing.assert_allclose(split, single, atol=1e-5)
+    x = np.random.default_rng(0).random((13, 16, 16, 3))
+    assert np.abs(np.array(out["default"]["pgd"]) - x).max() > 0.01     # the attack moved

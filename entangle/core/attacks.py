@@ -213,10 +213,46 @@ def _num_classes(model: keras.Model) -> int:
     return int(model.output_shape[-1])
 
 
+def _local_replicas(strategy) -> int:
+    """This host's replicas of ``strategy`` (the default strategy: one)."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return 1
+
+
+def _on_replicas(fn: Callable, strategy) -> Callable:
+    """``fn`` (a compiled attack) on every replica of ``strategy``, each on its share of the
+    batch (the last rows repeated to a multiple of the replicas, then dropped); returns the
+    adversarial batch as numpy, in order. Attacks are per example, so the result is the
+    single-device one; a random start draws from a seed of its replica's own."""
+    replicas = _local_replicas(strategy)
+
+    def run(xb, labels, start, eps, steps, step_size, seed):
+        n = len(xb)
+        per = -(-n // replicas)
+        pad = per * replicas - n
+        parts = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
+                 for a in (xb, labels, start)]
+
+        def shard(a):
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant(a[ctx.replica_id_in_sync_group * per:
+                                          (ctx.replica_id_in_sync_group + 1) * per]))
+        seeds = strategy.experimental_distribute_values_from_function(
+            lambda ctx: seed + tf.constant([0, 1_000_003 * ctx.replica_id_in_sync_group],
+                                           tf.int32))
+        got = strategy.run(fn, args=(*(shard(a) for a in parts), eps, steps, step_size,
+                                     seeds))
+        return np.concatenate([t.numpy() for t in
+                               strategy.experimental_local_results(got)])[:n]
+    return run
+
+
 def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("inf"),
                steps: int, step_size: float, x0=None, random_start: bool = False,
                batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
-               verbose="auto", out: np.ndarray | None = None) -> np.ndarray:
+               verbose="auto", out: np.ndarray | None = None, strategy=None) -> np.ndarray:
     """The generic L2 attack runner: normalised gradient ascent on any objective, batched.
 
     ``attack`` is an ``Objective`` (compiled here, once per call) or a function from
@@ -251,12 +287,20 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
     eps_t = tf.constant(eps, tf.float32)
     step_t = tf.constant(step_size, tf.float32)
     steps_t = tf.constant(steps, tf.int32)
+    replicated = strategy is not None and _local_replicas(strategy) > 1
+    run = _on_replicas(fn, strategy) if replicated else None
     for b in range(num_batches):
         sl = slice(b * batch_size, min(n, (b + 1) * batch_size))
-        xb = tf.constant(x[sl], tf.float32)
-        start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
-        out[sl] = fn(xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t,
-                     tf.constant([seed, b], tf.int32)).numpy()
+        seed_b = tf.constant([seed, b], tf.int32)
+        if replicated:
+            xb = np.asarray(x[sl], np.float32)
+            out[sl] = run(xb, labels[sl], xb if x0 is None else np.asarray(x0[sl], np.float32),
+                          eps_t, steps_t, step_t, seed_b)
+        else:
+            xb = tf.constant(x[sl], tf.float32)
+            start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
+            out[sl] = fn(xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t,
+                         seed_b).numpy()
         bar.update(sl.stop, finalize=sl.stop == n)
         if sl.stop < n:
             preempt.check("in an attack (the current chunk will be redone)")
@@ -266,13 +310,14 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
 def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
            targeted: bool = False, random_start: bool = False, batch_size: int = 256,
            seed: int = 0, jit_compile: bool = False, verbose="auto",
-           out: np.ndarray | None = None) -> np.ndarray:
+           out: np.ndarray | None = None, strategy=None) -> np.ndarray:
     """Madry's L2 PGD on [0, 1] images; returns the adversarial images (float32 numpy).
 
     Untargeted ascends CE(y); targeted (``y`` holds the targets) descends CE(y). Each step
     moves by ``step_size`` along the per-example L2-normalised gradient, clips to [0, 1] and
     projects the perturbation onto the L2 ball of radius ``eps`` (``float('inf')``: none).
-    A model ending in a softmax is attacked through its logits.
+    A model ending in a softmax is attacked through its logits. ``strategy``: replicas
+    that share each batch (``run_attack``).
     """
     _check_budget(eps, steps, step_size, random_start)
     x = _check_images(x)
@@ -282,7 +327,7 @@ def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float
                         jit_compile)
     return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
                       random_start=random_start, batch_size=batch_size, seed=seed,
-                      verbose=verbose, out=out)
+                      verbose=verbose, out=out, strategy=strategy)
 
 
 def pgd_l2_restarts(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,

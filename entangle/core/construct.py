@@ -87,16 +87,17 @@ def construct_targets(kind: str, y: np.ndarray, num_classes: int, cfg: Construct
 
 
 def chunk_maker(source: keras.Model, ds: Dataset, index: np.ndarray, targets: np.ndarray,
-                cfg: ConstructConfig, *, batch_size: int = 256, jit_compile: bool = False
-                ) -> Callable[[np.ndarray], dict]:
+                cfg: ConstructConfig, *, batch_size: int = 256, jit_compile: bool = False,
+                strategy=None) -> Callable[[np.ndarray], dict]:
     """rows -> {"x": float16 targeted adversarial examples of ``ds.x[index[rows]]`` towards
-    ``targets[rows]``}: one chunk of a constructed set, for ``atomic.build_chunks``."""
+    ``targets[rows]``}: one chunk of a constructed set, for ``atomic.build_chunks``;
+    ``strategy``: replicas that share each batch."""
     def make(rows):
         x = ds.x[index[rows]]
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
         adv = attacks.pgd_l2(source, x, targets[rows], eps=cfg.eps, steps=cfg.steps,
                              step_size=cfg.step_size, targeted=True, batch_size=batch_size,
-                             jit_compile=jit_compile, verbose=False)
+                             jit_compile=jit_compile, verbose=False, strategy=strategy)
         return {"x": adv.astype(np.float16)}
     return make
 

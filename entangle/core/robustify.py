@@ -107,7 +107,8 @@ def representations(rep_model: keras.Model, x: np.ndarray, batch_size: int = 256
 
 
 def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyConfig, *,
-              batch_size: int = 256, jit_compile: bool = False, verbose="auto") -> Robustified:
+              batch_size: int = 256, jit_compile: bool = False, verbose="auto",
+              strategy=None) -> Robustified:
     """Robustifies images ``x`` (float [0, 1] or uint8) from seeds ``x0`` w.r.t. ``model``.
 
     ``model`` is a classifier whose ``cfg.layer`` gives rep(x) (or a representation model
@@ -124,7 +125,8 @@ def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyC
                                lambda: objectives.feature_matching_objective(rep), False,
                                jit_compile, cfg.schedule, cfg.keep_best)
     out = attacks.run_attack(fn, x0f, target, eps=cfg.eps, steps=cfg.steps,
-                             step_size=cfg.step_size, batch_size=batch_size, verbose=verbose)
+                             step_size=cfg.step_size, batch_size=batch_size, verbose=verbose,
+                             strategy=strategy)
     start = np.linalg.norm(representations(rep, x0f, batch_size) - target, axis=1)
     end = np.linalg.norm(representations(rep, out, batch_size) - target, axis=1)
     return Robustified(out, None, end / np.maximum(start, 1e-12))

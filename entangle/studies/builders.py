@@ -16,7 +16,7 @@ import numpy as np
 
 from entangle import data
 from entangle.core import construct, inference, robustify, train
-from entangle.runtime import atomic
+from entangle.runtime import atomic, distribution
 from entangle.store import training
 
 DATASET_KIND = "datasets"
@@ -69,6 +69,16 @@ class Builders:
         return training.train_classifier(cfg, fit, val, self.store, name=name,
                                       runtime=runtime or self.cfg.runtime,
                                       data_key=self.model_data_key("victim", cfg))
+
+    def attack_strategy(self):
+        """The strategy whose replicas share every attack batch (PGD evaluation,
+        construction, robustification): the run's on one host; None under multi-worker,
+        where each process attacks on its own devices (the loops hold no collectives that
+        would keep the workers in step)."""
+        strategy = distribution.get_strategy(self.cfg.runtime.strategy)
+        if getattr(strategy, "cluster_resolver", None) is not None:
+            return None
+        return strategy
 
     def cached(self, kind: str, key: str, build, load, compute=None):
         """The artifact, loaded or built (``build``) under the store's lock. ``compute``: the
@@ -128,7 +138,8 @@ class Builders:
                 index, targets = construct.construct_targets(kind, ds.y, ds.num_classes, pcfg)
                 self.build_chunks(work, len(index), construct.chunk_maker(
                     source.model, ds, index, targets, pcfg, batch_size=batch,
-                    jit_compile=self.cfg.runtime.jit_compile))
+                    jit_compile=self.cfg.runtime.jit_compile,
+                    strategy=self.attack_strategy()))
                 x = atomic.assemble_chunks(work, "x", os.path.join(d, f"x_{part}.npy"))
                 np.save(os.path.join(d, f"y_{part}.npy"), targets.astype(np.int64))
                 metrics[f"targeted_success_on_source_{part}"] = inference.accuracy(
@@ -166,7 +177,8 @@ class Builders:
             def make(rows):
                 r = robustify.robustify(gen.model, test.x[rows], test.x[seeds[rows]], rcfg,
                                         batch_size=batch,
-                                        jit_compile=self.cfg.runtime.jit_compile, verbose=False)
+                                        jit_compile=self.cfg.runtime.jit_compile, verbose=False,
+                                        strategy=self.attack_strategy())
                 return {"x": r.x.astype(np.float16), "relative_distance": r.relative_distance}
 
             self.build_chunks(work, len(test), make)

@@ -96,7 +96,8 @@ class Evaluation:
             batch = self.cfg.runtime.eval_batch_size
             adv = attacks.pgd_l2(trained.model, x, test.y, eps=eps, steps=ecfg.attack_steps,
                                  step_size=ecfg.step_size_factor * eps / ecfg.attack_steps,
-                                 batch_size=batch, jit_compile=self.cfg.runtime.jit_compile)
+                                 batch_size=batch, jit_compile=self.cfg.runtime.jit_compile,
+                                 strategy=self.attack_strategy())
             right = inference.predict(trained.model, adv, batch) == test.y
             return {"pgd_accuracy": float(right.mean()),
                     "pgd_norm_max": float(np.sqrt(((adv - x) ** 2).reshape(len(x), -1)
