@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: TensorFlow speed defaults (set before it loads) and timing."""
+"""Shared by the benchmarks: TensorFlow speed defaults (set before it loads), timing, the
+machine's matmul rate and a model's forward FLOPs."""
 
 import os
 
@@ -18,3 +19,43 @@ def timed(fn, repeats):
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def matmul_gflops(dtype, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a chain of ``repeats`` n x n matmuls in ``dtype``, one traced function (the
+    machine's practical peak)."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((n, n), dtype=tf.float32), dtype)
+
+    @tf.function
+    def chain(x):
+        for _ in range(repeats):
+            x = tf.matmul(x, a) * tf.cast(1e-3, dtype)
+        return x
+
+    chain(a).numpy()
+    t0 = time.perf_counter()
+    chain(a).numpy()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def forward_flops(model) -> float:
+    """Forward FLOPs per image at the model's input size: 2 x the multiply-adds of every
+    convolution and dense layer, nested models included (batch norm and element-wise ops
+    are not counted)."""
+    import keras
+
+    total = 0.0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            out = layer.output.shape
+            kh, kw, cin = layer.kernel.shape[:3]
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                macs = out[1] * out[2] * kh * kw * out[3]
+            else:
+                macs = out[1] * out[2] * kh * kw * cin * layer.filters / layer.groups
+            total += 2.0 * macs
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return total

@@ -44,35 +44,6 @@ PASSES = {"train": lambda k: 3, "adv_train": lambda k: 3 + 2 * k, "attack": lamb
           "robustify": lambda k: 2}
 
 
-def forward_flops(model) -> float:
-    """2 x the multiply-adds of every convolution and dense layer, nested models included,
-    per image at the model's input size."""
-    import keras
-
-    total = 0.0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            out = layer.output.shape
-            kh, kw, cin = layer.kernel.shape[:3]
-            if isinstance(layer, keras.layers.DepthwiseConv2D):
-                macs = out[1] * out[2] * kh * kw * out[3]
-            else:
-                macs = out[1] * out[2] * kh * kw * cin * layer.filters / layer.groups
-            total += 2.0 * macs
-        elif isinstance(layer, keras.layers.Dense):
-            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return total
-
-
-def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n x n matmul on this machine, measured now (median of ``repeats``)."""
-    import tensorflow as tf
-
-    a = tf.random.uniform((n, n), dtype=dtype)
-    seconds, _ = common.timed(lambda: tf.linalg.matmul(a, a).numpy(), repeats)
-    return 2.0 * n ** 3 / seconds
-
-
 def plan_flops(flagfile: str, experiment: str, extra: list, images: tuple) -> dict:
     """{op signature: {"kind", "flops", "images", "forward"}} of a plan, and the models'
     forward FLOPs by op signature."""
@@ -101,7 +72,7 @@ def plan_flops(flagfile: str, experiment: str, extra: list, images: tuple) -> di
                 config = dataclasses.replace(op.config, pretrained=False)  # offline
                 model, _ = train.build_for_training(config, tf.distribute.get_strategy(),
                                                     op.input_shape, op.num_classes)
-                forward[sig] = forward_flops(model)
+                forward[sig] = common.forward_flops(model)
             per = PASSES[op.kind](op.config.attack_steps) * forward[sig]
             row = out.setdefault(sig, {"kind": op.kind, "flops": 0.0, "images": 0.0,
                                        "forward": forward[sig], "op": sig})
@@ -142,7 +113,7 @@ def main():
 
     from entangle.runtime import hardware
 
-    fp32, bf16 = matmul_peak("float32"), matmul_peak("bfloat16")
+    fp32, bf16 = (1e9 * common.matmul_gflops(d) for d in ("float32", "bfloat16"))
     print(f"# FLOPs and floors ({hardware.describe()}; {time.strftime('%Y-%m-%d')})\n")
     print(f"2048 x 2048 matmul, measured now: float32 {fp32 / 1e9:.0f} GFLOP/s (the floor's "
           f"rate), bfloat16 {bf16 / 1e9:.0f} GFLOP/s.\n")

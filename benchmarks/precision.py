@@ -23,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from common import forward_flops, matmul_gflops  # noqa: E402
+
 from entangle.core import train  # noqa: E402
 from entangle.runtime import hardware
 from entangle.store import estimate
@@ -30,37 +32,6 @@ from entangle.store.plan import Op  # noqa: E402
 
 CONFIGS = (("float32", False, 128), ("mixed_bfloat16", False, 128), ("float32", True, 128),
            ("float32", False, 256))
-
-
-def matmul_gflops(dtype, n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of an n x n matmul chain in ``dtype`` (the machine's practical peak)."""
-    a = tf.random.normal((n, n), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-
-    @tf.function
-    def chain(x):
-        for _ in range(repeats):
-            x = tf.matmul(x, a) * tf.cast(1e-3, dtype)
-        return x
-
-    chain(a).numpy()
-    t0 = time.perf_counter()
-    chain(a).numpy()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
-
-
-def forward_flops(model) -> float:
-    """Forward FLOPs per image: 2 x MACs of every Conv2D and Dense layer."""
-    total = 0.0
-    for layer in model._flatten_layers(include_self=False):
-        name = type(layer).__name__
-        if name == "Conv2D":
-            kh, kw, cin, cout = layer.kernel.shape
-            h, w = layer.output.shape[1:3]
-            total += 2.0 * h * w * kh * kw * cin * cout
-        elif name == "Dense":
-            total += 2.0 * layer.kernel.shape[0] * layer.kernel.shape[1]
-    return total
 
 
 KINDS = ("train", "adv_train", "attack", "robustify")

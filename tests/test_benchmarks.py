@@ -52,14 +52,15 @@ def test_flop_count_is_the_hand_count_and_the_plan_counts_each_kind_of_work():
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import flops
+    from common import forward_flops
 
     from entangle.core import models
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)       # 8*8*3*3*3*4 = 6,912
     out = keras.layers.Dense(5)(keras.layers.Flatten()(x))      # 256*5 = 1,280
-    assert flops.forward_flops(keras.Model(inputs, out)) == 2 * (6912 + 1280)
-    assert flops.forward_flops(models.resnet_v2(20, (32, 32, 3), 10)) == 2 * 66_243_072
+    assert forward_flops(keras.Model(inputs, out)) == 2 * (6912 + 1280)
+    assert forward_flops(models.resnet_v2(20, (32, 32, 3), 10)) == 2 * 66_243_072
     assert [flops.PASSES[k](16) for k in ("train", "adv_train", "attack", "robustify")] == \
         [3, 35, 2, 2]
     rows = flops.plan_flops("smoke.cfg", "table", ["--dataset=cifar10", "--rows=standard",
