@@ -83,6 +83,9 @@ def agree_on_finite(grads: list) -> list:
             for g in grads]
 
 
+SYNC_EVERY = 10     # training steps between two reads of the loss by the host
+
+
 def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], batch_size: int,
               label: str = "accuracy", verbose: bool = False, start: dict | None = None) -> dict:
     """One pass of a compiled train step over a dataset: mean loss and train accuracy.
@@ -97,16 +100,31 @@ def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], bat
     tot_loss, tot_correct, first = start["loss"], start["correct"], start["batch"]
     t0 = time.time() - start["seconds"]
     seen = float(first * batch_size)
-    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset), first):
-        loss, correct = step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32))
-        tot_loss += float(loss)
-        tot_correct += float(correct)
-        seen += batch_size
+    pending, b = [], first - 1
+
+    def read():
+        # one read of the device every SYNC_EVERY steps keeps a fast device busy; the sums
+        # are added one step at a time, in order, so they do not depend on where reads fall
+        nonlocal tot_loss, tot_correct, seen, pending
+        for loss, correct in tf.stack([tf.stack(p) for p in pending]).numpy():
+            tot_loss += float(loss)
+            tot_correct += float(correct)
+        seen += batch_size * len(pending)
+        pending = []
         progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
                        finalize=b + 1 == steps)
-        if preempt.requested() and b + 1 < steps:
+
+    for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset), first):
+        pending.append(step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32)))
+        stop = preempt.requested()
+        if len(pending) < SYNC_EVERY and b + 1 < steps and not stop:
+            continue
+        read()
+        if stop and b + 1 < steps:
             return {"stopped": {"batch": b + 1, "loss": tot_loss, "correct": tot_correct,
                                 "seconds": time.time() - t0}}
+    if pending:
+        read()
     return {"loss": tot_loss / seen, "train_accuracy": tot_correct / seen,
             "seconds": time.time() - t0}
 
