@@ -141,6 +141,93 @@ def test_get_or_build_waits_for_the_holder_or_reports_busy(tmp_path):
     assert waiting.is_set() and not built
 
 
+def test_an_empty_or_unreadable_lock_is_broken_in_seconds(tmp_path):
+    """A 0-byte lock (a full disk, a hand) has no owner to ask: after a short grace it is
+    taken over, not waited on for the heartbeat's 10 minutes."""
+    s = store_lib.Store(str(tmp_path))
+    path = s.path("models", "k") + ".lock"
+    os.makedirs(os.path.dirname(path))
+    open(path, "w").close()
+    fresh = s.lock("models", "k")
+    assert not fresh.try_acquire()          # within the grace: maybe being written
+    old = time.time() - atomic.UNREADABLE_GRACE - 1
+    os.utime(path, (old, old))
+    assert fresh.try_acquire() and fresh.owner()["pid"] == os.getpid()
+    fresh.release()
+    with open(path, "w") as f:
+        f.write("[1, 2")                    # garbage, not an owner
+    os.utime(path, (old, old))
+    start = time.time()
+    assert s.get_or_build("models", "k", lambda: "built", lambda: "loaded", poll=0.1) == "built"
+    assert time.time() - start < 5
+
+
+def test_a_full_disk_never_leaves_an_empty_lock_and_names_the_lock(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    class Full:
+        def __init__(self, *a, **k):
+            self.f = builtins.open(*a, **k)
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    s = store_lib.Store(str(tmp_path))
+    lock = s.lock("models", "k")
+    monkeypatch.setattr(atomic, "open", Full, raising=False)
+    with pytest.raises(OSError) as caught:
+        lock.try_acquire()
+    assert store_lib.describe_os_error(caught.value) == \
+        f"{lock.path}: no space left on device"
+    assert os.listdir(tmp_path / "models") == []   # neither lock nor staged owner left
+    monkeypatch.undo()
+    assert s.lock("models", "k").try_acquire()     # the next run takes it at once
+
+
+WAITER = """
+import sys
+from entangle.runtime import preempt
+from entangle.store import Store
+s = Store(sys.argv[1])
+with preempt.handling():
+    try:
+        s.get_or_build("evals", "e", lambda: 1, lambda: 2, poll=30,
+                       log=lambda m: print(m, flush=True))
+    except preempt.Preempted as e:
+        print("STOPPED:", e, flush=True)
+        sys.exit(e.exit_code)
+"""
+
+
+def test_sigterm_while_waiting_on_a_lock_ends_the_process_promptly(tmp_path):
+    import signal
+
+    s = store_lib.Store(str(tmp_path))
+    held = s.lock("evals", "e")
+    assert held.try_acquire()
+    proc = subprocess.Popen([sys.executable, "-c", WAITER, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert "waiting for" in proc.stdout.readline()
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        took = time.time() - sent
+    finally:
+        proc.kill()
+        held.release()
+    assert proc.returncode == 128 + signal.SIGTERM and "STOPPED: stopped by SIGTERM while " \
+        "waiting for evals/e" in out
+    assert took < 3, took
+
+
 TWO_PROCESSES = """
 import sys, json
 from entangle import data
@@ -247,7 +334,7 @@ def test_on_corrupt_stop_raises_naming_the_artifact(tmp_path):
         store_lib.Store(str(tmp_path), on_corrupt="ignore")
 
 
-def test_empty_manifest_and_unloadable_legacy_files_are_damaged(tmp_path, capsys):
+def test_empty_manifest_and_unloadable_files_are_damaged(tmp_path, capsys):
     s = store_lib.Store(str(tmp_path))
     key = s.key("ds", {"v": 4})
     calls, build, load = _build_counter(s, key, 4.0)
@@ -258,17 +345,51 @@ def test_empty_manifest_and_unloadable_legacy_files_are_damaged(tmp_path, capsys
     calls2, build2, load2 = _build_counter(s2, key, 4.0)
     s2.get_or_build("datasets", key, build2, load2)
     assert calls2 == [1]
-    # a manifest without hashes (written before checksums) whose file no longer loads
-    m = s2.manifest("datasets", key)
-    del m["files"]
-    with open(os.path.join(s2.path("datasets", key), "manifest.json"), "w") as f:
-        json.dump(m, f)
-    with open(os.path.join(s2.path("datasets", key), "x.npy"), "r+b") as f:
-        f.truncate(200)
-    s3 = store_lib.Store(str(tmp_path))
-    calls3, build3, load3 = _build_counter(s3, key, 4.0)
-    assert np.all(s3.get_or_build("datasets", key, build3, load3) == 4.0) and calls3 == [1]
+    # a file stored with its true hash that does not load is damage too
+    other = s2.key("ds", {"v": "garbage"})
+    with s2.writing("datasets", other, {"v": "garbage"}) as d:
+        with open(os.path.join(d, "x.npy"), "wb") as f:
+            f.write(b"not an array")
+    calls3, build3, load3 = _build_counter(s2, other, 4.5)
+    assert np.all(s2.get_or_build("datasets", other, build3, load3) == 4.5) and calls3 == [1]
     assert "it does not load" in capsys.readouterr().err
+
+
+def _edit_manifest(s, kind, key, edit):
+    path = os.path.join(s.path(kind, key), "manifest.json")
+    with open(path) as f:
+        m = json.load(f)
+    edit(m)
+    with open(path, "w") as f:
+        json.dump(m, f)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m["metrics"].update(pgd_accuracy=0.987654), "does not match its own SHA-256"),
+    (lambda m: m.update(file_list=m.pop("files")), "does not match its own SHA-256"),
+    (lambda m: m.pop("manifest_sha256"), "carries no checksum"),
+])
+def test_a_tampered_manifest_is_damage(tmp_path, capsys, edit, problem):
+    """An edited metric, a renamed file list or a missing self-checksum is detected, moved
+    aside and rebuilt: no path skips verification."""
+    s = store_lib.Store(str(tmp_path))
+    key = s.key("ev", {"v": 1})
+    s.record("evals", key, {"v": 1}, metrics={"pgd_accuracy": 1.0})
+    _edit_manifest(s, "evals", key, edit)
+    fresh = store_lib.Store(str(tmp_path))
+    assert problem in fresh.verify("evals", key)[0]
+    built = []
+
+    def build():
+        built.append(1)
+        fresh.record("evals", key, {"v": 1}, metrics={"pgd_accuracy": 1.0})
+        return load()
+
+    def load():
+        return fresh.manifest("evals", key)["metrics"]["pgd_accuracy"]
+
+    assert fresh.get_or_build("evals", key, build, load) == 1.0 and built == [1]
+    assert f"damaged artifact evals/{key}" in capsys.readouterr().err
 
 
 def test_a_change_after_verification_is_caught_by_size_or_mtime(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ file one process holds while it builds an artifact (heartbeat, takeover of a dea
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -26,6 +27,9 @@ def builder_id() -> dict:
 
 
 ORPHAN_AGE = 86400.0  # a temporary without a checkable owner is an orphan after a day
+# A lock file whose owner cannot be read is never one being written (owners are linked into
+# place whole), so after this grace for a slow NFS client's attribute cache it is broken.
+UNREADABLE_GRACE = 5.0
 
 
 _TAGGED = re.compile(r"\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]+(\.tmp)?$")
@@ -130,10 +134,11 @@ class ArtifactBusy(RuntimeError):
 class Lock:
     """An exclusive lock file that works on local disks and shared file systems.
 
-    Created with O_EXCL; holds the owner's host, pid and a token; a daemon thread refreshes its
-    mtime every ``heartbeat`` seconds. A lock counts as stale when its host is this host and
-    its pid is gone, or when it has not been refreshed for ``stale_after`` seconds; a stale
-    lock is renamed away (one winner) and acquisition retried.
+    Holds the owner's host, pid and a token, linked into place whole (never empty); a daemon
+    thread refreshes its mtime every ``heartbeat`` seconds. A lock counts as stale when its
+    host is this host and its pid is gone, when it has not been refreshed for ``stale_after``
+    seconds, or when its owner cannot be read and it is older than ``UNREADABLE_GRACE``; a
+    stale lock is renamed away (one winner) and acquisition retried.
     """
 
     def __init__(self, path: str, *, heartbeat: float = 30.0, stale_after: float = 600.0):
@@ -145,17 +150,18 @@ class Lock:
     def owner(self) -> dict | None:
         try:
             with open(self.path) as f:
-                return json.load(f)
+                owner = json.load(f)
         except (OSError, ValueError):
             return None
+        return owner if isinstance(owner, dict) else None
 
     def _stale(self, owner: dict | None) -> bool:
         try:
             age = time.time() - os.stat(self.path).st_mtime
         except FileNotFoundError:
             return False
-        if owner is None:  # unreadable: being written, or garbage; judge by age alone
-            return age > max(self.stale_after, 5.0)
+        if owner is None:  # never written partly (see try_acquire): garbage, or a hand's
+            return age > UNREADABLE_GRACE
         if owner.get("host") == socket.gethostname():
             try:
                 os.kill(int(owner["pid"]), 0)
@@ -170,23 +176,55 @@ class Lock:
         return os.path.exists(self.path) and not self._stale(self.owner())
 
     def try_acquire(self) -> bool:
+        """Takes the lock if it is free or stale. The owner is written to a temporary file
+        first and hard-linked into place (atomic, and exclusive on local and NFS file
+        systems), so a lock file is never empty or partly written, even on a full disk."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        record = json.dumps({**builder_id(), "token": self.token, "since": time.time()})
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                if not self._stale(owner):
-                    return False
-                self._break(owner)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({**builder_id(), "token": self.token, "since": time.time()}, f)
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._beat, daemon=True)
-            self._thread.start()
-            return True
+            if self._place(record):
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._beat, daemon=True)
+                self._thread.start()
+                return True
+            owner = self.owner()
+            if not self._stale(owner):
+                return False
+            self._break(owner)
         return False
+
+    def _place(self, record: str) -> bool:
+        """Creates the lock file holding ``record``; False when one is there already."""
+        folder, name = os.path.split(self.path)
+        staged = os.path.join(folder, f".{name}.tmp-{owner_tag()}-{self.token}")
+        try:
+            with open(staged, "w") as f:
+                f.write(record)
+            os.link(staged, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                return self._place_exclusive(record)  # a file system without hard links
+            raise OSError(e.errno, e.strerror, self.path) from e
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+
+    def _place_exclusive(self, record: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(record)
+        except OSError as e:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # never leave an empty lock behind
+            raise OSError(e.errno, e.strerror, self.path) from e
+        return True
 
     def _break(self, seen: dict | None) -> None:
         aside = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
@@ -241,6 +279,12 @@ def atomic_file(path: str, mode: str = "wb"):
         with os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if e.filename is None:  # a failed write names no file: name the one being written
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

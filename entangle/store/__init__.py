@@ -21,8 +21,8 @@ Every file of an artifact is hashed (SHA-256, streamed) into its manifest when i
 whenever a file's size or mtime has changed since): a mismatch, a missing file, an unreadable
 manifest or a file that fails to load names the artifact, moves its directory aside to
 ``<kind>/.<key>.corrupt-<time>`` (nothing is deleted), and rebuilds it, or, with
-``on_corrupt="stop"``, raises ``CorruptArtifact``. Manifests written before checksums existed
-(no ``files`` entry) are loaded unverified.
+``on_corrupt="stop"``, raises ``CorruptArtifact``. The manifest carries the SHA-256 of its own
+other fields (``manifest_sha256``), so an edited metric or file list is damage too.
 
 Processes sharing a store (several GPUs, a job array on a shared file system) coordinate
 through lock files: ``get_or_build`` builds an artifact in at most one process at a time; the
@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
+from entangle.runtime import preempt
 from entangle.runtime.atomic import (ArtifactBusy, Lock, atomic_file, builder_id, listdir, orphaned,
                              owner_tag, remove, temporaries_in, tree_size, umask)
 
@@ -82,6 +83,12 @@ def file_digests(directory: str) -> dict:
                     h.update(block)
             out[rel] = {"sha256": h.hexdigest(), "size": os.path.getsize(path)}
     return out
+
+
+def manifest_digest(record: dict) -> str:
+    """The SHA-256 of a manifest's canonical JSON without its own ``manifest_sha256``."""
+    body = {k: v for k, v in record.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def describe_os_error(e: OSError) -> str:
@@ -224,6 +231,7 @@ class Store:
                       **_canonical(manifest), "files": file_digests(tmp),
                       "versions": versions(), "built_by": builder_id(),
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            record["manifest_sha256"] = manifest_digest(record)
             with atomic_file(os.path.join(tmp, MANIFEST), "w") as f:
                 json.dump(record, f, indent=1)
             if self._install(tmp, final):   # hashed just now: this process need not again
@@ -290,7 +298,7 @@ class Store:
                 owner = held.owner() or {}
                 log(f"waiting for {owner.get('host')}:{owner.get('pid')} to finish {kind}/{key}")
                 announced = True
-            time.sleep(poll)
+            preempt.sleep(poll, f"while waiting for {kind}/{key}")
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -370,11 +378,16 @@ class Store:
         """What is wrong with a present artifact (empty: nothing). Hashes its files the first
         time this process asks, and again only when a file's size or mtime changed since."""
         try:
-            files = self.manifest(kind, key).get("files")
+            record = self.manifest(kind, key)
         except (ValueError, OSError) as e:
             return [f"unreadable {MANIFEST} ({e})"]
-        if files is None:
-            return []  # written before checksums existed: nothing to compare
+        if not isinstance(record, dict) or "manifest_sha256" not in record:
+            return [f"{MANIFEST} carries no checksum of itself"]
+        if manifest_digest(record) != record["manifest_sha256"]:
+            return [f"{MANIFEST} does not match its own SHA-256 (edited or damaged)"]
+        files = record.get("files")
+        if not isinstance(files, dict):
+            return [f"{MANIFEST} lists no files"]
         sig = self._signature(kind, key, files)
         if _VERIFIED.get((self.root, kind, key)) == sig:
             return []

@@ -25,12 +25,16 @@ from typing import Callable
 import numpy as np
 
 from entangle import runtime
+from entangle.runtime import preempt
 from entangle.runtime.atomic import atomic_file
 from entangle.store import plan as plan_lib, Store
 from entangle.store.plan import Op, PlanItem
 
 RATES = "op_rates.json"
 PROCESSES = (1, 2, 4, 8)
+# A probe times at most this many images a step: the per-image rate is flat above a few
+# hundred on CPUs and GPUs alike, and a probe must never need more memory than the run.
+PROBE_BATCH = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,8 @@ def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
     from entangle.core import train
 
     adversarial = op.kind == "adv_train"
-    cfg = dataclasses.replace(op.config, pretrained=False, batch_size=op.batch,
+    batch = min(op.batch, PROBE_BATCH)
+    cfg = dataclasses.replace(op.config, pretrained=False, batch_size=batch,
                               eps=op.config.eps if adversarial else 0.0)
     if op.kind in ("train", "adv_train"):
         per_second, overhead = train.probe_throughput(cfg, op.input_shape, op.num_classes,
@@ -76,11 +81,11 @@ def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
                                                       adversarial=adversarial)
         return OpRate(1.0 / per_second, overhead, "probed now")
     rng = np.random.default_rng(0)
-    x = rng.random((op.batch,) + tuple(op.input_shape), np.float32)
+    x = rng.random((batch,) + tuple(op.input_shape), np.float32)
     start = time.time()
     model, _ = train.build_for_training(cfg, tf.distribute.get_strategy(), op.input_shape,
                                         op.num_classes)
-    loop = _loop(op.kind, model, x, rng.integers(0, op.num_classes, op.batch).astype(np.int32))
+    loop = _loop(op.kind, model, x, rng.integers(0, op.num_classes, batch).astype(np.int32))
 
     def seconds(steps):
         t = time.time()
@@ -90,7 +95,7 @@ def probe_op(op: Op, repeats: int = 3, jit_compile: bool = False) -> OpRate:
     overhead = time.time() - start
     one = seconds(1)
     many = seconds(1 + repeats)
-    return OpRate(max(many - one, 1e-9) / (repeats * op.batch), overhead, "probed now")
+    return OpRate(max(many - one, 1e-9) / (repeats * batch), overhead, "probed now")
 
 
 def _loop(kind: str, model, x: np.ndarray, y: np.ndarray) -> Callable[[int], object]:
@@ -201,6 +206,7 @@ def estimate(store: Store, items: list[PlanItem], *, probe: bool = True,
     if missing and not probe:
         return None
     for i, op in enumerate(missing):
+        preempt.check(f"before probe {i + 1} of {len(missing)}")
         log(f"[estimate] probing {i + 1}/{len(missing)}: {op.describe()}")
         rates[op.signature()] = probe_fn(op)
     if missing:

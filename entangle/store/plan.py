@@ -14,6 +14,7 @@ import dataclasses
 import time
 from typing import Callable
 
+from entangle.runtime import preempt
 from entangle.runtime.atomic import ArtifactBusy, builder_id
 from entangle.store import Store
 
@@ -192,7 +193,7 @@ def build(store: Store, plan: list[PlanItem], rate: Rate, log=print, poll: float
                 waiting_since = time.time()
                 log(f"[{name}] {len(pending)} artifacts are being built by other processes; "
                     f"waiting")
-            time.sleep(poll)
+            preempt.sleep(poll, f"while waiting for other processes' artifacts")
     return built
 
 
