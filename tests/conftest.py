@@ -79,3 +79,15 @@ def trained_tiny():
         model.fit(x, y, batch_size=32, epochs=8, verbose=0)
     xt, yt = colour_dataset(128, seed=1)
     return model, xt, yt
+
+
+def flip_byte(path, at=None):
+    """Inverts one byte of a file (its middle by default): the damage a bad disk or a bad
+    copy leaves, with size and name unchanged."""
+    size = os.path.getsize(path)
+    at = size // 2 if at is None else at
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))

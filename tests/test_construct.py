@@ -9,6 +9,7 @@ import numpy as np
 from entangle import data
 from entangle.core import construct
 from entangle.runtime import atomic
+from conftest import flip_byte
 
 
 def _linear(size, classes):
@@ -39,7 +40,7 @@ def test_construction_memory_stays_below_the_artifact_size(tmp_path):
     assert np.sqrt((delta.reshape(n, -1) ** 2).sum(1)).max() <= 0.5 + 1e-2
 
 
-def test_construction_resumes_from_its_chunks(tmp_path):
+def test_construction_resumes_from_its_chunks(tmp_path, capsys):
     rng = np.random.default_rng(1)
     ds = data.Dataset(rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8),
                       rng.integers(0, 3, 50), tuple("abc"))
@@ -59,10 +60,12 @@ def test_construction_resumes_from_its_chunks(tmp_path):
     except KeyboardInterrupt:
         pass
     assert sorted(os.listdir(work)) == ["chunk-00000.npz", "chunk-00001.npz"]
+    flip_byte(os.path.join(work, "chunk-00001.npz"))    # one bad byte in the kept state
     resumed = []
     construct.build_chunks("neg_robust", model, ds, cfg, work, chunk_size=20, verbose=False,
                            on_chunk=resumed.append)
-    assert resumed == [2]
+    assert resumed == [1, 2]                            # the damaged chunk is built again
+    assert "damaged chunk 1 of" in capsys.readouterr().err
     full = construct.construct_dataset("neg_robust", model, ds, cfg, workdir=str(tmp_path / "b"),
                                        chunk_size=20, verbose=False)
     again = atomic.assemble_chunks(work, "x", str(tmp_path / "x.npy"))

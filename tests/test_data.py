@@ -7,6 +7,7 @@ import pytest
 
 from entangle import data
 from entangle.data import batching, planted
+from conftest import flip_byte
 
 CIFAR_COPY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpeg")
 
@@ -157,7 +158,7 @@ def _write_folder(root, size=12, per_class=6, classes=("b_cat", "a_dog", "c_eel"
                 Image.fromarray(arr).save(root / split / c / f"{i}.{fmt}")
 
 
-def test_folder_loader_and_cache(tmp_path):
+def test_folder_loader_and_cache(tmp_path, capsys):
     _write_folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
     ds = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))
@@ -170,6 +171,10 @@ def test_folder_loader_and_cache(tmp_path):
     assert len(cached) == 1
     again = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))
     np.testing.assert_array_equal(again.x, ds.x)
+    flip_byte(cached[0])                        # a damaged cache is decoded again
+    redone = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))
+    np.testing.assert_array_equal(redone.x, ds.x)
+    assert "damaged decoded-folder cache" in capsys.readouterr().err
     # a changed folder is a different cache key
     os.remove(tmp_path / "imgs" / "train" / "a_dog" / "0.bmp")
     changed = data.load_dataset(f"folder:{tmp_path / 'imgs'}", "train", cache_dir=str(cache))

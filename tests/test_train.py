@@ -6,6 +6,7 @@ import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ from entangle.core import attacks, inference, train
 from entangle.data import planted as planted_lib
 from entangle.runtime import distribution, preempt
 from entangle.store import Store, training
-from conftest import ROOT
+from conftest import ROOT, flip_byte
 
 PLANTED = planted_lib.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
                                  robust_norm=4.0, entangled_norm=0.5, artifact_norm=0.5)
@@ -130,6 +131,22 @@ def test_interrupted_training_resumes_to_the_same_result(planted, tmp_path, monk
     assert _history(resumed) == _history(full)
     for a, b in zip(full.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_checkpoint_is_named_discarded_and_training_starts_over(tmp_path, capsys):
+    from entangle.core import steps
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    steps.save_state(str(tmp_path), model, optimizer, epoch=2, history=[{}], best={},
+                     best_weights=None)
+    meta, _ = steps.load_state(str(tmp_path), model, optimizer)
+    assert meta["epoch"] == 2
+    flip_byte(str(tmp_path / "state.npz"))
+    assert steps.load_state(str(tmp_path), model, optimizer) == (None, None)
+    assert "damaged training checkpoint" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "state.npz")
 
 
 def test_early_stopping_keeps_best_validation_weights(planted, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from entangle.core import attacks, objectives
 from entangle.core.train_config import TrainConfig
 from entangle.runtime import preempt, progress
-from entangle.runtime.atomic import atomic_save_npz
+from entangle.runtime.atomic import atomic_save_npz, read_npz
 
 
 def training_attack(model, cfg: TrainConfig):
@@ -142,16 +142,15 @@ def save_state(path: str, model, optimizer, epoch: int, history: list, best: dic
 
 def load_state(path: str, model, optimizer):
     """(meta, best weights or None) of a checkpoint, loaded into model and optimizer."""
-    file = os.path.join(path, "state.npz")
-    if not os.path.exists(file):
+    z = read_npz(os.path.join(path, "state.npz"), "training checkpoint")
+    if z is None:
         return None, None
-    with np.load(file) as z:
-        n_w = sum(k.startswith("w") for k in z.files)
-        model.set_weights([z[f"w{i}"] for i in range(n_w)])
-        for i, v in enumerate(optimizer.variables):
-            v.assign(z[f"o{i}"])
-        n_b = sum(k.startswith("b") for k in z.files)
-        best = [z[f"b{i}"] for i in range(n_b)] if n_b else None
-        return json.loads(str(z["meta"])), best
+    n_w = sum(k.startswith("w") for k in z)
+    model.set_weights([z[f"w{i}"] for i in range(n_w)])
+    for i, v in enumerate(optimizer.variables):
+        v.assign(z[f"o{i}"])
+    n_b = sum(k.startswith("b") for k in z)
+    best = [z[f"b{i}"] for i in range(n_b)] if n_b else None
+    return json.loads(str(z["meta"])), best
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from entangle import runtime
 from entangle.data import planted as planted_lib
-from entangle.runtime.atomic import atomic_save_npz
+from entangle.runtime.atomic import atomic_save_npz, read_npz
 
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -365,9 +365,9 @@ def load_folder(root: str, split: str, *, cache_dir: str | None = None,
     cache = os.path.join(cache_dir or runtime.cache_dir(), "folders",
                          f"{os.path.basename(root)}-{split}-{h.hexdigest()[:16]}.npz")
     name = f"folder:{root}"
-    if os.path.exists(cache):
-        with np.load(cache) as z:
-            return Dataset(z["x"], z["y"], tuple(str(c) for c in z["classes"]), name)
+    z = read_npz(cache, "decoded-folder cache")
+    if z is not None:
+        return Dataset(z["x"], z["y"], tuple(str(c) for c in z["classes"]), name)
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(_decode, [p for p, _ in files], chunksize=256))

@@ -14,7 +14,9 @@ import socket
 import tempfile
 import threading
 import time
+import sys
 import uuid
+import zipfile
 from typing import Callable
 
 import numpy as np
@@ -91,11 +93,15 @@ def build_chunks(workdir: str, n: int, chunk_size: int,
     atomically, skipping chunks already there: a killed build resumes, losing at most one
     chunk, and memory holds one chunk at a time."""
     os.makedirs(workdir, exist_ok=True)
+    made = set()
     for c in range(-(-n // chunk_size)):
         rows = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
         path = os.path.join(workdir, f"chunk-{c:05d}.npz")
+        if os.path.exists(path) and c not in made:
+            read_npz(path, f"chunk {c} of {workdir}")   # left by an earlier run: check it
         if not os.path.exists(path):
             atomic_save_npz(path, **make(rows))
+            made.add(c)
             if on_chunk:
                 on_chunk(c)
         if bar is not None:
@@ -302,6 +308,22 @@ def atomic_save_npz(path: str, **arrays) -> None:
     """np.savez through atomic_file."""
     with atomic_file(path) as f:
         np.savez(f, **arrays)
+
+
+def read_npz(path: str, what: str) -> dict[str, np.ndarray] | None:
+    """Every array of an ``.npz`` (each read whole, so zip's CRC-32 checks every byte), or
+    None when there is none; a damaged one is named, removed and None returned, so the caller
+    rebuilds it from its last good state."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        print(f"WARNING: damaged {what} {path} ({type(e).__name__}: {e}); discarded, it will "
+              f"be rebuilt", file=sys.stderr, flush=True)
+        remove(path)
+        return None
 
 
 def temporaries_in(folder: str) -> list[str]:
