@@ -201,13 +201,24 @@ def test_bad_budget_arguments(kwargs, match):
     (np.full((2, 16), 0.5, np.float32), [0, 1], "rank 4"),
     (np.full((2, 4, 4, 1), 1.5, np.float32), [0, 1], r"\[0, 1\]"),
     (np.full((2, 4, 4, 1), 0.5, np.float32), [0, 2], r"\[0, 2\)"),
-    (np.full((2, 4, 4, 1), 0.5, np.float32), [0, 1, 1], "one label per image"),
+    (np.full((2, 4, 4, 1), 0.5, np.float32), [0, 1, 1], r"2 class indices.*got shape \(3,\)"),
+    (np.full((2, 4, 4, 1), 0.5, np.float32), [[0, 1, 1], [1, 0, 0]], r"got shape \(2, 3\)"),
+    (np.full((2, 4, 4, 1), 0.5, np.float32), [[0.5, 0.5], [1, 0]], "one-hot rows"),
     (np.full((2, 4, 4, 1), 0.5, np.float32), [0.0, 1.0], "integer"),
 ])
 def test_bad_inputs(x, y, match):
     model = _linear_model(np.ones((16, 2), np.float32))
     with pytest.raises(ValueError, match=match):
         attacks.pgd_l2(model, x, y, **PGD)
+
+
+def test_labels_as_a_column_or_one_hot_attack_like_indices(trained_tiny):
+    model, x, y = trained_tiny
+    ref = attacks.pgd_l2(model, x[:6], y[:6], **PGD)
+    column = attacks.pgd_l2(model, x[:6], y[:6].reshape(-1, 1), **PGD)
+    onehot = attacks.pgd_l2(model, x[:6], np.eye(model.output_shape[-1])[y[:6]], **PGD)
+    np.testing.assert_array_equal(column, ref)
+    np.testing.assert_array_equal(onehot, ref)
 
 
 def test_multi_targeted_bad_target_shape(trained_tiny):

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -152,6 +153,11 @@ def _parse(*args):
     ("--robustify_eps=nan", "--robustify_eps"),
     ("--seeds=0,0", "--seeds"),
     ("--seeds=0,x", "--seeds"),
+    ("--seeds=-1", "--seeds"),
+    ("--seeds=0,00", "--seeds"),
+    ("--seed=-1", "--seed"),
+    ("--data_seed=-1", "--data_seed"),
+    ("--study_seeds=-1", "--study_seeds"),
 ])
 def test_bad_flags_are_rejected(arg, match, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -166,6 +172,27 @@ def test_table_eps_zero_is_rejected_not_replaced(monkeypatch):
     assert entangle_flags.table_config(_parse()).eps == 0.5          # not given: the paper's
     assert entangle_flags.table_config(_parse("--eps=0.25")).eps == 0.25
     assert entangle_flags.table_config(_parse("--robustify_eps=inf")).eps == 0.5
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("--batch_size=100000", r"--batch_size\) 100000 of standard exceeds the \d+ images"),
+    ("--eps=1e9", r"--eps\) 1e\+09 exceeds the L2 diameter of 16x16x3 images .* \(27.7\)"),
+    ("--columns=0,30", r"--columns\) 30 exceeds the L2 diameter"),
+    ("--construct_eps=28", r"--construct_eps\) 28 exceeds the L2 diameter"),
+])
+def test_what_the_data_rules_out_is_refused_before_any_work(tmp_path, arg, match):
+    """Checked against the loaded data before any probe, trace or training: the binary
+    stops (a usage error) naming the flag, with nothing probed, built or stored, in bounded memory."""
+    import resource
+
+    proc = run_binary("table1", "--flagfile=flags/smoke.cfg", f"--workdir={tmp_path}", arg,
+                      timeout=300)
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out[-2000:]
+    assert re.search(match, out), out[-2000:]
+    assert "probing" not in out and not os.path.exists(tmp_path / "models")
+    assert peak_gib < 2, peak_gib
 
 
 def test_smoke_flagfile_builds_typed_config(monkeypatch):

@@ -198,11 +198,19 @@ def _check_images(x, name: str = "x") -> np.ndarray:
 
 
 def _check_labels(y, name: str, n: int, num_classes: int) -> np.ndarray:
+    """Class indices of shape (n,), from (n,), (n, 1) or one-hot (n, classes) labels."""
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape == (n, 1):
+        y = y[:, 0]
+    elif y.ndim == 2 and y.shape == (n, num_classes) and num_classes > 1:
+        if not (np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all()):
+            raise ValueError(f"{name} of shape {y.shape} must be one-hot rows (one 1 each)")
+        y = y.argmax(1)
+    if y.ndim != 1 or y.shape != (n,):
+        raise ValueError(f"{name} must be {n} class indices, shape ({n},) or ({n}, 1), or "
+                         f"one-hot of shape ({n}, {num_classes}); got shape {y.shape}")
     if y.dtype.kind not in "iu":
         raise ValueError(f"{name} must be integer class indices; got dtype {y.dtype}")
-    if y.shape[:1] != (n,):
-        raise ValueError(f"{name} must have one label per image ({n}); got shape {y.shape}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"{name} must lie in [0, {num_classes}); got values in "
                          f"[{y.min()}, {y.max()}]")

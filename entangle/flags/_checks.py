@@ -64,6 +64,14 @@ def _eps_ok(allow_inf: bool):
     return check
 
 
+def seed_list_ok(values) -> bool:
+    """Distinct whole numbers in [0, 2**31): what every seed of the pipeline accepts."""
+    if not all(t.strip().isdigit() for t in values):
+        return False
+    seeds = [int(t) for t in values]
+    return all(s < 2 ** 31 for s in seeds) and len(set(seeds)) == len(seeds)
+
+
 def eps_validators(fv, names: dict):
     """The same check for every ``*_eps`` flag: {name: whether inf (no bound) is allowed}."""
     for name, allow_inf in names.items():

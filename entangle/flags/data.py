@@ -33,7 +33,7 @@ def define_data_flags(fv=FLAGS):
                       "test (every class cut to the smallest; for ImageNet-9, 58 % dogs).",
                       flag_values=fv)
     flags.DEFINE_integer("data_seed", 0, "Seed for subsets and the validation split.",
-                         flag_values=fv)
+                         lower_bound=0, upper_bound=2 ** 31 - 1, flag_values=fv)
     flags.DEFINE_bool("allow_empty_classes", False, "Folder datasets: keep class folders "
                       "without images as classes (they change chance); by default an error.",
                       flag_values=fv)

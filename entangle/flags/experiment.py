@@ -9,7 +9,8 @@ from absl import flags
 
 from entangle.core import models, objectives
 from entangle.data import planted
-from entangle.flags._checks import accepts, columns_ok, eps_validators, FLAGS, validator
+from entangle.flags._checks import (accepts, columns_ok, eps_validators, FLAGS, seed_list_ok,
+                                    validator)
 from entangle.studies import entanglement, planted_study, transfer
 
 
@@ -30,8 +31,8 @@ def define_table_flags(fv=FLAGS):
     flags.DEFINE_bool("generator_report", True, "Report each R_eps generator's clean and PGD "
                       "accuracy (PGD at its eps; the standard model at every column's eps).",
                       flag_values=fv)
-    validator("seeds", lambda v: all(t.strip().lstrip("-").isdigit() for t in v)
-              and len(set(v)) == len(v), "must be a comma list of distinct integers", fv)
+    validator("seeds", seed_list_ok,
+              "must be a comma list of distinct whole numbers from 0 to 2**31 - 1", fv)
     validator("columns", columns_ok, "must be paper, extended or a comma list of eps >= 0",
               fv)
     validator("rows", lambda r: bool(r) and set(r) <= set(entanglement.ROWS),
@@ -47,7 +48,7 @@ def define_transfer_flags(fv=FLAGS):
                       "attack on all --sources at once, each towards its own target (Waseda "
                       "et al. 4.1).", flag_values=fv)
     flags.DEFINE_integer("target_seed", 0, "Seed of the targets (uniform over wrong classes).",
-                         flag_values=fv)
+                         lower_bound=0, upper_bound=2 ** 31 - 1, flag_values=fv)
     flags.DEFINE_integer("grid_images", 8, "Images per row of the adversarial-example grids.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_float("transfer_eps", 2.0, "Transfer attacks: max L2 change.", lower_bound=0.0,
@@ -91,9 +92,8 @@ def define_study_flags(fv=FLAGS):
     validator("study_construct_eps", lambda v: bool(v) and all(
         _positive_float(t) for t in v) and len(set(v)) == len(v),
         "must be a comma list of distinct numbers > 0", fv)
-    validator("study_seeds", lambda v: bool(v) and all(t.strip().lstrip("-").isdigit()
-                                                        for t in v) and len(set(v)) == len(v),
-              "must be a comma list of distinct integers", fv)
+    validator("study_seeds", lambda v: bool(v) and seed_list_ok(v),
+              "must be a comma list of distinct whole numbers from 0 to 2**31 - 1", fv)
 
 
 def define_mistakes_flags(fv=FLAGS):

@@ -47,7 +47,8 @@ def define_train_flags(fv=FLAGS):
                       "After training, recompute every batch norm's statistics over the "
                       "training inputs (precise BN), or keep the moving averages.",
                       flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Training seed.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Training seed.", lower_bound=0, upper_bound=2 ** 31 - 1,
+                         flag_values=fv)
     eps_validators(fv, {"eps": False})
     validator("batch_size", per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)
     validator("epochs", per_kind_ok(int), "must be an integer > 0, optionally per kind ('200,victim:128')", fv)

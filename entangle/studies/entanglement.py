@@ -110,6 +110,10 @@ class Table:
             return "standard", 0.0, "generator" if self.cfg.evaluate_generators else "row"
         return row, 0.0, "row"
 
+    def radii(self) -> dict[str, float]:
+        """The table's L2 radii, named as the flags that set them."""
+        return {"eps (--eps)": self.cfg.eps, "columns (--columns)": max(self.cfg.columns)}
+
     def row_label(self, row: str) -> str:
         return f"robust (eps {self.cfg.eps:g})" if row == "robust" else row
 
@@ -345,7 +349,8 @@ def run_seeds(exp_cfg: pipeline.ExperimentConfig, cfg: TableConfig, seeds: list[
     items = {}
     for t in tables:
         items.update({it.key: it for it in t.plan(True)})
-    built = runner.build_plan(tables[0].exp, list(items.values()), log, cfg.poll, "table")
+    built = runner.build_plan(tables[0].exp, list(items.values()), log, cfg.poll, "table",
+                              tables[0].radii())
     results = {}
     for s, t in zip(seeds, tables):
         results[s] = _table_result(t, built, time.time(), provenance)
@@ -451,4 +456,5 @@ def prepare(exp: pipeline.Experiment | pipeline.ExperimentConfig, cfg: TableConf
     if not isinstance(exp, pipeline.Experiment):
         exp = pipeline.Experiment(exp)
     table = Table(exp, cfg)
-    return table, runner.build_plan(exp, table.plan(robustified), log, cfg.poll, "table")
+    return table, runner.build_plan(exp, table.plan(robustified), log, cfg.poll, "table",
+                                    table.radii())

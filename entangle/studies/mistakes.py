@@ -106,6 +106,11 @@ class Mistakes:
         self.exp, self.cfg = exp, cfg
         self._nowait = dataclasses.replace(exp.cfg.runtime, wait=False)
 
+    def radii(self) -> dict[str, float]:
+        """The experiment's L2 radii, named as the flags that set them."""
+        return {"mistakes_eps (--mistakes_eps)": self.cfg.eps,
+                "leakage_eps (--leakage_eps)": self.cfg.leakage_eps}
+
     # -------------------------------------------------------------- the two attacked models
     def model_key(self, which: str) -> str:
         if which == "F1":
@@ -262,7 +267,7 @@ def run_mistakes(exp_cfg: pipeline.ExperimentConfig, cfg: MistakesConfig, *,
     start = time.time()
     exp = pipeline.Experiment(exp_cfg)
     m = Mistakes(exp, cfg)
-    built = runner.build_plan(exp, m.plan(), log, poll, "mistakes")
+    built = runner.build_plan(exp, m.plan(), log, poll, "mistakes", m.radii())
     test = exp.splits().test
     adv = m.adversarial()
     relabelled, correct = {}, {}

@@ -172,6 +172,30 @@ class Experiment(keys_lib.Keys, builders.Builders, evaluation.Evaluation):
             self._splits = Splits(full, holdout, test)
         return self._splits
 
+    def check_against_data(self, radii: dict[str, float] | None = None) -> None:
+        """Refuses, before any probe, trace or training, what the data rules out: a batch
+        larger than the images a model trains on, or an L2 radius (``radii``: {what: eps},
+        the construction's and robustification's always) beyond the images' L2 diameter
+        sqrt(H*W*C), the farthest two [0, 1] images can be apart."""
+        sp = self.splits()
+        n_fit = len(sp.train) - len(sp.holdout)
+        for kind, h in self.cfg.hparams.items():
+            if h.batch_size > n_fit:
+                raise ValueError(
+                    f"batch_size (--batch_size) {h.batch_size} of {kind} exceeds the {n_fit} "
+                    f"images it trains on ({len(sp.train)} training images less the "
+                    f"{len(sp.holdout)} held out for early stopping); allowed: 1 to {n_fit}")
+        diameter = float(np.sqrt(np.prod(sp.train.image_shape)))
+        named = {"construct_eps (--construct_eps)": self.cfg.construct.eps,
+                 "robustify_eps (--robustify_eps)": self.cfg.robustify.eps, **(radii or {})}
+        for what, eps in named.items():
+            if eps is not None and np.isfinite(eps) and eps > diameter:
+                raise ValueError(
+                    f"{what} {eps:g} exceeds the L2 diameter of "
+                    f"{'x'.join(map(str, sp.train.image_shape))} images in [0, 1] "
+                    f"({diameter:.1f}): no perturbation can be that large; allowed: 0 to "
+                    f"{diameter:.1f}")
+
     def use_placeholder_data(self, n_train: int, n_test: int) -> None:
         """Plans as if the dataset had ``n_train``/``n_test`` images, without loading it (for
         projections of data not on this machine): zero images of the dataset's shape, labels

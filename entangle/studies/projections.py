@@ -13,18 +13,24 @@ from entangle.store import estimate
 from entangle.studies import pipeline
 
 
-def plan_of(exp: pipeline.Experiment, experiment: str, cfg) -> list:
-    """The plan a run of ``experiment`` (table, transfer, mistakes) with ``cfg`` builds."""
+def study_of(exp: pipeline.Experiment, experiment: str, cfg):
+    """The study object of ``experiment`` (table, transfer, mistakes) with ``cfg``."""
     if experiment == "table":
         from entangle.studies import entanglement
-        return entanglement.Table(exp, cfg).plan(True)
+        return entanglement.Table(exp, cfg)
     if experiment == "transfer":
         from entangle.studies import transfer
-        return transfer.Transfer(exp, cfg).plan()
+        return transfer.Transfer(exp, cfg)
     if experiment == "mistakes":
         from entangle.studies import mistakes
-        return mistakes.Mistakes(exp, cfg).plan()
+        return mistakes.Mistakes(exp, cfg)
     raise ValueError(f"experiment must be table, transfer or mistakes; got {experiment!r}")
+
+
+def plan_of(exp: pipeline.Experiment, experiment: str, cfg) -> list:
+    """The plan a run of ``experiment`` (table, transfer, mistakes) with ``cfg`` builds."""
+    study = study_of(exp, experiment, cfg)
+    return study.plan(True) if experiment == "table" else study.plan()
 
 
 def project(exp_cfg: pipeline.ExperimentConfig, experiment: str, cfg, *,
@@ -36,5 +42,6 @@ def project(exp_cfg: pipeline.ExperimentConfig, experiment: str, cfg, *,
     exp = pipeline.Experiment(exp_cfg)
     if images:
         exp.use_placeholder_data(*images)
+    exp.check_against_data(study_of(exp, experiment, cfg).radii())
     return estimate.estimate(exp.store, plan_of(exp, experiment, cfg), processes=processes,
                              log=log, probe_fn=probe_fn)

@@ -31,9 +31,11 @@ def default_rate(exp: pipeline.Experiment) -> float:
 
 
 def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None],
-               poll: float, name: str) -> list[str]:
-    """Prints the plan with time estimates, then builds what is missing, cooperating with
-    other processes on the store; returns the keys this process built."""
+               poll: float, name: str, radii: dict[str, float] | None = None) -> list[str]:
+    """Checks the configuration against the data (``Experiment.check_against_data`` with the
+    study's L2 ``radii``), prints the plan with time estimates, then builds what is missing,
+    cooperating with other processes on the store; returns the keys this process built."""
+    exp.check_against_data(radii)
     todo = [it for it in items if not it.present]
     # a few timed steps of each kind of work this host never ran: an ETA from constants was
     # off by 40x

@@ -134,6 +134,11 @@ class Transfer:
         self.exp, self.cfg = exp, cfg
         self._nowait = dataclasses.replace(exp.cfg.runtime, wait=False)
 
+    def radii(self) -> dict[str, float]:
+        """The study's L2 radii, named as the flags that set them."""
+        return {"transfer_eps (--transfer_eps)": self.cfg.eps,
+                "sources (--sources)": max(self.cfg.sources)}
+
     def attacks(self) -> list[str]:
         return ["n_targeted"] if self.cfg.mode == "n_targeted" else ["untargeted", "targeted"]
 
@@ -355,7 +360,7 @@ def run_transfer(exp_cfg: pipeline.ExperimentConfig, cfg: TransferConfig, *,
     for name in pretrained:  # before any work: offline, fail fast naming the weights file
         if not exp.store.has("models", exp.victim_key(name)):
             models.require_imagenet_weights(name)
-    built = runner.build_plan(exp, plan, log, cfg.poll, "transfer")
+    built = runner.build_plan(exp, plan, log, cfg.poll, "transfer", study.radii())
     records, clean, grids, outcomes = study.evaluate()
     result = TransferResult(dataset=exp_cfg.data.dataset, mode=cfg.mode,
                             sources=list(cfg.sources), victims=list(cfg.victims),
