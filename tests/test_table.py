@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def test_table1_smoke_writes_every_file_with_every_cell(smoke_table):
 
 def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_table):
     work, out = smoke_table
-    results = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0"))[0]
+    results = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0-c*"))[0]
     data = json.load(open(os.path.join(results, "table.json")))
     gens = {g["column"]: g for g in data["generators"]}
     assert set(gens) == {"R_0", "R_1/16", "R_1/4", "R_1/2", "R_1"}
@@ -119,14 +120,37 @@ def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_ta
     assert "CIFAR" not in out and "paper's in brackets" not in out   # nothing in brackets
 
 
+def test_two_tables_on_one_store_keep_their_own_results(smoke_table, tmp_path):
+    """Another configuration (here fewer rows) gets another folder; pointed at the first
+    table's folder, it refuses to overwrite it, naming the flag that differs."""
+    work = tmp_path / "store"                       # a copy: the fixture's store stays as it is
+    shutil.copytree(smoke_table[0], work, ignore=shutil.ignore_patterns("*.lock"))
+    (full,) = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0-c*"))
+    cells = len(open(os.path.join(full, "table.csv")).read().splitlines())
+    _run(work, "--rows=standard")
+    folders = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0-c*"))
+    assert len(folders) == 2
+    (fewer,) = set(folders) - {full}
+    assert len(open(os.path.join(fewer, "table.csv")).read().splitlines()) == 1 + 6
+    assert len(open(os.path.join(full, "table.csv")).read().splitlines()) == cells == 1 + 24
+    before = os.stat(os.path.join(full, "table.csv")).st_mtime_ns
+    proc = run_binary("table1", *SMOKE, f"--workdir={work}", "--rows=standard",
+                      f"--results_dir={full}", timeout=900)
+    assert proc.returncode == 1 and "holds the results of another configuration" in \
+        proc.stderr and "--rows" in proc.stderr, proc.stderr[-2000:]
+    assert os.stat(os.path.join(full, "table.csv")).st_mtime_ns == before
+    assert "| standard |" in proc.stdout            # the result is still shown
+
+
 def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke_table):
     work, _ = smoke_table
-    single = work / "results" / "table1-planted-eps1-paper-seed0" / "table.json"
+    (single,) = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0-c*"))
+    single = Path(single) / "table.json"
     before = single.stat().st_mtime_ns
     few = ["--rows=standard,robust", "--columns=0,1/4"]  # seed 1: 6 artifacts, not 14
     out = _run(work, "--seeds=0,1", *few)
     assert 0 < _built(out) < 7              # seed 0 is in the store already
-    (results,) = glob.glob(str(work / "results" / "table1-planted-eps1-cols*-seed0-1"))
+    (results,) = glob.glob(str(work / "results" / "table1-planted-eps1-cols*-seed0-1-c*"))
     results = Path(results)
     for seed in (0, 1):
         table = json.load(open(results / f"seed{seed}" / "table.json"))

@@ -49,7 +49,8 @@ def main(argv):
     from entangle.report import mistakes as report_mistakes
 
     result.files, result.write_error = report.write_results(
-        report_mistakes.write_mistakes, result, common.results_dir(FLAGS, "mistakes"))
+        report_mistakes.write_mistakes, result, common.results_dir(FLAGS, "mistakes"),
+        configuration=common.configuration(FLAGS))
     print()
     print(report_mistakes.mistakes_markdown(result))
     common.finish(result)

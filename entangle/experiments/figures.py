@@ -35,7 +35,8 @@ def main(argv, name):
     grid = isinstance(result, figures.GridResult)
     result.files, result.write_error = report.write_results(
         report_figures.write_grid if grid else report_figures.write_curve, result,
-        common.results_dir(FLAGS, name))
+        common.results_dir(FLAGS, name),
+        configuration=common.configuration(FLAGS))
     files = result.files
     if not grid:
         for series, values in result.series.items():

@@ -36,7 +36,8 @@ def main(argv):
     from entangle.report import planted as planted_report
 
     result.files, result.write_error = report.write_results(
-        planted_report.write_study, result, common.results_dir(FLAGS, "planted_study"))
+        planted_report.write_study, result, common.results_dir(FLAGS, "planted_study"),
+        configuration=common.configuration(FLAGS))
     print()
     print(planted_report.markdown(result))
     common.finish(result)

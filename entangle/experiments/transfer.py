@@ -57,7 +57,8 @@ def main(argv):
         f"transfer-n_targeted-{cfg.n_targeted_loss}"
     sources = [] if FLAGS.sources == "paper" else [common.tag("src", FLAGS.sources)]
     result.files, result.write_error = report.write_results(
-        report_transfer.write_transfer, result, common.results_dir(FLAGS, name, extra=sources))
+        report_transfer.write_transfer, result, common.results_dir(FLAGS, name, extra=sources),
+        configuration=common.configuration(FLAGS))
     print()
     print(report_transfer.transfer_markdown(result, "Transfer from robust sources"))
     common.finish(result)

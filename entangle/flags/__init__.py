@@ -45,7 +45,8 @@ from entangle.flags.training import define_single_model_flags, define_train_flag
 __all__ = ["FLAGS", "GROUPS", "MODEL_KINDS", "VICTIM_WEIGHTS", "define_all", "uses",
            "parse", "parse_flags", "expand_flagfiles", "flagfile", "scale_name", "help_text",
            "per_kind", "kinds_on", "parse_columns", "experiment_config", "train_config",
-           "table_config", "seeds", "transfer_config", "study_config", "mistakes_config",
+           "table_config", "seeds", "results_configuration", "transfer_config", "study_config",
+           "mistakes_config",
            "estimate_images"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -87,6 +88,19 @@ def uses(name: str, groups: tuple[str, ...], also: tuple[str, ...] = ()) -> None
 
 
 PATH_FLAGS = ("data_dir", "workdir", "image_cache_dir")
+# What decides where a run reads and writes and how fast it goes, never what it computes: left
+# out of a results folder's configuration.
+NOT_RESULT_GROUPS = ("output", "runtime", "estimate", "store")
+NOT_RESULT_FLAGS = ("data_dir", "download", "image_cache_dir")
+
+
+def results_configuration(fv=FLAGS) -> dict:
+    """{flag: value} of every flag the running binary reads that can change its results: the
+    configuration a results folder is keyed by and records."""
+    groups, also = _USES["groups"] or tuple(GROUPS), _USES["also"]
+    return {name: fv[name].value for name in sorted(fv)
+            if name in GROUP_OF and (GROUP_OF[name] in groups or name in also)
+            and GROUP_OF[name] not in NOT_RESULT_GROUPS and name not in NOT_RESULT_FLAGS}
 
 
 def flagfile(name: str) -> str:

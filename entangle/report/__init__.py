@@ -13,16 +13,53 @@ import numpy as np
 from entangle.runtime.atomic import atomic_file
 
 
-def write_results(writer, result, results_dir: str, *args) -> tuple[dict, str | None]:
+CONFIGURATION = "configuration.json"
+
+
+def write_results(writer, result, results_dir: str, *args,
+                  configuration: dict | None = None) -> tuple[dict, str | None]:
     """(files, None), or ({}, why) when the results folder cannot be written (a read-only
-    store): the result was computed and is still shown by the caller."""
-    from entangle.store import describe_os_error
+    store) or holds the results of another ``configuration`` (recorded in its
+    configuration.json, which is written first): the result was computed and is still shown
+    by the caller, and nothing is overwritten."""
+    from entangle.store import config_hash, describe_os_error
 
     try:
+        if configuration is not None:
+            why = _claim(results_dir, configuration, config_hash(configuration))
+            if why:
+                return {}, why
         return writer(result, results_dir, *args), None
     except OSError as e:
         return {}, (f"cannot write the results to {results_dir} ({describe_os_error(e)}); "
                     f"pass --results_dir=DIR to write them elsewhere")
+
+
+def _claim(results_dir: str, configuration: dict, digest: str) -> str | None:
+    """Records ``configuration`` in ``results_dir``, or says why not: the folder holds the
+    results of another configuration."""
+    path = os.path.join(results_dir, CONFIGURATION)
+    try:
+        with open(path) as f:
+            theirs = json.load(f)
+    except FileNotFoundError:
+        theirs = None
+    except (OSError, ValueError) as e:
+        return (f"{path} is unreadable ({e}); not writing into {results_dir}: pass "
+                f"--results_dir=DIR to write elsewhere, or remove that folder")
+    if theirs is not None:
+        if theirs.get("sha256") == digest:
+            return None
+        changed = sorted(k for k in set(configuration) | set(theirs.get("flags", {}))
+                         if configuration.get(k) != theirs.get("flags", {}).get(k))
+        return (f"{results_dir} holds the results of another configuration (they differ in "
+                f"{', '.join('--' + k for k in changed[:6]) or 'their recorded hash'}); not "
+                f"overwriting them: pass --results_dir=DIR to write elsewhere")
+    os.makedirs(results_dir, exist_ok=True)
+    with atomic_file(path, "w") as f:
+        json.dump({"sha256": digest, "flags": configuration}, f, indent=1, sort_keys=True,
+                  default=json_default)
+    return None
 
 
 def pct(x) -> str:
