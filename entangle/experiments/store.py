@@ -2,6 +2,7 @@
 
     python -m experiments.store --workdir=entangle_work          # list
     python -m experiments.store --workdir=entangle_work --gc     # remove orphans
+    python -m experiments.store --workdir=entangle_work --verify # hash every artifact
 """
 
 from entangle.experiments.common import configure_environment
@@ -35,6 +36,11 @@ def main(argv):
         print(f"store {store.root}")
         for kind, (count, size) in store.summary().items():
             print(f"  {kind:<12} {count:5d} artifacts  {_mib(size)}")
+        damaged = store.verify_all() if FLAGS.verify else {}
+        if FLAGS.verify:
+            print(f"\nverified: {sum(c for c, _ in store.summary().values()) + len(damaged)} "
+                  f"artifacts, {len(damaged)} damaged (moved aside; the next run rebuilds "
+                  f"them)")
         extra = store.housekeeping()
         print(f"\nnot owned by a manifest: {len(extra)}")
         for e in extra:
@@ -50,6 +56,8 @@ def main(argv):
         common.fail(f"{e.filename}: no such store (--workdir)", code=1)
     except OSError as e:
         common.fail(f"cannot write {store_lib.describe_os_error(e)}", code=1)
+    if damaged:
+        sys.exit(1)
 
 
 def run(argv=None):

@@ -79,6 +79,9 @@ def define_store_flags(fv=FLAGS):
     flags.DEFINE_bool("gc", False, "Remove what no manifest owns and nothing is using: "
                       "temporaries whose owner died, quarantined (damaged) copies, leftovers "
                       "of broken locks.", flag_values=fv)
+    flags.DEFINE_bool("verify", False, "Hash every stored artifact against its manifest; "
+                      "move each damaged one aside (so the next run rebuilds it) and exit 1 "
+                      "if any was.", flag_values=fv)
     flags.DEFINE_bool("gc_partial", False, "With --gc, also remove the resumable state of "
                       "builds that no live process holds (their progress is lost).",
                       flag_values=fv)

@@ -161,6 +161,24 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+AUDIT_LOG = "ENTANGLE_AUDIT_LOG"
+
+
+def audit(event: str, kind: str, key: str) -> None:
+    """With ``$ENTANGLE_AUDIT_LOG`` set, appends one JSON line per build start and end (built
+    or stopped; time, host, pid): how the chaos benchmark proves that no artifact is built twice at once. One
+    short ``O_APPEND`` write per line, so processes sharing the file never interleave."""
+    path = os.environ.get(AUDIT_LOG)
+    if path:
+        line = json.dumps({"event": event, "kind": kind, "key": key, "time": time.time(),
+                           **builder_id()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
 # Artifacts this process has hashed and found intact: (store root, kind, key) -> the size and
 # mtime of each file when it was hashed. One cache per process, so any number of Store objects
 # on one root (one per Experiment, figure or study) hash each artifact once.
@@ -291,7 +309,14 @@ class Store:
                         loaded = self._load_verified(kind, key, load)
                         if loaded is not _DAMAGED:
                             return loaded
-                    return build()
+                    audit("build", kind, key)
+                    try:
+                        out = build()
+                    except BaseException:
+                        audit("stopped", kind, key)     # preempted or failed: lock released
+                        raise
+                    audit("built", kind, key)
+                    return out
             if not wait:
                 raise ArtifactBusy(f"{kind}/{key} is being built by {held.owner()}")
             if log and not announced:
@@ -408,6 +433,18 @@ class Store:
             _VERIFIED[(self.root, kind, key)] = sig
         return problems
 
+    def verify_all(self) -> dict[str, list[str]]:
+        """Hashes every finished artifact; each damaged one is moved aside (``quarantine``)
+        and listed, {"kind/key": problems}, so the next run rebuilds it."""
+        damaged = {}
+        for kind in listdir(self.root):
+            for key in self.list(kind):
+                problems = self.verify(kind, key)
+                if problems:
+                    damaged[f"{kind}/{key}"] = problems
+                    self.quarantine(kind, key, problems)
+        return damaged
+
     def intact(self, kind: str, key: str) -> bool:
         """Whether a present artifact matches its manifest; if not, it is moved aside
         (``quarantine``) and False returned."""
@@ -469,4 +506,5 @@ class Store:
         d = os.path.join(self.root, kind)
         if not os.path.isdir(d):
             return []
-        return sorted(k for k in os.listdir(d) if self.has(kind, k))
+        # hidden names are temporaries and quarantined copies, never artifacts
+        return sorted(k for k in os.listdir(d) if not k.startswith(".") and self.has(kind, k))

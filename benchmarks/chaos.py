@@ -1,0 +1,349 @@
+"""Chaos benchmark: the store keeps its promises while processes die and bytes rot.
+
+Runs a single-process reference of the smoke Table 1, then the same table with several
+processes on one store, in rounds: processes are killed at random moments (SIGKILL and
+SIGTERM mixed) and restarted; at the end of a round all are stopped and random bytes of random
+stored files (artifacts, manifests, resumable state) are flipped. A last round runs without
+kills, then ``experiments.store --verify`` hashes everything, a last run rebuilds what it
+moved aside (if anything), and ``--gc --gc_partial`` cleans up. It passes when
+
+- the table (every cell and every per-image outcome), every model's weights and every
+  dataset's files equal the reference's;
+- no artifact was built by two live processes at once (``$ENTANGLE_AUDIT_LOG``);
+- every injected corruption was detected (named by a run or by --verify);
+- no lock, temporary, partial state or quarantined copy is left after --gc.
+
+    python benchmarks/chaos.py                       # smoke scale, 4 processes, ~10 min
+    python benchmarks/chaos.py --reduced --processes=2 --kills=4 --rounds=2   # the test's
+
+Prints the counts (processes, kills, corruptions injected and detected, artifacts rebuilt,
+wall time) and writes them as JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--flagfile=flags/smoke.cfg", "--quiet"]
+# the suite's size: two rows and two columns (no constructed sets), tiny data, one epoch
+REDUCED = ["--rows=standard,robust", "--columns=0,1", "--epochs=1", "--planted_train_size=256",
+           "--planted_test_size=64", "--robustify_steps=10", "--eval_strong_restarts=0",
+           "--generator_report=false", "--train_attack_steps=2"]
+STORE_KINDS = ("models", "datasets", "evals", "predictions")
+
+
+def table_command(workdir: str, reduced: bool) -> list[str]:
+    return [sys.executable, "-m", "experiments.table1", *SMOKE, *(REDUCED if reduced else []),
+            f"--workdir={workdir}"]
+
+
+def store_command(workdir: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "experiments.store", f"--workdir={workdir}", *flags]
+
+
+class Fleet:
+    """The processes of one store: started, killed and restarted, their output kept."""
+
+    def __init__(self, command: list[str], logs: str, env: dict):
+        self.command, self.logs, self.env = command, logs, env
+        self.started, self.ended = 0, {}      # pid -> when it died or exited
+        self.live: list[subprocess.Popen] = []
+        os.makedirs(logs, exist_ok=True)
+
+    def start(self) -> subprocess.Popen:
+        self.started += 1
+        out = open(os.path.join(self.logs, f"{self.started:03d}.log"), "w")
+        proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        out.close()
+        self.live.append(proc)
+        return proc
+
+    def reap(self) -> None:
+        for p in list(self.live):
+            if p.poll() is not None:
+                self.ended.setdefault(p.pid, time.time())
+                self.live.remove(p)
+
+    def kill(self, proc: subprocess.Popen, sig: int, grace: float = 60.0) -> None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()         # SIGTERM promised a stop within seconds: this is a failure
+            proc.wait()
+            raise RuntimeError(f"pid {proc.pid} ignored {signal.Signals(sig).name} for "
+                               f"{grace:.0f} s")
+        self.ended[proc.pid] = time.time()
+        self.live.remove(proc)
+
+    def wait_all(self, timeout: float) -> list[int]:
+        codes = []
+        for p in list(self.live):
+            codes.append(p.wait(timeout))
+            self.ended[p.pid] = time.time()
+            self.live.remove(p)
+        return codes
+
+
+def stored_files(workdir: str) -> list[str]:
+    """Files a corruption may hit: finished artifacts (manifests included) and resumable
+    state, not temporaries being written, caches or results."""
+    out = []
+    for kind in STORE_KINDS:
+        for path in glob.glob(os.path.join(workdir, kind, "*", "**"), recursive=True):
+            name = os.path.basename(path)
+            if not os.path.isfile(path) or name.endswith(".tmp") or ".tmp-" in path:
+                continue
+            artifact = os.path.relpath(path, os.path.join(workdir, kind)).split(os.sep)[0]
+            if artifact.endswith(".partial") and os.path.exists(os.path.join(
+                    workdir, kind, artifact[:-len(".partial")], "manifest.json")):
+                continue   # the state of a finished artifact: never read again, --gc's
+            out.append(path)
+    return sorted(out)
+
+
+def flip(path: str, rng: random.Random) -> int:
+    size = os.path.getsize(path)
+    at = rng.randrange(size)
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ (1 << rng.randrange(8))]))
+    return at
+
+
+def artifact_of(path: str, workdir: str) -> str:
+    """'kind/key' of a stored file (a .partial state's file: 'kind/key.partial')."""
+    rel = os.path.relpath(path, workdir).split(os.sep)
+    return f"{rel[0]}/{rel[1]}"
+
+
+def detections(text: str) -> set[str]:
+    """The artifacts (or partial states) the runs and --verify named as damaged."""
+    named = set(re.findall(r"damaged artifact (\w+/[\w.-]+)", text))
+    named |= {f"{k}/{key}" for k, key in re.findall(
+        r"WARNING: damaged [^\n]*?/(\w+)/([\w.-]+\.partial)", text)}
+    return named
+
+
+def double_builds(audit: str, ended: dict) -> list[str]:
+    """Artifacts whose build started while another process was building it: from its start
+    to its "built" or "stopped" event, or, killed by SIGKILL, to its death."""
+    if not os.path.exists(audit):
+        return []
+    open_builds, clashes = {}, []
+    events = [json.loads(line) for line in open(audit)]
+    for e in sorted(events, key=lambda e: e["time"]):
+        key = f"{e['kind']}/{e['key']}"
+        builders = open_builds.setdefault(key, {})
+        for pid in [p for p in builders if ended.get(p, float("inf")) <= e["time"]]:
+            del builders[pid]           # its builder died: the lock is free again
+        if e["event"] == "build":
+            if builders:
+                clashes.append(f"{key}: pid {e['pid']} while pid {next(iter(builders))}")
+            builders[e["pid"]] = e["time"]
+        else:
+            builders.pop(e["pid"], None)
+    return clashes
+
+
+def weights(path: str) -> dict:
+    """Every weight array of a .keras file (its model.weights.h5), by HDF5 path."""
+    import h5py
+    import numpy as np
+
+    out = {}
+    with zipfile.ZipFile(path) as z, tempfile.TemporaryDirectory() as tmp:
+        z.extract("model.weights.h5", tmp)
+        with h5py.File(os.path.join(tmp, "model.weights.h5")) as h:
+            h.visititems(lambda name, obj: out.__setitem__(name, np.asarray(obj))
+                         if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def compare(ref: str, work: str) -> list[str]:
+    """How the chaos store's table and artifacts differ from the reference's (empty: none)."""
+    import numpy as np
+
+    diffs = []
+    tables = {w: glob.glob(os.path.join(w, "results", "table1-*", "table.json")) for w in
+              (ref, work)}
+    if len(tables[ref]) != 1 or len(tables[work]) != 1:
+        return [f"expected one table each; found {len(tables[ref])} and {len(tables[work])}"]
+    a, b = (json.load(open(tables[w][0])) for w in (ref, work))
+    if a["cells"] != b["cells"]:
+        diffs.append("table cells differ")
+    za, zb = (np.load(os.path.join(os.path.dirname(tables[w][0]), "outcomes.npz"))
+              for w in (ref, work))
+    if set(za.files) != set(zb.files) or any(not np.array_equal(za[k], zb[k]) for k in za.files):
+        diffs.append("per-image outcomes differ")
+    for kind in ("models", "datasets"):
+        keys = {w: sorted(k for k in os.listdir(os.path.join(w, kind)) if not k.startswith(".")
+                          and os.path.exists(os.path.join(w, kind, k, "manifest.json")))
+                for w in (ref, work)}
+        if keys[ref] != keys[work]:
+            diffs.append(f"{kind} differ: {sorted(set(keys[ref]) ^ set(keys[work]))}")
+            continue
+        for key in keys[ref]:
+            if kind == "models":
+                wa, wb = (weights(os.path.join(w, kind, key, "model.keras")) for w in (ref, work))
+                if wa.keys() != wb.keys() or any(not np.array_equal(wa[k], wb[k]) for k in wa):
+                    diffs.append(f"models/{key}: weights differ")
+            else:
+                fa, fb = (json.load(open(os.path.join(w, kind, key, "manifest.json")))["files"]
+                          for w in (ref, work))
+                if fa != fb:
+                    diffs.append(f"datasets/{key}: files differ")
+    return diffs
+
+
+def leftovers(workdir: str) -> list[str]:
+    """Locks, temporaries, partial state and quarantined copies under the store."""
+    out = []
+    for folder, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            if re.search(r"\.lock$|\.tmp-|\.tmp$|\.partial$|\.corrupt-|\.stale-|\.incomplete-",
+                         name):
+                out.append(os.path.join(folder, name))
+    return out
+
+
+def run(processes: int = 4, kills: int = 20, rounds: int = 4, corruptions: int = 3,
+        reduced: bool = False, seed: int = 0, workdir: str | None = None,
+        window: tuple[float, float] = (3.0, 25.0), log=print) -> dict:
+    """The benchmark (see the module docstring); returns its counts and verdicts."""
+    rng = random.Random(seed)
+    base = workdir or tempfile.mkdtemp(prefix="entangle-chaos-")
+    ref, work = os.path.join(base, "reference"), os.path.join(base, "chaos")
+    env = {**os.environ, "ENTANGLE_CACHE": os.path.join(base, "cache"),
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.time()
+    log(f"[chaos] reference: one process in {ref}")
+    subprocess.run(table_command(ref, reduced), cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference_seconds = time.time() - start
+    audit = os.path.join(base, "audit.jsonl")
+    fleet = Fleet(table_command(work, reduced), os.path.join(base, "logs"),
+                  {**env, "ENTANGLE_AUDIT_LOG": audit})
+    counts = {"processes": processes, "started": 0, "sigkill": 0, "sigterm": 0,
+              "corruptions_injected": 0, "corrupted": [], "reference_seconds":
+              round(reference_seconds, 1)}
+    chaos_start = time.time()
+    per_round = [kills // rounds + (r < kills % rounds) for r in range(rounds)]
+    for r, n_kills in enumerate(per_round):
+        for _ in range(processes):
+            fleet.start()
+        for _ in range(n_kills):
+            time.sleep(rng.uniform(*window))
+            fleet.reap()
+            if not fleet.live:
+                break
+            victim = rng.choice(fleet.live)
+            sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+            fleet.kill(victim, sig)
+            counts["sigkill" if sig == signal.SIGKILL else "sigterm"] += 1
+            fleet.start()
+        for p in list(fleet.live):      # the round ends: everyone stops at a safe point
+            fleet.kill(p, signal.SIGTERM)
+        fleet.reap()
+        files = stored_files(work)
+        for path in rng.sample(files, min(corruptions, len(files))):
+            at = flip(path, rng)
+            counts["corruptions_injected"] += 1
+            counts["corrupted"].append({"file": os.path.relpath(path, work), "byte": at,
+                                        "artifact": artifact_of(path, work)})
+        log(f"[chaos] round {r + 1}/{rounds}: {n_kills} kills, {len(files)} stored files, "
+            f"{min(corruptions, len(files))} corrupted")
+    for _ in range(processes):          # the last round runs to the end
+        fleet.start()
+    codes = fleet.wait_all(3600)
+    verify = subprocess.run(store_command(work, "--verify"), cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    # what --verify moved aside is rebuilt by one more run
+    final = subprocess.run(table_command(work, reduced) if verify.returncode else ["true"],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+    gc = subprocess.run(store_command(work, "--gc", "--gc_partial"), cwd=ROOT, env=env,
+                        capture_output=True, text=True)
+    text = "".join(open(p).read() for p in sorted(glob.glob(os.path.join(fleet.logs, "*"))))
+    text += verify.stdout + verify.stderr + final.stdout + final.stderr + gc.stdout + gc.stderr
+    named = detections(text)
+    injected = {c["artifact"] for c in counts["corrupted"]}
+    builds = [json.loads(line) for line in open(audit)] if os.path.exists(audit) else []
+    built = [b for b in builds if b["event"] == "built"]
+    counts.update(
+        started=fleet.started, last_round_exit_codes=codes, final_exit_code=final.returncode,
+        corrupted_artifacts=len(injected), corruptions_detected=len(injected & named),
+        undetected=sorted(injected - named), artifacts_built=len(built),
+        artifacts_rebuilt=len(built) - len({(b["kind"], b["key"]) for b in built}),
+        double_builds=double_builds(audit, fleet.ended), differences=compare(ref, work),
+        left_after_gc=leftovers(work), chaos_seconds=round(time.time() - chaos_start, 1),
+        wall_seconds=round(time.time() - start, 1))
+    counts["passed"] = (not counts["double_builds"] and not counts["differences"]
+                        and not counts["undetected"] and not counts["left_after_gc"]
+                        and final.returncode == 0 and gc.returncode == 0
+                        and verify.returncode in (0, 1) and "Traceback" not in text
+                        and all(c == 0 for c in codes))
+    if not workdir and counts["passed"]:
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        counts["kept"] = base
+    return counts
+
+
+def summary(c: dict) -> str:
+    return (f"processes {c['processes']} at a time, {c['started']} started; kills "
+            f"{c['sigkill'] + c['sigterm']} ({c['sigkill']} SIGKILL, {c['sigterm']} SIGTERM); "
+            f"corruptions injected {c['corruptions_injected']} in {c['corrupted_artifacts']} "
+            f"artifacts, detected {c['corruptions_detected']} of those; artifacts built "
+            f"{c['artifacts_built']} ({c['artifacts_rebuilt']} rebuilt); double builds "
+            f"{len(c['double_builds'])}; differences from the reference "
+            f"{len(c['differences'])}; left after --gc {len(c['left_after_gc'])}; wall "
+            f"{c['wall_seconds']:.0f} s (reference {c['reference_seconds']:.0f} s, chaos "
+            f"{c['chaos_seconds']:.0f} s): {'PASSED' if c['passed'] else 'FAILED'}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--processes", type=int, default=4)
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--corruptions", type=int, default=3, help="files flipped per round")
+    p.add_argument("--reduced", action="store_true", help="the suite's size (two rows, "
+                   "two columns, tiny data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", default="3,25", help="seconds between kills: LOW,HIGH")
+    p.add_argument("--workdir", help="keep the stores here (default: a temporary folder, "
+                   "removed when the run passes)")
+    p.add_argument("--json", help="write the counts here")
+    a = p.parse_args()
+    lo, hi = (float(t) for t in a.window.split(","))
+    counts = run(a.processes, a.kills, a.rounds, a.corruptions, a.reduced, a.seed, a.workdir,
+                 (lo, hi))
+    print(summary(counts))
+    for key in ("undetected", "double_builds", "differences", "left_after_gc"):
+        for line in counts[key]:
+            print(f"  {key}: {line}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(counts, f, indent=1)
+    sys.exit(0 if counts["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()
