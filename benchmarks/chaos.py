@@ -226,7 +226,7 @@ def leftovers(workdir: str) -> list[str]:
 
 def run(processes: int = 4, kills: int = 20, rounds: int = 4, corruptions: int = 3,
         reduced: bool = False, seed: int = 0, workdir: str | None = None,
-        window: tuple[float, float] = (3.0, 25.0), log=print) -> dict:
+        window: tuple[float, float] = (1.0, 8.0), log=print) -> dict:
     """The benchmark (see the module docstring); returns its counts and verdicts."""
     rng = random.Random(seed)
     base = workdir or tempfile.mkdtemp(prefix="entangle-chaos-")
@@ -327,7 +327,7 @@ def main():
     p.add_argument("--reduced", action="store_true", help="the suite's size (two rows, "
                    "two columns, tiny data)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", default="3,25", help="seconds between kills: LOW,HIGH")
+    p.add_argument("--window", default="1,8", help="seconds between kills: LOW,HIGH")
     p.add_argument("--workdir", help="keep the stores here (default: a temporary folder, "
                    "removed when the run passes)")
     p.add_argument("--json", help="write the counts here")

@@ -14,6 +14,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 
 from entangle import flags as entangle_flags, store as store_lib  # noqa: E402
+from entangle.store import maintenance  # noqa: E402
 from entangle.experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
@@ -36,17 +37,17 @@ def main(argv):
         print(f"store {store.root}")
         for kind, (count, size) in store.summary().items():
             print(f"  {kind:<12} {count:5d} artifacts  {_mib(size)}")
-        damaged = store.verify_all() if FLAGS.verify else {}
+        damaged = maintenance.verify_all(store) if FLAGS.verify else {}
         if FLAGS.verify:
             print(f"\nverified: {sum(c for c, _ in store.summary().values()) + len(damaged)} "
                   f"artifacts, {len(damaged)} damaged (moved aside; the next run rebuilds "
                   f"them)")
-        extra = store.housekeeping()
+        extra = maintenance.housekeeping(store)
         print(f"\nnot owned by a manifest: {len(extra)}")
         for e in extra:
             print(f"  {e['what']:<40} {_mib(e['bytes']):>12}  {e['path']}")
         if FLAGS.gc:
-            gone = store.gc(partial=FLAGS.gc_partial)
+            gone = maintenance.gc(store, partial=FLAGS.gc_partial)
             print(f"\nremoved {len(gone)} ({_mib(sum(e['bytes'] for e in gone))})")
             kept = [e for e in extra if e["path"] not in {g["path"] for g in gone}]
             if kept:

@@ -344,49 +344,6 @@ class Store:
                 self.log(f"removed {path} ({size / 2**20:.1f} MiB), left by a dead process")
         return freed
 
-    def housekeeping(self) -> list[dict]:
-        """Everything under the root that no manifest owns, each as {path, what, bytes,
-        removable}: temporaries (removable when their owner is dead), quarantined copies,
-        leftovers of broken locks and incomplete copies (removable), and resumable
-        ``.partial`` state (removable when no live process holds its lock)."""
-        out = []
-        for kind in listdir(self.root):
-            folder = os.path.join(self.root, kind)
-            if not os.path.isdir(folder):
-                continue
-            for name in listdir(folder):
-                path = os.path.join(folder, name)
-                what = removable = None
-                if ".tmp-" in name and name.startswith("."):
-                    live = not orphaned(path)
-                    what, removable = f"temporary ({'owner alive' if live else 'owner dead'})",                         not live
-                elif ".corrupt-" in name:
-                    what, removable = "quarantined (damaged) copy", True
-                elif ".incomplete-" in name or ".lock.stale-" in name:
-                    what, removable = "leftover", True
-                elif name.endswith(".partial"):
-                    key = name[:-len(".partial")]
-                    busy = self.lock(kind, key).held()
-                    what = "resumable state" + (" (being built)" if busy else "")
-                    removable = not busy
-                    orphans = [p for p in temporaries_in(path) if orphaned(p)]
-                    out += [{"path": p, "what": "temporary (owner dead)",
-                             "bytes": tree_size(p), "removable": True} for p in orphans]
-                if what:
-                    out.append({"path": path, "what": what, "bytes": tree_size(path),
-                                "removable": removable})
-        return out
-
-    def gc(self, partial: bool = False) -> list[dict]:
-        """Removes what ``housekeeping`` marks removable (resumable state only with
-        ``partial``); returns what it removed."""
-        gone = []
-        for entry in self.housekeeping():
-            if entry["removable"] and (partial or entry["what"] != "resumable state"):
-                remove(entry["path"])
-                gone.append(entry)
-        return gone
-
     # ------------------------------------------------------------------ integrity
 
     def _signature(self, kind: str, key: str, files: dict) -> tuple:
@@ -432,18 +389,6 @@ class Store:
         if not problems:
             _VERIFIED[(self.root, kind, key)] = sig
         return problems
-
-    def verify_all(self) -> dict[str, list[str]]:
-        """Hashes every finished artifact; each damaged one is moved aside (``quarantine``)
-        and listed, {"kind/key": problems}, so the next run rebuilds it."""
-        damaged = {}
-        for kind in listdir(self.root):
-            for key in self.list(kind):
-                problems = self.verify(kind, key)
-                if problems:
-                    damaged[f"{kind}/{key}"] = problems
-                    self.quarantine(kind, key, problems)
-        return damaged
 
     def intact(self, kind: str, key: str) -> bool:
         """Whether a present artifact matches its manifest; if not, it is moved aside
