@@ -153,6 +153,47 @@ def test_matches_closed_form_on_linear_model():
     np.testing.assert_allclose(targeted, expected, atol=1e-5)
 
 
+def test_linf_pgd_and_fgsm_match_the_closed_form_on_a_linear_model():
+    """For logits W^T x the CE gradient is along v = w_other - w_y everywhere: L-infinity PGD
+    and FGSM both land on x + eps * sign(v) (the box's corner), L2 on x + eps * v / ||v||."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((16, 2)).astype("float32")
+    model = _linear_model(w)
+    x = np.full((3, 4, 4, 1), 0.5, np.float32)
+    y = np.zeros(3, np.int64)
+    v = (w[:, 1] - w[:, 0]).reshape(4, 4, 1)
+    eps = 0.1
+    corner = x + eps * np.sign(v)
+    linf = attacks.pgd(model, x, y, eps=eps, steps=5, step_size=0.03, norm="inf")
+    np.testing.assert_allclose(linf, corner, atol=1e-6)
+    np.testing.assert_allclose(attacks.fgsm(model, x, y, eps=eps), corner, atol=1e-6)
+    np.testing.assert_allclose(attacks.pgd(model, x, y, eps=eps, steps=5, step_size=0.03,
+                                           norm=2), attacks.pgd_l2(model, x, y, eps=eps,
+                                                                   steps=5, step_size=0.03))
+    start = attacks.pgd(model, x, y, eps=eps, steps=1, step_size=1e-6, norm="inf",
+                        random_start=True)
+    assert np.abs(start - x).max() <= eps + 1e-6 and np.abs(start - x).std() > eps / 4
+    with pytest.raises(ValueError, match="norm must be 2 or 'inf'"):
+        attacks.pgd(model, x, y, eps=eps, steps=1, step_size=0.1, norm=1)
+
+
+def test_a_sweep_returns_each_radius_and_its_success_mask(trained_tiny):
+    model, x, y = trained_tiny
+    s = attacks.sweep(model, x[:16], y[:16], [0, 0.25, 2.0], steps=5)
+    assert s.eps == [0.0, 0.25, 2.0] and set(s.adversarial) == set(s.success) == set(s.eps)
+    clean = np.argmax(model.predict(x[:16], verbose=0), 1)
+    np.testing.assert_array_equal(s.success[0.0], clean != y[:16])
+    for e in (0.25, 2.0):
+        adv = s.adversarial[e]
+        assert np.sqrt(((adv - x[:16]) ** 2).reshape(16, -1).sum(1)).max() <= e + 1e-4
+        np.testing.assert_array_equal(
+            s.success[e], np.argmax(model.predict(adv, verbose=0), 1) != y[:16])
+    rates = s.success_rate()
+    assert rates[2.0] > rates[0.0]
+    linf = attacks.sweep(model, x[:16], y[:16], [8 / 255], steps=5, norm="inf")
+    assert np.abs(linf.adversarial[8 / 255] - x[:16]).max() <= 8 / 255 + 1e-6
+
+
 def test_empty_input_returns_empty():
     model = _linear_model(np.ones((16, 2), np.float32))
     out = attacks.pgd_l2(model, np.zeros((0, 4, 4, 1), np.float32), np.zeros(0, int), **PGD)

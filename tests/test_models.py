@@ -37,10 +37,22 @@ def test_resnet_v2_invalid_depth(depth):
         models.resnet_v2(depth)
 
 
-def test_representation_model_needs_layer():
-    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+def test_any_classifier_has_a_representation_before_its_logits():
+    """Without entangle's ``representation`` layer, the default is what the last Dense layer
+    reads (robustify_split works on any Keras classifier); a model without a Dense layer names
+    the missing layer."""
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D(name="pool"),
+                              keras.layers.Dense(3), keras.layers.Softmax()])
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    rep = models.representation_model(plain)
+    np.testing.assert_allclose(rep(x), models.representation_model(plain, "pool")(x))
+    from entangle.core import robustify
+    r = robustify.robustify_split(plain, x, robustify.RobustifyConfig(steps=2, step_size=0.1))
+    assert r.x.shape == x.shape
+    convs = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 8)])
     with pytest.raises(ValueError, match="representation"):
-        models.representation_model(plain)
+        models.representation_model(convs)
 
 
 @pytest.mark.parametrize("name", models.VICTIMS)

@@ -1,10 +1,11 @@
-"""L2 attacks: Madry's projected gradient descent, FGM, the multi-model targeted attack, and
-the generic runner they (and robustification) share.
+"""Attacks: Madry's projected gradient descent under L2 or L-infinity, FGM and FGSM, the
+multi-model targeted attack, and the generic runner they (and robustification) share.
 
-Built from small pieces (an ``objectives.Objective``, a normalised step, L2 projection, clip
-to [0, 1]) that compose into one ``tf.function`` per model and configuration: the loop runs in
-the graph (optionally under XLA), and the traced function is reused across batches and calls.
-All budgets are L2 norms in the [0, 1] pixel scale; models run in inference mode.
+Built from small pieces (an ``objectives.Objective``, a ``Norm``'s step, projection and random
+start, clip to [0, 1]) that compose into one ``tf.function`` per model and configuration: the
+loop runs in the graph (optionally under XLA), and the traced function is reused across
+batches and calls. L-infinity is another step (the gradient's sign) and projection (a box),
+not another loop. Budgets are in the [0, 1] pixel scale; models run in inference mode.
 
 Mixed precision: the input gradient is taken in two parts. The objective's gradient with
 respect to the model outputs is computed in float32 and rescaled per example to unit norm,
@@ -24,18 +25,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from entangle.core.norms import NORM_FLOOR, NORMS, STEP_SCHEDULES, Norm, clip01, norm_of, step_at
 from entangle.core.objectives import (N_TARGETED_LOSSES, Objective, cross_entropy_objective,
                                       logits_fn, multi_margin_objective, multi_model_objective)
 from entangle.runtime import preempt, progress
-
-_NORM_FLOOR = 1e-30
-
-
-def l2_norm(v: tf.Tensor) -> tf.Tensor:
-    """Per-example L2 norm, shaped to broadcast against ``v`` (batch, 1, 1, 1)."""
-    axes = list(range(1, len(v.shape)))
-    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=axes, keepdims=True))
-
 
 def value_and_input_gradient(objective: Objective, x: tf.Tensor, labels
                              ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -56,7 +49,7 @@ def value_and_input_gradient(objective: Objective, x: tf.Tensor, labels
     flat = tf.nest.flatten(grads)
     sq = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), 1)
                    for g in flat])
-    scale = 1.0 / tf.maximum(tf.sqrt(sq), _NORM_FLOOR)
+    scale = 1.0 / tf.maximum(tf.sqrt(sq), NORM_FLOOR)
     grads = tf.nest.pack_sequence_as(grads, [
         g * tf.reshape(scale, tf.concat([[-1], tf.ones([tf.rank(g) - 1], tf.int32)], 0))
         for g in flat])
@@ -69,46 +62,9 @@ def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
     return value_and_input_gradient(objective, x, labels)[1]
 
 
-def normalized_step(x: tf.Tensor, grad: tf.Tensor, step_size) -> tf.Tensor:
-    """x + a * g / ||g||_2 per example; a zero gradient gives a zero step, never NaN."""
-    return x + step_size * grad / tf.maximum(l2_norm(grad), _NORM_FLOOR)
-
-
-def project_l2(delta: tf.Tensor, eps) -> tf.Tensor:
-    """Scales each delta into the L2 ball of radius eps (eps = inf leaves it unchanged)."""
-    norm = tf.maximum(l2_norm(delta), _NORM_FLOOR)
-    return delta * tf.minimum(1.0, eps / norm)
-
-
-def clip01(x: tf.Tensor) -> tf.Tensor:
-    return tf.clip_by_value(x, 0.0, 1.0)
-
-
-def random_l2_start(x: tf.Tensor, eps, seed) -> tf.Tensor:
-    """A point drawn uniformly from the L2 ball of radius eps around x, clipped to [0, 1]."""
-    d = int(np.prod(x.shape[1:]))
-    direction = tf.random.stateless_normal(tf.shape(x), seed=seed)
-    direction /= tf.maximum(l2_norm(direction), _NORM_FLOOR)
-    u = tf.random.stateless_uniform(tf.concat([tf.shape(x)[:1], [1, 1, 1]], 0),
-                                    seed=seed + 1)
-    return clip01(x + direction * eps * u ** (1.0 / d))
-
-
-STEP_SCHEDULES = ("constant", "linear")
-
-
-def step_at(step_size, i, steps, schedule: str = "constant"):
-    """The length of step ``i`` (0-based) of ``steps``: ``step_size`` throughout, or falling
-    linearly from ``step_size`` to ``step_size / steps`` (the loop's last steps refine instead
-    of jumping about the optimum)."""
-    if schedule == "constant":
-        return step_size
-    return step_size * (1.0 - tf.cast(i, tf.float32) / tf.cast(steps, tf.float32))
-
-
 def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size,
-             schedule: str = "constant", keep_best: bool = False):
-    """``steps`` of: ascend the objective by a normalised step (its length by ``schedule``),
+             schedule: str = "constant", keep_best: bool = False, norm: Norm = NORMS["2"]):
+    """``steps`` of: ascend the objective by ``norm``'s step (its length by ``schedule``),
     clip, project onto the ball. ``keep_best`` returns, per example, the iterate with the
     highest objective seen (the last one included) instead of the last."""
     if schedule not in STEP_SCHEDULES:
@@ -121,8 +77,8 @@ def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size,
             best_x = tf.where(better[:, None, None, None], x_adv, best_x)
             best_v = tf.maximum(value, best_v)
         grad = tf.cast(grad, x_adv.dtype)
-        x_new = clip01(normalized_step(x_adv, grad, step_at(step_size, i, steps, schedule)))
-        return i + 1, x + project_l2(x_new - x, eps), best_x, best_v
+        x_new = clip01(norm.step(x_adv, grad, step_at(step_size, i, steps, schedule)))
+        return i + 1, x + norm.project(x_new - x, eps), best_x, best_v
 
     lowest = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float32))
     _, x_adv, best_x, best_v = tf.while_loop(
@@ -142,32 +98,34 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def compile_attack(objective: Objective, *, random_start: bool = False,
                    jit_compile: bool = False, schedule: str = "constant",
-                   keep_best: bool = False) -> Callable:
+                   keep_best: bool = False, norm="2") -> Callable:
     """One tf.function running the whole loop: (x, labels, x_start, eps, steps, step, seed)."""
+    geometry = norm_of(norm)
+
     def attack(x, labels, x_start, eps, steps, step_size, seed):
         if random_start:
-            x_start = random_l2_start(x, eps, seed)
+            x_start = geometry.random_start(x, eps, seed)
         return pgd_loop(objective, x, labels, x_start, eps, steps, step_size, schedule,
-                        keep_best)
+                        keep_best, geometry)
 
     return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
 
 
 def cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
                   random_start: bool, jit_compile: bool, schedule: str = "constant",
-                  keep_best: bool = False) -> Callable:
+                  keep_best: bool = False, norm="2") -> Callable:
     """A compiled attack cached on ``owners[0]`` for as long as every owner lives.
 
     The cache holds models only weakly (objectives close over weak references), so
     ``del model; gc.collect()`` frees a model that was attacked.
     """
     per_model = _COMPILED.setdefault(owners[0], {})
-    config = (*config, schedule, bool(keep_best))
+    config = (*config, schedule, bool(keep_best), norm_of(norm).name)
     entry = per_model.get(config)
     if entry is not None and all(r() is m for r, m in zip(entry[0], owners)):
         return entry[1]
     fn = compile_attack(make_objective(), random_start=random_start, jit_compile=jit_compile,
-                        schedule=schedule, keep_best=keep_best)
+                        schedule=schedule, keep_best=keep_best, norm=norm)
     per_model[config] = (tuple(weakref.ref(m) for m in owners), fn)
     return fn
 
@@ -260,11 +218,12 @@ def _on_replicas(fn: Callable, strategy) -> Callable:
 def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("inf"),
                steps: int, step_size: float, x0=None, random_start: bool = False,
                batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
-               verbose="auto", out: np.ndarray | None = None, strategy=None) -> np.ndarray:
-    """The generic L2 attack runner: normalised gradient ascent on any objective, batched.
+               verbose="auto", out: np.ndarray | None = None, strategy=None,
+               norm="2") -> np.ndarray:
+    """The generic attack runner: steepest ascent on any objective, batched.
 
-    ``attack`` is an ``Objective`` (compiled here, once per call) or a function from
-    ``compile_attack``. ``x`` (float, [0, 1]) is the centre of the L2 ball of radius ``eps``
+    ``attack`` is an ``Objective`` (compiled here, once per call, for ``norm``) or a function
+    from ``compile_attack``. ``x`` (float, [0, 1]) is the centre of the ball of radius ``eps``
     (``inf``: no bound); the loop starts from ``x0`` (default ``x``, or a random point of the
     ball). ``labels`` has one entry per image along axis 0: class indices, per-example float
     targets (feature matching), or (batch, num_models) targets. Results go to ``out`` (any
@@ -282,7 +241,7 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
                          f"shape {labels.shape}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    fn = (compile_attack(attack, random_start=random_start, jit_compile=jit_compile)
+    fn = (compile_attack(attack, random_start=random_start, jit_compile=jit_compile, norm=norm)
           if isinstance(attack, Objective) else attack)
     n = len(x)
     if out is None:
@@ -315,27 +274,70 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
     return out
 
 
-def pgd_l2(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
-           targeted: bool = False, random_start: bool = False, batch_size: int = 256,
-           seed: int = 0, jit_compile: bool = False, verbose="auto",
-           out: np.ndarray | None = None, strategy=None) -> np.ndarray:
-    """Madry's L2 PGD on [0, 1] images; returns the adversarial images (float32 numpy).
+def pgd(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
+        norm="2", targeted: bool = False, random_start: bool = False, batch_size: int = 256,
+        seed: int = 0, jit_compile: bool = False, verbose="auto",
+        out: np.ndarray | None = None, strategy=None) -> np.ndarray:
+    """Madry's PGD on [0, 1] images under ``norm`` (2 or "inf"); returns the adversarial
+    images (float32 numpy).
 
     Untargeted ascends CE(y); targeted (``y`` holds the targets) descends CE(y). Each step
-    moves by ``step_size`` along the per-example L2-normalised gradient, clips to [0, 1] and
-    projects the perturbation onto the L2 ball of radius ``eps`` (``float('inf')``: none).
-    A model ending in a softmax is attacked through its logits. ``strategy``: replicas
-    that share each batch (``run_attack``).
+    moves by ``step_size`` along the steepest-ascent direction of the norm (L2: the
+    per-example normalised gradient; L-infinity: its sign), clips to [0, 1] and projects the
+    perturbation onto the ball of radius ``eps`` (``float('inf')``: none). Labels are class
+    indices ((n,) or (n, 1)) or one-hot. A model ending in a softmax is attacked through its
+    logits. ``strategy``: replicas that share each batch (``run_attack``).
     """
+    geometry = norm_of(norm)
     _check_budget(eps, steps, step_size, random_start)
     x = _check_images(x)
     y = _check_labels(y, "y", len(x), _num_classes(model))
     fn = cached_attack([model], ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
                         lambda: cross_entropy_objective(model, targeted), random_start,
-                        jit_compile)
+                        jit_compile, norm=geometry)
     return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
                       random_start=random_start, batch_size=batch_size, seed=seed,
                       verbose=verbose, out=out, strategy=strategy)
+
+
+def pgd_l2(model: keras.Model, x, y, **kwargs) -> np.ndarray:
+    """``pgd`` under L2: the paper's attack throughout."""
+    return pgd(model, x, y, norm="2", **kwargs)
+
+
+@dataclasses.dataclass
+class Sweep:
+    """An attack at several radii: per eps the adversarial images and whether the attack
+    succeeded on each image (untargeted: the prediction left y; targeted: it reached y)."""
+    eps: list
+    adversarial: dict       # eps -> images
+    success: dict           # eps -> bool per image
+
+    def success_rate(self) -> dict:
+        return {e: float(np.mean(s)) for e, s in self.success.items()}
+
+
+def sweep(model: keras.Model, x, y, epsilons: Sequence[float], *, steps: int,
+          relative_step: float = 2.5, norm="2", targeted: bool = False,
+          random_start: bool = False, batch_size: int = 256, seed: int = 0,
+          jit_compile: bool = False, verbose="auto") -> Sweep:
+    """``pgd`` at each radius of ``epsilons`` with step size ``relative_step * eps / steps``
+    (MadryLab robustness' default 2.5), and the success mask of each (foolbox's return)."""
+    epsilons = [float(e) for e in np.atleast_1d(epsilons)]
+    if not epsilons:
+        raise ValueError("epsilons must hold at least one radius")
+    x = _check_images(x)
+    y = _check_labels(y, "y", len(x), _num_classes(model))
+    forward = logits_fn(model)
+    adversarial, success = {}, {}
+    for e in epsilons:
+        adv = (x.astype(np.float32) if e == 0 else
+               pgd(model, x, y, eps=e, steps=steps, step_size=relative_step * e / steps,
+                   norm=norm, targeted=targeted, random_start=random_start,
+                   batch_size=batch_size, seed=seed, jit_compile=jit_compile, verbose=verbose))
+        hit = _predict_classes(forward, adv, batch_size) == y
+        adversarial[e], success[e] = adv, hit if targeted else ~hit
+    return Sweep(epsilons, adversarial, success)
 
 
 def pgd_l2_restarts(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
@@ -370,6 +372,15 @@ def fgm_l2(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
         return _check_images(x).astype(np.float32)
     return pgd_l2(model, x, y, eps=eps, steps=1, step_size=eps, targeted=targeted,
                   batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
+
+
+def fgsm(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
+         batch_size: int = 256, jit_compile: bool = False, verbose="auto") -> np.ndarray:
+    """Fast gradient sign method: one L-infinity step of size eps, clipped to [0, 1]."""
+    if eps == 0:
+        return _check_images(x).astype(np.float32)
+    return pgd(model, x, y, eps=eps, steps=1, step_size=eps, norm="inf", targeted=targeted,
+               batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
 
 
 def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *, eps: float,

@@ -172,8 +172,14 @@ def representation_model(model: keras.Model, layer: str | int = REPRESENTATION_L
     """The sub-model from ``model``'s input to a layer's output: rep(x) for robustification.
 
     ``layer`` is a layer name or an index into ``model.layers`` (e.g. -2 for the layer before
-    the logits of a plain classifier); the default is entangle's ``representation`` layer.
+    the logits of a plain classifier); the default is entangle's ``representation`` layer, or,
+    in a model without one, the input of its last Dense layer (what the logits read).
     """
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    if layer == REPRESENTATION_LAYER and layer not in {l.name for l in model.layers}:
+        dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+        if dense:
+            return keras.Model(inputs, dense[-1].input, name=f"{model.name}_before_logits")
     try:
         target = model.layers[layer] if isinstance(layer, int) else model.get_layer(layer)
     except (ValueError, IndexError) as e:
@@ -181,7 +187,6 @@ def representation_model(model: keras.Model, layer: str | int = REPRESENTATION_L
         raise ValueError(f"model {model.name!r} has no layer {layer!r} (its last layers: "
                          f"{names}); pass representation_model(model, layer=name_or_index)"
                          ) from e
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, target.output, name=f"{model.name}_{target.name}")
 
 

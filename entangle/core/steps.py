@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core import attacks, objectives
+from entangle.core import attacks, norms, objectives
 from entangle.core.train_config import TrainConfig
 from entangle.runtime import preempt, progress
 from entangle.runtime.atomic import atomic_save_npz, read_npz
@@ -25,7 +25,7 @@ def training_attack(model, cfg: TrainConfig):
     objective = objectives.cross_entropy_objective(model, targeted=False)
 
     def attack(x, y, seed):
-        start = (attacks.random_l2_start(x, cfg.eps * cfg.attack_start_radius, seed)
+        start = (norms.random_l2_start(x, cfg.eps * cfg.attack_start_radius, seed)
                  if cfg.attack_random_start else x)
         return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
                                                  cfg.attack_steps, cfg.attack_step))
