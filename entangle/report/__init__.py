@@ -44,7 +44,7 @@ def _claim(results_dir: str, configuration: dict, digest: str) -> str | None:
             theirs = json.load(f)
     except FileNotFoundError:
         theirs = None
-    except (OSError, ValueError) as e:
+    except ValueError as e:     # other OSErrors (a file in the way) are write_results'
         return (f"{path} is unreadable ({e}); not writing into {results_dir}: pass "
                 f"--results_dir=DIR to write elsewhere, or remove that folder")
     if theirs is not None:
