@@ -92,7 +92,7 @@ def with_default_flagfile(argv, name):
 def results_dir(f, name: str, table: bool = False, extra: list | None = None) -> str:
     """--results_dir, or <workdir>/results/<name>-<dataset>[-eps<eps>-<columns>][-<extra>]
     -seed<seeds>-c<hash>: readable, and keyed by every flag that changes the results
-    (``configuration``), so no two configurations share a folder."""
+    (``flags.results_configuration``), so no two configurations share a folder."""
     from entangle import flags as entangle_flags
     from entangle.store import config_hash, default_workdir
 
@@ -107,16 +107,8 @@ def results_dir(f, name: str, table: bool = False, extra: list | None = None) ->
     parts += list(extra or [])
     parts.append("seed" + ("-".join(str(s) for s in entangle_flags.seeds(f)) if table
                            else str(f.seed)))
-    parts.append("c" + config_hash(configuration(f))[:8])
+    parts.append("c" + config_hash(entangle_flags.results_configuration(f))[:8])
     return os.path.join(f.workdir or default_workdir(), "results", "-".join(parts))
-
-
-def configuration(f) -> dict:
-    """Every flag of this binary that can change its results, as a results folder records
-    it (``report.write_results``)."""
-    from entangle import flags as entangle_flags
-
-    return entangle_flags.results_configuration(f)
 
 
 def tag(prefix: str, text: str) -> str:

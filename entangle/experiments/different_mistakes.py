@@ -50,7 +50,7 @@ def main(argv):
 
     result.files, result.write_error = report.write_results(
         report_mistakes.write_mistakes, result, common.results_dir(FLAGS, "mistakes"),
-        configuration=common.configuration(FLAGS))
+        configuration=entangle_flags.results_configuration(FLAGS))
     print()
     print(report_mistakes.mistakes_markdown(result))
     common.finish(result)

@@ -36,7 +36,7 @@ def main(argv, name):
     result.files, result.write_error = report.write_results(
         report_figures.write_grid if grid else report_figures.write_curve, result,
         common.results_dir(FLAGS, name),
-        configuration=common.configuration(FLAGS))
+        configuration=entangle_flags.results_configuration(FLAGS))
     files = result.files
     if not grid:
         for series, values in result.series.items():

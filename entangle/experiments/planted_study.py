@@ -37,7 +37,7 @@ def main(argv):
 
     result.files, result.write_error = report.write_results(
         planted_report.write_study, result, common.results_dir(FLAGS, "planted_study"),
-        configuration=common.configuration(FLAGS))
+        configuration=entangle_flags.results_configuration(FLAGS))
     print()
     print(planted_report.markdown(result))
     common.finish(result)

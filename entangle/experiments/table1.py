@@ -55,11 +55,12 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
     out = common.results_dir(FLAGS, name, table=True)
     if isinstance(result, entanglement.SeedsResult):
         result.files, result.write_error = report.write_results(
-            report.write_seeds, result, out, label, configuration=common.configuration(FLAGS))
+            report.write_seeds, result, out, label,
+            configuration=entangle_flags.results_configuration(FLAGS))
     else:
         result.files, result.write_error = report.write_results(
             report.write_table, result, out, f"{label}, seed {seeds[0]}",
-            configuration=common.configuration(FLAGS))
+            configuration=entangle_flags.results_configuration(FLAGS))
 
     print()
     if isinstance(result, entanglement.SeedsResult):

@@ -58,7 +58,7 @@ def main(argv):
     sources = [] if FLAGS.sources == "paper" else [common.tag("src", FLAGS.sources)]
     result.files, result.write_error = report.write_results(
         report_transfer.write_transfer, result, common.results_dir(FLAGS, name, extra=sources),
-        configuration=common.configuration(FLAGS))
+        configuration=entangle_flags.results_configuration(FLAGS))
     print()
     print(report_transfer.transfer_markdown(result, "Transfer from robust sources"))
     common.finish(result)

@@ -29,7 +29,10 @@ def study_of(exp: pipeline.Experiment, experiment: str, cfg):
 
 def plan_of(exp: pipeline.Experiment, experiment: str, cfg) -> list:
     """The plan a run of ``experiment`` (table, transfer, mistakes) with ``cfg`` builds."""
-    study = study_of(exp, experiment, cfg)
+    return _plan(study_of(exp, experiment, cfg), experiment)
+
+
+def _plan(study, experiment: str) -> list:
     return study.plan(True) if experiment == "table" else study.plan()
 
 
@@ -42,6 +45,7 @@ def project(exp_cfg: pipeline.ExperimentConfig, experiment: str, cfg, *,
     exp = pipeline.Experiment(exp_cfg)
     if images:
         exp.use_placeholder_data(*images)
-    exp.check_against_data(study_of(exp, experiment, cfg).radii())
-    return estimate.estimate(exp.store, plan_of(exp, experiment, cfg), processes=processes,
+    study = study_of(exp, experiment, cfg)
+    exp.check_against_data(study.radii())
+    return estimate.estimate(exp.store, _plan(study, experiment), processes=processes,
                              log=log, probe_fn=probe_fn)
