@@ -11,7 +11,7 @@ BINARIES = {
     "table2": "Table 2 (Table 6): the same on ImageNet-9",
     "figure2": "Figure 2: seeds and robustified images by eps",
     "figure3": "Figure 3: accuracy on R_eps by eps",
-    "figure4": "Figure 4: the same for the constructed classifiers",
+    "figure4": "Figure 4: each eps-robust classifier on the original test set",
     "train": "train one classifier into the store and report its accuracy",
     "transfer": "transfer attacks from standard and robust sources to victims",
     "different_mistakes": "Waseda et al.'s different-mistakes experiment",
