@@ -11,16 +11,16 @@ import chaos  # noqa: E402
 
 
 def test_killed_processes_and_flipped_bytes_leave_the_reference_table(tmp_path):
-    """Two processes of a reduced Table 1 on one store, 4 kills (SIGKILL and SIGTERM mixed)
-    with restarts, 4 stored files damaged between rounds: the table and every artifact equal
-    a single-process run, no artifact was built twice at once, every damage was named, and
-    --gc leaves nothing behind."""
-    counts = chaos.run(processes=2, kills=4, rounds=2, corruptions=2, reduced=True, seed=0,
-                       workdir=str(tmp_path), window=(2.0, 8.0), log=lambda m: None)
+    """Two processes of a reduced Table 1 on one store, 2 kills (SIGKILL or SIGTERM) after
+    their victims planned, with restarts, up to 2 stored files damaged: the table and every
+    artifact equal a single-process run, no artifact was built twice at once, every damage
+    was named, and --gc leaves nothing behind."""
+    counts = chaos.run(processes=2, kills=2, rounds=1, corruptions=2, reduced=True, seed=0,
+                       workdir=str(tmp_path), window=(0.5, 4.0), log=lambda m: None)
     shown = json.dumps({k: v for k, v in counts.items() if k != "corrupted"}, indent=1)
-    assert counts["sigkill"] + counts["sigterm"] == 4, shown
-    # files flipped at a round's end: as many as were stored then, up to 2 a round
-    assert counts["corruptions_detected"] == counts["corrupted_artifacts"], shown
+    assert counts["sigkill"] + counts["sigterm"] == 2, shown
+    assert counts["corruptions_injected"] >= 1, shown
+    assert counts["corruptions_detected"] == counts["corrupted_artifacts"] >= 1, shown
     assert counts["differences"] == [] and counts["double_builds"] == [], shown
     assert counts["left_after_gc"] == [] and counts["passed"], shown
 

@@ -439,7 +439,8 @@ def _dead_pid() -> int:
 def test_temporaries_of_dead_builders_are_removed_and_gc_lists_the_rest(tmp_path):
     """A kill during a build leaves a full-size temporary (2.9 GB at paper scale). Building
     that key again removes its dead owners' temporaries and keeps a live one's; the store
-    binary lists what no manifest owns and --gc removes it, keeping resumable state."""
+    binary lists what no manifest owns and --gc removes it (a results folder's dead
+    temporaries too), keeping resumable state."""
     store = store_lib.Store(str(tmp_path))
     dead, host = _dead_pid(), socket.gethostname()
     folder = tmp_path / "datasets"
@@ -454,6 +455,12 @@ def test_temporaries_of_dead_builders_are_removed_and_gc_lists_the_rest(tmp_path
     other = folder / f".K-2.tmp-{dead}@{host}-klmn1234"
     other.mkdir()
     (folder / "K-3.partial").mkdir()  # an unfinished build nobody holds: resumable state
+    table = tmp_path / "results" / "table1-x"   # a table's file, its writer killed mid-write
+    table.mkdir(parents=True)
+    result_tmp = table / f".table.png.tmp-{dead}@{host}-op12.tmp"
+    result_tmp.write_bytes(b"2" * 10)
+    result_live = table / f".table.md.tmp-{os.getpid()}@{host}-qr34.tmp"
+    result_live.write_bytes(b"3" * 10)
 
     def build():
         assert not orphan.exists() and not chunk_tmp.exists()  # gone before the build starts
@@ -469,8 +476,9 @@ def test_temporaries_of_dead_builders_are_removed_and_gc_lists_the_rest(tmp_path
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "temporary (owner dead)" in proc.stdout and "resumable state" in proc.stdout
-    assert "removed 1" in proc.stdout
+    assert "removed 2" in proc.stdout
     assert not other.exists() and live.exists() and (folder / "K-3.partial").exists()
+    assert not result_tmp.exists() and result_live.exists()
     assert store.has("datasets", "K-1")
 
 

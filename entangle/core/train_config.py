@@ -145,6 +145,7 @@ class RuntimeOptions:
     lock_poll: float = 2.0                   # seconds between looks at a busy artifact
     wait: bool = True                        # busy artifact: wait for it, or raise ArtifactBusy
     on_corrupt: str = "rebuild"              # damaged artifact: move aside and rebuild, or stop
+    probe_rates: bool = True                 # time unmeasured kinds of work for the plan's ETA
 
 
 def role_seed(seed: int, kind: str, eps: float = 0.0, role: str = "generator") -> int:

@@ -71,7 +71,7 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
                                  strong_images=f.eval_strong_images),
         runtime=train.RuntimeOptions(strategy=f.strategy, jit_compile=f.jit_compile,
                                      eval_batch_size=f.eval_batch_size, verbose=not f.quiet,
-                                     on_corrupt=f.on_corrupt),
+                                     on_corrupt=f.on_corrupt, probe_rates=f.probe_rates),
         workdir=f.workdir, pairing=f.seed_pairing)
 
 

@@ -44,6 +44,9 @@ def define_runtime_flags(fv=FLAGS):
     flags.DEFINE_string("inter_op_threads", "auto", "TensorFlow inter-op threads: auto (1 "
                         "without a GPU, which makes CPU training bit-reproducible; TF's "
                         "default with GPUs) or a number (0 = TF's default).", flag_values=fv)
+    flags.DEFINE_bool("probe_rates", True, "Before building, time a few steps of each kind "
+                      "of work never measured on this host, for the plan's ETA (seconds each); "
+                      "false: the ETA uses remembered rates, else a guess.", flag_values=fv)
 
 
 def define_estimate_flags(fv=FLAGS):

@@ -8,6 +8,8 @@ import os
 from entangle.runtime.atomic import listdir, orphaned, remove, temporaries_in, tree_size
 from entangle.store import Store
 
+RESULTS = "results"     # <root>/results/<table>/: the binaries' files beside the artifacts
+
 
 def verify_all(store: Store) -> dict[str, list[str]]:
     """Hashes every finished artifact; each damaged one is moved aside (``quarantine``)
@@ -26,7 +28,8 @@ def housekeeping(store: Store) -> list[dict]:
     """Everything under the root that no manifest owns, each as {path, what, bytes,
     removable}: temporaries (removable when their owner is dead), quarantined copies,
     leftovers of broken locks, locks of dead processes and incomplete copies (removable), and
-    resumable ``.partial`` state (removable when no live process holds its lock)."""
+    resumable ``.partial`` state (removable when no live process holds its lock); temporaries
+    of dead writers inside ``.partial`` state and results folders (removable)."""
     out = []
     for kind in listdir(store.root):
         folder = os.path.join(store.root, kind)
@@ -50,13 +53,18 @@ def housekeeping(store: Store) -> list[dict]:
                 busy = store.lock(kind, key).held()
                 what = "resumable state" + (" (being built)" if busy else "")
                 removable = not busy
-                orphans = [p for p in temporaries_in(path) if orphaned(p)]
-                out += [{"path": p, "what": "temporary (owner dead)",
-                         "bytes": tree_size(p), "removable": True} for p in orphans]
+                out += _orphan_temporaries(path)
+            elif kind == RESULTS and os.path.isdir(path):
+                out += _orphan_temporaries(path)   # a table's files, written by a killed run
             if what:
                 out.append({"path": path, "what": what, "bytes": tree_size(path),
                             "removable": removable})
     return out
+
+
+def _orphan_temporaries(folder: str) -> list[dict]:
+    return [{"path": p, "what": "temporary (owner dead)", "bytes": tree_size(p),
+             "removable": True} for p in temporaries_in(folder) if orphaned(p)]
 
 
 def gc(store: Store, partial: bool = False) -> list[dict]:

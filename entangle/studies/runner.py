@@ -5,7 +5,8 @@ work as it goes.
 One rate system: the op rates of ``store.estimate`` (seconds per image of a training step,
 an adversarial step, an attack or robustification loop step, per host and CPU). A plan takes
 its estimate from the rates remembered in the store (measured by ``--estimate`` or by earlier
-runs), probes the kinds of work never measured on this host, and falls back on a guess only
+runs), probes the kinds of work never measured on this host (unless --probe_rates=false),
+and falls back on a guess only
 for an artifact without ops; every artifact built of a single kind of work records its
 measured rate for the next plan.
 """
@@ -39,8 +40,13 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
     todo = [it for it in items if not it.present]
     # a few timed steps of each kind of work this host never ran: an ETA from constants was
     # off by 40x
-    est = estimate.estimate(exp.store, items, processes=(), log=log)
-    rates, probed = est.rates, bool(est.probed)
+    est = estimate.estimate(exp.store, items, processes=(), log=log,
+                            probe=exp.cfg.runtime.probe_rates)
+    if est is None:
+        ops = {op.signature(): op for it in todo for op, _ in it.work}
+        rates, probed = estimate.known_rates(exp.store, ops.values()), False
+    else:
+        rates, probed = est.rates, bool(est.probed)
     projected = {it.key: estimate.item_seconds(it, rates) for it in todo
                  if it.work and all(op.signature() in rates for op, _ in it.work)}
     source = ("a guess" if not projected else
