@@ -3,7 +3,9 @@ inside) and runs the smoke table through the ``entangle`` command from any direc
 library never imports the layers above it."""
 
 import ast
+import configparser
 import glob
+import re
 import os
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ from conftest import ROOT
 def test_a_non_editable_install_runs_the_smoke_table_from_any_directory(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(os.path.join(ROOT, name), src / name)
     shutil.copytree(os.path.join(ROOT, "entangle"), src / "entangle",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -43,6 +45,34 @@ def test_a_non_editable_install_runs_the_smoke_table_from_any_directory(tmp_path
     where = subprocess.run([sys.executable, "-c", "import entangle; print(entangle.__file__)"],
                            cwd=away, capture_output=True, text=True, env=env)
     assert where.stdout.strip().startswith(str(target))   # the installed copy ran
+
+
+def test_constraints_pin_every_requirement_inside_its_tested_range():
+    """constraints.txt (what CI installs with) pins each requirement, the test extra's too, to
+    a version that setup.cfg's bounds admit; every bound has an upper end; the license the
+    metadata names is there."""
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    lines = (cfg["options"]["install_requires"] + cfg["options.extras_require"]["test"])
+    requirements = [Requirement(t) for t in lines.splitlines() if t.strip()]
+
+    def norm(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+    pins = {}
+    for line in open(os.path.join(ROOT, "constraints.txt")):
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[norm(name)] = version
+    for r in requirements:
+        assert norm(r.name) in pins, f"{r.name} is not pinned in constraints.txt"
+        assert r.specifier.contains(pins[norm(r.name)]), (r, pins[norm(r.name)])
+        assert any(s.operator == "<" for s in r.specifier), f"{r} has no upper bound"
+    assert "-c constraints.txt" in open(os.path.join(ROOT, ".ci", "run")).read()
+    assert cfg["metadata"]["license"] == "Apache-2.0"
+    assert open(os.path.join(ROOT, "LICENSE")).read().lstrip().startswith("Apache License")
 
 
 def _imports(path):
