@@ -9,6 +9,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from entangle import data
 from entangle.core import attacks, inference, train
@@ -73,6 +74,12 @@ def test_standard_training_learns_and_is_cached(planted, tmp_path):
     again = training.train_classifier(TINY, tr, te, store, runtime=QUIET)
     assert again.cached and again.key == trained.key and time.time() - start < 10
     assert inference.accuracy(again.model, te.x, te.y) == acc
+    # the same images as arrays and as a batched tf.data.Dataset: the same model, a cache hit
+    ds = tf.data.Dataset.from_tensor_slices((tr.x, tr.y)).batch(7)
+    same = training.train_classifier(TINY, ds, (te.x, te.y[:, None]), store, runtime=QUIET)
+    assert same.cached and same.key == trained.key
+    with pytest.raises(TypeError, match="tf.data.Dataset"):
+        training.train_classifier(TINY, tr.x, te, store, runtime=QUIET)
 
 
 def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp_path):

@@ -17,20 +17,26 @@ from entangle.runtime import preempt, progress
 from entangle.runtime.atomic import atomic_save_npz, read_npz
 
 
-def training_attack(model, cfg: TrainConfig):
-    """The batch attack of adversarial training: untargeted L2 PGD at ``cfg.eps`` (from a
-    random start in the ball of ``cfg.attack_start_radius`` x eps if
-    ``cfg.attack_random_start``); (x, y, seed) -> x_adv, no gradient through it. Traced
-    inside the train step."""
+def pgd_training_attack(model, eps: float, steps: int, step_size: float,
+                        random_start: bool = False, start_radius: float = 1.0):
+    """The batch attack of adversarial training: untargeted L2 PGD at ``eps``, ``steps`` of
+    ``step_size`` (from a random start in the ball of ``start_radius`` x eps if
+    ``random_start``); (x, y, seed) -> x_adv, no gradient through it. Traced inside the
+    train step, here and in ``adversarial.AdversarialModel``."""
     objective = objectives.cross_entropy_objective(model, targeted=False)
 
     def attack(x, y, seed):
-        start = (norms.random_l2_start(x, cfg.eps * cfg.attack_start_radius, seed)
-                 if cfg.attack_random_start else x)
-        return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, cfg.eps,
-                                                 cfg.attack_steps, cfg.attack_step))
+        start = norms.random_l2_start(x, eps * start_radius, seed) if random_start else x
+        return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, eps, steps,
+                                                 step_size))
 
     return attack
+
+
+def training_attack(model, cfg: TrainConfig):
+    """``pgd_training_attack`` with the training configuration's attack."""
+    return pgd_training_attack(model, cfg.eps, cfg.attack_steps, cfg.attack_step,
+                               cfg.attack_random_start, cfg.attack_start_radius)
 
 
 def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):

@@ -240,19 +240,43 @@ class Fit:
 
 
 def as_dataset(value, name: str = "train") -> data.Dataset:
-    """A ``data.Dataset`` from one, or from an (images, labels) pair of arrays."""
+    """A ``data.Dataset`` from one, from (images, labels) arrays, or from a finite
+    ``tf.data.Dataset`` of (image, label) pairs, batched or not (read into memory: the
+    trainer's epochs, augmentation and mid-epoch resume index the arrays). Labels are class
+    indices, (n, 1) or one-hot."""
     if isinstance(value, data.Dataset):
         return value
+    if isinstance(value, tf.data.Dataset):
+        value = _read_tf_data(value, name)
     if isinstance(value, (tuple, list)) and len(value) == 2:
         x, y = np.asarray(value[0]), np.asarray(value[1])
-        if x.ndim != 4 or len(x) != len(y):
+        if y.ndim == 2 and y.shape[1] > 1:
+            y = y.argmax(1)             # one-hot
+        y = y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
             raise ValueError(f"{name} must be (images (n, h, w, c), labels (n,)); got shapes "
                              f"{x.shape} and {y.shape}")
-        y = y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y
         classes = int(y.max()) + 1 if len(y) else 1
         return data.Dataset(x, y.astype(np.int64), tuple(str(c) for c in range(classes)), name)
-    raise TypeError(f"{name} must be an entangle.data.Dataset or an (images, labels) tuple of "
-                    f"arrays; got {type(value).__name__}")
+    raise TypeError(f"{name} must be an entangle.data.Dataset, an (images, labels) tuple of "
+                    f"arrays or a finite tf.data.Dataset of (image, label); got "
+                    f"{type(value).__name__}")
+
+
+def _read_tf_data(ds: tf.data.Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if ds.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(f"{name}: an infinite tf.data.Dataset (drop its .repeat())")
+    xs, ys = [], []
+    for element in ds.as_numpy_iterator():
+        if not (isinstance(element, tuple) and len(element) == 2):
+            raise ValueError(f"{name}: tf.data elements must be (image, label) pairs")
+        x, y = element
+        batched = x.ndim == 4
+        xs.append(x if batched else x[None])
+        ys.append(np.asarray(y) if batched else np.asarray(y)[None])
+    if not xs:
+        raise ValueError(f"{name}: the tf.data.Dataset is empty")
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeOptions(),
@@ -260,8 +284,9 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
         log_dir: str | None = None, on_epoch_end: Callable[[int, dict], None] | None = None,
         model_fn: ModelFn | keras.Model | None = None, name: str = "model",
         strategy=None) -> Fit:
-    """Trains a classifier of ``cfg`` (or a user's ``model_fn``) on ``train`` (a
-    ``data.Dataset`` or (images, labels) arrays; uint8 or floats in [0, 1]).
+    """Trains a classifier of ``cfg`` (or a user's ``model_fn``) on ``train`` (``as_dataset``:
+    a ``data.Dataset``, (images, labels) arrays or a finite tf.data.Dataset; uint8 or floats
+    in [0, 1]).
 
     ``val`` feeds early stopping and the per-epoch validation accuracy. ``checkpoint_dir``:
     resume from the state saved there, and (``write_checkpoints``) save it every epoch and on

@@ -50,7 +50,8 @@ def train_classifier(cfg: TrainConfig, train_set, val=None, store: Store | None 
                      on_epoch_end: Callable[[int, dict], None] | None = None,
                      model_fn: ModelFn | keras.Model | None = None) -> TrainedModel:
     """Trains (``core.train.fit``) or fetches from ``store`` a classifier on ``train_set`` (a
-    ``data.Dataset`` or (images, labels) arrays); returns the model with its key and manifest.
+    ``data.Dataset``, (images, labels) arrays or a finite tf.data.Dataset); returns the model
+    with its key and manifest.
 
     The store key covers ``cfg.key_fields()``, ``name`` and the data (``data_key``, or a content
     hash of the arrays). Among processes sharing the store, one trains and the others wait for
