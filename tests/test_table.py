@@ -195,6 +195,9 @@ def test_figures_on_the_tables_store_reuse_it_and_name_what_they_show(smoke_tabl
     grid = figures.run_figure2(exp_cfg, cfg, log=lambda m: None, context=context)
     files = report_figures.write_grid(grid, str(tmp_path / "figure2"))
     assert os.path.getsize(files["png"]) > 10_000
+    # each seed and each original is titled with its own class (a seed is of another class)
+    assert set(grid.labels) == {"seed x0", "original x"}
+    assert all(len(v) == len(grid.grid["seed x0"]) for v in grid.labels.values())
 
 
 def test_figure2_shows_distinct_classes():

@@ -249,11 +249,17 @@ def _plot_columns(columns, lines, chance, path: str, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     x = np.arange(len(columns))
+    # Test (clean images) is not a point of the R_eps curve: drawn apart, not joined to it
+    parts = [slice(0, 1), slice(1, None)] if columns[0] == "Test" else [slice(None)]
     for label, values, err, ref in lines:
-        line = ax.errorbar(x, values, yerr=err, fmt="o-", capsize=3, label=label)
-        if any(v is not None for v in ref):
-            ax.plot(x, [np.nan if v is None else v for v in ref], ":", marker="x",
-                    color=line.lines[0].get_color(), alpha=0.7)
+        color, err = None, np.asarray(err)    # (columns,) symmetric or (2, columns)
+        for part in parts:
+            line = ax.errorbar(x[part], values[part], yerr=err[..., part], fmt="o-",
+                               capsize=3, color=color, label=label if color is None else None)
+            color = line.lines[0].get_color()
+            if any(v is not None for v in ref[part]):
+                ax.plot(x[part], [np.nan if v is None else v for v in ref[part]], ":",
+                        marker="x", color=color, alpha=0.7)
     ax.plot([], [], "k:", marker="x", label="paper")
     ax.axhline(100 * chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(x, columns)
@@ -376,24 +382,41 @@ def plot_seeds(result, path: str, title: str) -> None:
 
 
 def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float | None = None,
-                paper: dict | None = None, top: float | None = 100) -> None:
-    """The paper's figure form: x = eps on a log axis, eps = 0 drawn at the left edge and
-    marked; one line per series ({name: {eps: value in [0, 1]}}); the paper's values dotted."""
+                paper: dict | None = None, top: float | None = 100,
+                counts: dict | None = None) -> None:
+    """The paper's figure form: x = eps on a log axis, eps = 0 drawn at the left edge beyond a
+    marked break and not joined to the rest; one line per series ({name: {eps: value in
+    [0, 1]}}), with 95 % Wilson intervals where ``counts`` ({name: {eps: n}}) gives the images
+    behind each rate; the paper's values (in %) dotted."""
+    from entangle.stats.findings import wilson_interval
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     eps_all = sorted({e for s in series.values() for e in s} | set((paper or {}).keys()))
     positive = [e for e in eps_all if e > 0] or [1.0]
     zero_at = min(positive) / 4
 
-    def xs(values):
-        return [zero_at if e == 0 else e for e in values]
+    def draw(values: dict, percent: float, n: dict | None = None, paper_style=False, **style):
+        """eps = 0 as a lone point, eps > 0 as a line: nothing crosses the axis break."""
+        color = "k" if paper_style else None
+        for part in ([e for e in values if e == 0], sorted(e for e in values if e > 0)):
+            if not part:
+                continue
+            x = [zero_at if e == 0 else e for e in part]
+            y = np.array([percent * values[e] for e in part], float)
+            err = None
+            if n and all(n.get(e) for e in part):
+                ci = 100 * np.array([wilson_interval(values[e], n[e]) for e in part])
+                err = [y - ci[:, 0], ci[:, 1] - y]
+            line = ax.errorbar(x, y, yerr=err, fmt=":x" if paper_style else "o-", capsize=3,
+                               color=color, **style).lines[0]
+            color = line.get_color()
+            style.pop("label", None)
 
-    for name, s in series.items():
-        e = sorted(s)
-        ax.plot(xs(e), [100 * s[k] for k in e], "o-", label=name)
+    for name, values in series.items():
+        draw(values, 100, (counts or {}).get(name), label=name)
     if paper:
-        e = sorted(paper)
-        ax.plot(xs(e), [paper[k] for k in e], "k:", marker="x", label="paper")
+        draw(paper, 1, paper_style=True, label="paper")
     if chance is not None:
         ax.axhline(100 * chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xscale("log")
@@ -401,8 +424,9 @@ def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float 
     ax.set_xticks(ticks, ["0"] + [_eps_tick(e) for e in positive])
     ax.minorticks_off()
     ax.axvline(zero_at * 1.6, color="lightgrey", lw=0.8)  # break between eps = 0 and the rest
-    ax.set_xlabel("ε (log scale; 0 at the left)")
-    finish_plot(plt, fig, ax, path, title, ylabel, top)
+    ax.set_xlabel("ε (log scale; 0 at the left, beyond the break)")
+    finish_plot(plt, fig, ax, path, title + (" (bars: 95 % intervals)" if counts else ""),
+                ylabel, top)
 
 
 def _eps_tick(e: float) -> str:
@@ -413,8 +437,12 @@ def _eps_tick(e: float) -> str:
 
 def image_grid(rows: dict, path: str, title: str, class_names=None, labels=None,
                max_cols: int = 8) -> None:
-    """A grid of images: one row per entry of ``rows`` ({row title: images [0, 1]})."""
+    """A grid of images: one row per entry of ``rows`` ({row title: images [0, 1]}).
+    ``labels``: class indices titling the top row's images, or {row title: indices} titling
+    each image of those rows with its own class."""
     plt = pyplot()
+    by_row = labels if isinstance(labels, dict) else (
+        {} if labels is None else {next(iter(rows)): labels})
     names = list(rows)
     cols = min(max_cols, min(len(v) for v in rows.values()))
     fig, axes = plt.subplots(len(names), cols, figsize=(1.2 * cols, 1.25 * len(names) + 0.4),
@@ -427,8 +455,8 @@ def image_grid(rows: dict, path: str, title: str, class_names=None, labels=None,
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
-            if r == 0 and labels is not None and class_names is not None:
-                ax.set_title(class_names[int(labels[c])], fontsize=7)
+            if name in by_row and class_names is not None:
+                ax.set_title(class_names[int(by_row[name][c])], fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_file(path) as f:

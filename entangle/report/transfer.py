@@ -209,8 +209,12 @@ def write_transfer(result, directory: str) -> dict:
                  + scratch, "target hit rate (%)"))
         for attack, field, name, t, ylabel in figs:
             files[name] = os.path.join(directory, f"{name}.png")
+            # rates get intervals from their images; the excess error is a difference
+            n_field = (None if field == "excess_error" else
+                       "victim_right_n" if field.endswith("_victim_right") else "n")
             plot_vs_eps(series(attack, field), files[name], t, ylabel,
-                        chance=result.chance if attack == "targeted" else None, top=None)
+                        chance=result.chance if attack == "targeted" else None, top=None,
+                        counts=series(attack, n_field) if n_field else None)
         grids = result.grids
         original = grids.get("_original")
         for attack in ("untargeted", "targeted"):

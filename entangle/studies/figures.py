@@ -35,7 +35,7 @@ class GridResult:
     grid: dict
     title: str
     class_names: tuple
-    labels: np.ndarray
+    labels: dict                        # row title -> the class of each of its images
     files: dict = dataclasses.field(default_factory=dict)
     write_error: str | None = None
 
@@ -101,7 +101,9 @@ def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfi
     return GridResult(grid, _titled("Robustified images: each column starts from the seed on "
                                     "top and matches the representation of the original at "
                                     "the bottom", context, test),
-                      tuple(test.class_names), np.asarray(test.y[pick]))
+                      tuple(test.class_names),
+                      {"seed x0": np.asarray(test.y[seeds[pick]]),
+                       "original x": np.asarray(test.y[pick])})
 
 
 def distinct_class_images(y: np.ndarray, n: int) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""The figures say what they show: no line across the eps = 0 axis break or from Test to the
+R_eps curve, 95 % intervals where a count is known, the paper's values, the legend outside."""
+
+import numpy as np
+import pytest
+
+from entangle import report
+from entangle.stats.findings import wilson_interval
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The axes of the next figure, captured before it is saved and closed."""
+    axes = []
+    real = report.finish_plot
+
+    def keep(plt, fig, ax, path, title, ylabel, top=100):
+        axes.append((ax, title))
+        real(plt, fig, ax, path, title, ylabel, top)
+    monkeypatch.setattr(report, "finish_plot", keep)
+    return axes
+
+
+def _curves(ax):
+    """(x, y) of every drawn data line with more than one point (markers and bars aside)."""
+    out = []
+    for line in ax.get_lines():
+        x, y = (np.asarray(v, float) for v in line.get_data())
+        if len(x) > 1 and line.get_linestyle() not in ("None", "") and not (
+                np.allclose(x, x[0]) or np.allclose(y, y[0])):    # whiskers, chance
+            out.append((x, y))
+    return out
+
+
+def test_eps_curves_never_cross_the_break_and_carry_intervals(tmp_path, drawn):
+    series = {"standard": {0.0: 0.30, 0.25: 0.50, 0.5: 0.40, 1.0: 0.35}}
+    paper = {0.0: 31.0, 0.25: 52.0, 0.5: 45.0}
+    report.plot_vs_eps(series, str(tmp_path / "f.png"), "Figure 3", "accuracy (%)",
+                       chance=0.1, paper=paper,
+                       counts={"standard": {e: 500 for e in series["standard"]}})
+    ax, title = drawn[0]
+    zero_at = ax.get_xticks()[0]
+    curves = _curves(ax)
+    assert len(curves) == 2                      # ours and the paper's, eps > 0 each
+    for x, _ in curves:
+        assert np.all(x > zero_at * 1.6), x      # nothing joins eps = 0 to the rest
+    bars = [c for c in ax.collections if len(c.get_segments())]
+    lo, hi = wilson_interval(0.5, 500)
+    spans = sorted(tuple(np.round(s[:, 1], 6)) for c in bars for s in c.get_segments())
+    assert (round(100 * lo, 6), round(100 * hi, 6)) in spans
+    assert "95 % intervals" in title
+    assert any(t.get_text() == "paper" for t in ax.get_legend().get_texts())
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1
+
+
+def test_the_table_plot_keeps_test_apart_from_the_r_eps_curve(tmp_path, drawn):
+    class Result:
+        rows = ["standard"]
+        columns = ["Test", "R_0", "R_1/4", "R_1/2"]
+        cells = {"standard": {c: {"accuracy": a, "n": 500}
+                              for c, a in zip(columns, (0.9, 0.3, 0.5, 0.45))}}
+        paper = {"standard": {"Test": 94.0, "R_0": 31.0, "R_1/4": 55.0}}
+        chance = 0.1
+    report.plot_table(Result(), str(tmp_path / "t.png"), "Table 1")
+    ax, _ = drawn[0]
+    curves = _curves(ax)
+    assert curves and all(np.all(x >= 1) for x, _ in curves)   # column 0 (Test) stands alone
+    assert any(len(x) == 3 for x, _ in curves)                 # R_0 .. R_1/2 joined
