@@ -3,6 +3,8 @@
     python -m experiments.store --workdir=entangle_work          # list
     python -m experiments.store --workdir=entangle_work --gc     # remove orphans
     python -m experiments.store --workdir=entangle_work --verify # hash every artifact
+    python -m experiments.store --export=all --export_dir=shared   # models to share
+    python -m experiments.store --import_models=shared             # ... added to a store
 """
 
 from entangle.experiments.common import configure_environment
@@ -14,7 +16,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 
 from entangle import flags as entangle_flags, store as store_lib  # noqa: E402
-from entangle.store import maintenance  # noqa: E402
+from entangle.store import exchange, maintenance  # noqa: E402
 from entangle.experiments import common  # noqa: E402
 
 FLAGS = entangle_flags.FLAGS
@@ -33,10 +35,18 @@ def main(argv):
         raise app.UsageError("--gc_partial applies with --gc")
     root = FLAGS.workdir or store_lib.default_workdir()
     try:
-        store = store_lib.Store(root, create=False)
+        store = store_lib.Store(root, create=bool(FLAGS.import_models))
         print(f"store {store.root}")
         for kind, (count, size) in store.summary().items():
             print(f"  {kind:<12} {count:5d} artifacts  {_mib(size)}")
+        if FLAGS.import_models:
+            print("\nimport:")
+            for key, what in exchange.import_models(store, FLAGS.import_models):
+                print(f"  models/{key}: {what}")
+        if FLAGS.export:
+            print("\nexport:")
+            for path in exchange.export_models(store, FLAGS.export, FLAGS.export_dir):
+                print(f"  {path}")
         damaged = maintenance.verify_all(store) if FLAGS.verify else {}
         if FLAGS.verify:
             print(f"\nverified: {sum(c for c, _ in store.summary().values()) + len(damaged)} "
@@ -53,6 +63,10 @@ def main(argv):
             if kept:
                 print(f"kept {len(kept)}: in use, or resumable state (--gc_partial removes "
                       f"the latter)")
+    except exchange.BundleError as e:
+        common.fail(str(e), code=1)
+    except KeyError as e:
+        common.fail(f"--export: {e.args[0]}", code=1)
     except FileNotFoundError as e:
         common.fail(f"{e.filename}: no such store (--workdir)", code=1)
     except OSError as e:

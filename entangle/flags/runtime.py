@@ -88,3 +88,15 @@ def define_store_flags(fv=FLAGS):
     flags.DEFINE_bool("gc_partial", False, "With --gc, also remove the resumable state of "
                       "builds that no live process holds (their progress is lost).",
                       flag_values=fv)
+    flags.DEFINE_list("export", [], "Model keys to export to --export_dir (all: every stored "
+                      "model), each as <key>.entangle-model.zip (the .keras file, its manifest, "
+                      "a model card) with its card as JSON and Markdown and SHA256SUMS.",
+                      flag_values=fv)
+    flags.DEFINE_string("export_dir", None, "Where --export writes.", flag_values=fv)
+    flags.DEFINE_list("import_models", [], "Bundles to add to the store under their keys: "
+                      "files, folders of them, or http(s) URLs as URL#sha256=<hex>. Every "
+                      "checksum is verified first.", flag_values=fv)
+    flags.register_multi_flags_validator(
+        ["export", "export_dir"], lambda d: bool(d["export"]) == bool(d["export_dir"]),
+        message="--export and --export_dir go together: --export=KEY,... (or all) "
+                "--export_dir=DIR", flag_values=fv)
