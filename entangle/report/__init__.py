@@ -391,7 +391,7 @@ def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float 
     from entangle.stats.findings import wilson_interval
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     eps_all = sorted({e for s in series.values() for e in s} | set((paper or {}).keys()))
     positive = [e for e in eps_all if e > 0] or [1.0]
     zero_at = min(positive) / 4
