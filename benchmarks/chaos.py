@@ -296,11 +296,11 @@ def run(processes: int = 4, kills: int = 20, rounds: int = 4, corruptions: int =
         fleet.start()
     codes = fleet.wait_all(3600)
     reference_code = reference.wait(3600)
-    damaged = maintenance.verify_all(Store(work, create=False))
+    store = Store(work, create=False)
+    damaged = maintenance.verify_all(store)
     # what --verify moved aside is rebuilt by one more run
     final = subprocess.run(table_command(work, reduced) if damaged else ["true"],
                            cwd=ROOT, env=env, capture_output=True, text=True)
-    store = Store(work, create=False)
     maintenance.gc(store, partial=True)
     text = "".join(open(p).read() for p in sorted(glob.glob(os.path.join(fleet.logs, "*"))))
     text += final.stdout + final.stderr

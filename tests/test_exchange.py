@@ -17,7 +17,7 @@ import pytest
 from entangle import data
 from entangle.core import inference, train
 from entangle.data import planted as planted_lib
-from entangle.store import exchange, Store, training
+from entangle.store import exchange, file_sha256, Store, training
 from conftest import ROOT
 
 PLANTED = planted_lib.PlantedConfig(image_size=16, num_classes=3, train_size=96, test_size=32)
@@ -46,7 +46,7 @@ def test_an_exported_model_imported_by_the_binary_is_a_cache_hit(exported):
     card = json.load(open(out / (trained.key + ".card.json")))
     assert card["key"] == trained.key and card["epochs"] == 1
     assert card["model_sha256"] == trained.manifest["files"]["model.keras"]["sha256"]
-    assert f"{exchange.sha256_of(str(bundle))}  {bundle.name}" in open(out / "SHA256SUMS").read()
+    assert f"{file_sha256(str(bundle))}  {bundle.name}" in open(out / "SHA256SUMS").read()
     assert trained.key in open(out / (trained.key + ".card.md")).read()
 
     proc = subprocess.run([sys.executable, "-m", "experiments.store", f"--workdir={base / 'b'}",
@@ -77,7 +77,7 @@ def test_a_url_needs_its_checksum_and_a_damaged_bundle_is_refused(exported, tmp_
             exchange.import_models(c, [url])
         with pytest.raises(exchange.BundleError, match="is not the"):
             exchange.import_models(c, [url + "#sha256=" + "0" * 64])
-        digest = exchange.sha256_of(str(bundle))
+        digest = file_sha256(str(bundle))
         assert exchange.import_models(c, [f"{url}#sha256={digest}"]) == [
             (trained.key, "imported")]
         assert c.verify("models", trained.key) == []

@@ -65,8 +65,6 @@ def main(argv):
                       f"the latter)")
     except exchange.BundleError as e:
         common.fail(str(e), code=1)
-    except KeyError as e:
-        common.fail(f"--export: {e.args[0]}", code=1)
     except FileNotFoundError as e:
         common.fail(f"{e.filename}: no such store (--workdir)", code=1)
     except OSError as e:

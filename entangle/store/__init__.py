@@ -67,21 +67,25 @@ class CorruptArtifact(RuntimeError):
     """A stored artifact does not match its manifest (and ``on_corrupt="stop"``)."""
 
 
+def file_sha256(path: str) -> str:
+    """A file's SHA-256, read in 1 MiB blocks (GB-sized files hash in constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_digests(directory: str) -> dict:
-    """{relative path: {"sha256", "size"}} of every file under ``directory`` but the manifest;
-    files are read in 1 MiB blocks, so GB-sized sets hash in constant memory."""
+    """{relative path: {"sha256", "size"}} of every file under ``directory`` but the
+    manifest."""
     out = {}
     for folder, _, names in os.walk(directory):
         for name in sorted(names):
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, directory)
-            if rel == MANIFEST:
-                continue
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[rel] = {"sha256": h.hexdigest(), "size": os.path.getsize(path)}
+            if rel != MANIFEST:
+                out[rel] = {"sha256": file_sha256(path), "size": os.path.getsize(path)}
     return out
 
 

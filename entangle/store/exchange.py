@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 
 from entangle.runtime.atomic import atomic_file
-from entangle.store import file_digests, MANIFEST, manifest_digest, Store
+from entangle.store import file_digests, file_sha256, MANIFEST, manifest_digest, Store
 
 KIND = "models"
 SUFFIX = ".entangle-model.zip"
@@ -35,19 +35,27 @@ _STORE_FIELDS = ("kind", "key", "config", "files") + _PROVENANCE
 
 
 class BundleError(ValueError):
-    """A bundle that cannot be imported: named, with what is wrong."""
+    """A model that cannot be exported or a bundle that cannot be imported: named, with what
+    is wrong."""
 
 
-def model_card(store: Store, key: str) -> dict:
-    """What a user of the model needs: its configuration, training, checksum and the
-    evaluations this store measured on it (reporting PGD at each eps)."""
-    m = store.manifest(KIND, key)
-    evals = []
+def evaluations(store: Store) -> dict[str, list[dict]]:
+    """The store's evaluations (reporting PGD at each eps) by the model key they measured."""
+    out = {}
     for k in store.list("evals"):
         e = store.manifest("evals", k)
-        if e.get("config", {}).get("model") == key:
-            evals.append({"eps": e["config"].get("eps"), "attack": e["config"].get("eval"),
-                          **e.get("metrics", {})})
+        model = e.get("config", {}).get("model")
+        if model:
+            out.setdefault(model, []).append({"eps": e["config"].get("eps"),
+                                              "attack": e["config"].get("eval"),
+                                              **e.get("metrics", {})})
+    return out
+
+
+def model_card(store: Store, key: str, evals: list[dict]) -> dict:
+    """What a user of the model needs: its configuration, training, checksum and the
+    evaluations measured on it (``evaluations(store)[key]``)."""
+    m = store.manifest(KIND, key)
     history = m.get("history") or []
     return {"key": key, "name": m.get("config", {}).get("name"), "config": m.get("config"),
             "metrics": m.get("metrics"), "epochs": len(history),
@@ -80,16 +88,17 @@ def export_models(store: Store, keys: list[str], directory: str) -> list[str]:
     ``directory``, with its card beside it and ``SHA256SUMS``; returns the bundle paths."""
     keys = store.list(KIND) if list(keys) == ["all"] else list(keys)
     os.makedirs(directory, exist_ok=True)
+    measured = evaluations(store)
     out = []
     for key in keys:
         if not store.has(KIND, key):
-            raise KeyError(f"no model {key!r} in {store.root} (python -m experiments.store "
-                           f"lists what it holds)")
+            raise BundleError(f"--export: no model {key!r} in {store.root} (python -m "
+                              f"experiments.store lists what it holds)")
         problems = store.verify(KIND, key)
         if problems:
             raise BundleError(f"models/{key} is damaged ({'; '.join(problems)}); run "
                               f"--verify and rebuild it before exporting")
-        card = model_card(store, key)
+        card = model_card(store, key, measured.get(key, []))
         folder = store.path(KIND, key)
         path = os.path.join(directory, key + SUFFIX)
         with atomic_file(path) as f, zipfile.ZipFile(f, "w") as z:
@@ -101,23 +110,17 @@ def export_models(store: Store, keys: list[str], directory: str) -> list[str]:
         with atomic_file(os.path.join(directory, key + ".card.md"), "w") as f:
             f.write(card_markdown(card))
         out.append(path)
-    sums = {}
+    sums = {}                           # earlier exports to this folder keep their lines
     sums_path = os.path.join(directory, SUMS)
     if os.path.exists(sums_path):
-        sums = dict(reversed(line.split(None, 1)) for line in open(sums_path) if line.strip())
-        sums = {name.strip(): digest for name, digest in sums.items()}
-    sums.update({os.path.basename(p): sha256_of(p) for p in out})
+        for line in open(sums_path):
+            if line.strip():
+                digest, name = line.split(None, 1)
+                sums[name.strip()] = digest
+    sums.update({os.path.basename(p): file_sha256(p) for p in out})
     with atomic_file(sums_path, "w") as f:
         f.writelines(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
     return out
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(url: str, directory: str, timeout: float = 30.0) -> str:
