@@ -195,12 +195,17 @@ def schedule(items: list[PlanItem], seconds: dict, processes: int) -> float:
     return max(done_at.values(), default=0.0)
 
 
+def plan_ops(items: list[PlanItem]) -> dict:
+    """{signature: op} of the work the plan's missing artifacts need."""
+    return {op.signature(): op for it in items if not it.present for op, _ in it.work}
+
+
 def estimate(store: Store, items: list[PlanItem], *, probe: bool = True,
              processes=PROCESSES, log: Callable[[str], None] = print,
              probe_fn: Callable[[Op], OpRate] = probe_op) -> Estimate | None:
     """Projects ``items``: rates remembered on this host, the rest probed (``probe``) and
     remembered. Without ``probe`` and with an op never measured here, returns None."""
-    ops = {op.signature(): op for it in items if not it.present for op, _ in it.work}
+    ops = plan_ops(items)
     rates = known_rates(store, ops.values())
     missing = [op for sig, op in ops.items() if sig not in rates]
     if missing and not probe:

@@ -6,9 +6,8 @@ One rate system: the op rates of ``store.estimate`` (seconds per image of a trai
 an adversarial step, an attack or robustification loop step, per host and CPU). A plan takes
 its estimate from the rates remembered in the store (measured by ``--estimate`` or by earlier
 runs), probes the kinds of work never measured on this host (unless --probe_rates=false),
-and falls back on a guess only
-for an artifact without ops; every artifact built of a single kind of work records its
-measured rate for the next plan.
+and falls back on a guess for an artifact without a measured rate; every artifact built of a
+single kind of work records its measured rate for the next plan.
 """
 
 from __future__ import annotations
@@ -42,9 +41,8 @@ def build_plan(exp: pipeline.Experiment, items: list, log: Callable[[str], None]
     # off by 40x
     est = estimate.estimate(exp.store, items, processes=(), log=log,
                             probe=exp.cfg.runtime.probe_rates)
-    if est is None:
-        ops = {op.signature(): op for it in todo for op, _ in it.work}
-        rates, probed = estimate.known_rates(exp.store, ops.values()), False
+    if est is None:             # not probing, and some work never measured here
+        rates, probed = estimate.known_rates(exp.store, estimate.plan_ops(items).values()), False
     else:
         rates, probed = est.rates, bool(est.probed)
     projected = {it.key: estimate.item_seconds(it, rates) for it in todo
