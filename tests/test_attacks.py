@@ -238,7 +238,7 @@ def test_bad_budget_arguments(kwargs, match):
 
 
 @pytest.mark.parametrize("x,y,match", [
-    (np.full((2, 4, 4, 1), 128, np.uint8), [0, 1], "dtype"),
+    (np.full((2, 4, 4, 1), 128, np.int64), [0, 1], "x: images must be uint8.*int64"),
     (np.full((2, 16), 0.5, np.float32), [0, 1], "rank 4"),
     (np.full((2, 4, 4, 1), 1.5, np.float32), [0, 1], r"\[0, 1\]"),
     (np.full((2, 4, 4, 1), 0.5, np.float32), [0, 2], r"\[0, 2\)"),
@@ -251,6 +251,42 @@ def test_bad_inputs(x, y, match):
     model = _linear_model(np.ones((16, 2), np.float32))
     with pytest.raises(ValueError, match=match):
         attacks.pgd_l2(model, x, y, **PGD)
+
+
+def test_uint8_images_are_attacked_as_their_float_pixels(trained_tiny):
+    """The one dtype rule (data.to_float): uint8 0..255 maps onto the bounds, here [0, 1]."""
+    model, x, y = trained_tiny
+    pixels = np.rint(x[:8] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(attacks.pgd_l2(model, pixels, y[:8], **PGD),
+                                  attacks.pgd_l2(model, pixels / np.float32(255), y[:8], **PGD))
+
+
+@pytest.mark.parametrize("norm,eps,step", [("2", 1.0, 0.25), ("inf", 8 / 255, 2 / 255)])
+def test_bounds_and_preprocessing_attack_a_0_255_model_like_its_0_1_twin(trained_tiny, norm,
+                                                                         eps, step):
+    """A model on 0-255 inputs (a Rescaling layer before the [0, 1] model): attacked in its
+    own scale with ``bounds=(0, 255)`` and 255x the budget, or in [0, 1] through
+    ``preprocess``, it gives the [0, 1] model's adversarial images (scaled)."""
+    model, x, y = trained_tiny
+    wide = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Rescaling(1 / 255), model])
+    x, y = x[:16], y[:16]
+    budget = dict(steps=6, norm=norm, random_start=True, seed=3)
+    ref = attacks.pgd(model, x, y, eps=eps, step_size=step, **budget)
+    own = attacks.pgd(wide, x * 255, y, eps=255 * eps, step_size=255 * step, bounds=(0, 255),
+                      **budget)
+    assert own.min() >= 0 and own.max() <= 255 and own.max() > 1.5
+    np.testing.assert_allclose(own / 255, ref, atol=2e-4)
+    through = attacks.pgd(wide, x, y, eps=eps, step_size=step, preprocess=lambda t: t * 255,
+                          **budget)
+    np.testing.assert_allclose(through, ref, atol=2e-5)
+    swept = attacks.sweep(wide, x, y, [eps], steps=6, norm=norm, preprocess=lambda t: t * 255)
+    plain = attacks.sweep(model, x, y, [eps], steps=6, norm=norm)
+    np.testing.assert_array_equal(swept.success[eps], plain.success[eps])
+    assert plain.success_rate()[eps] > 0
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] \(bounds\)"):
+        attacks.pgd(wide, x * 255, y, eps=eps, step_size=step, **budget)
+    with pytest.raises(ValueError, match="bounds must be finite with low < high"):
+        attacks.pgd(model, x, y, eps=eps, step_size=step, bounds=(1, 0), **budget)
 
 
 def test_labels_as_a_column_or_one_hot_attack_like_indices(trained_tiny):

@@ -2,10 +2,12 @@
 multi-model targeted attack, and the generic runner they (and robustification) share.
 
 Built from small pieces (an ``objectives.Objective``, a ``Norm``'s step, projection and random
-start, clip to [0, 1]) that compose into one ``tf.function`` per model and configuration: the
+start, clip to the input bounds) that compose into one ``tf.function`` per model and configuration: the
 loop runs in the graph (optionally under XLA), and the traced function is reused across
 batches and calls. L-infinity is another step (the gradient's sign) and projection (a box),
-not another loop. Budgets are in the [0, 1] pixel scale; models run in inference mode.
+not another loop. Images and budgets are in the scale of ``bounds``, [0, 1] pixels unless
+given (uint8 images are mapped onto it); a ``preprocess`` function sits between the attacked
+image and the model; models run in inference mode.
 
 Mixed precision: the input gradient is taken in two parts. The objective's gradient with
 respect to the model outputs is computed in float32 and rescaled per example to unit norm,
@@ -25,10 +27,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core.norms import NORM_FLOOR, NORMS, STEP_SCHEDULES, Norm, clip01, norm_of, step_at
+from entangle import data
+from entangle.core.norms import (NORM_FLOOR, NORMS, STEP_SCHEDULES, UNIT_BOUNDS, Norm, clip_to,
+                                 norm_of, step_at)
 from entangle.core.objectives import (N_TARGETED_LOSSES, Objective, cross_entropy_objective,
-                                      logits_fn, multi_margin_objective, multi_model_objective)
+                                      logits_fn, multi_margin_objective, multi_model_objective,
+                                      with_preprocessing)
 from entangle.runtime import preempt, progress
+
+Preprocess = Callable[[tf.Tensor], tf.Tensor]
 
 def value_and_input_gradient(objective: Objective, x: tf.Tensor, labels
                              ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -63,10 +70,11 @@ def input_gradient(objective: Objective, x: tf.Tensor, labels) -> tf.Tensor:
 
 
 def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size,
-             schedule: str = "constant", keep_best: bool = False, norm: Norm = NORMS["2"]):
+             schedule: str = "constant", keep_best: bool = False, norm: Norm = NORMS["2"],
+             bounds=UNIT_BOUNDS):
     """``steps`` of: ascend the objective by ``norm``'s step (its length by ``schedule``),
-    clip, project onto the ball. ``keep_best`` returns, per example, the iterate with the
-    highest objective seen (the last one included) instead of the last."""
+    clip to ``bounds``, project onto the ball. ``keep_best`` returns, per example, the
+    iterate with the highest objective seen (the last one included) instead of the last."""
     if schedule not in STEP_SCHEDULES:
         raise ValueError(f"schedule must be one of {STEP_SCHEDULES}; got {schedule!r}")
 
@@ -77,7 +85,7 @@ def pgd_loop(objective: Objective, x, labels, x_start, eps, steps, step_size,
             best_x = tf.where(better[:, None, None, None], x_adv, best_x)
             best_v = tf.maximum(value, best_v)
         grad = tf.cast(grad, x_adv.dtype)
-        x_new = clip01(norm.step(x_adv, grad, step_at(step_size, i, steps, schedule)))
+        x_new = clip_to(norm.step(x_adv, grad, step_at(step_size, i, steps, schedule)), bounds)
         return i + 1, x + norm.project(x_new - x, eps), best_x, best_v
 
     lowest = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, tf.float32))
@@ -98,41 +106,44 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def compile_attack(objective: Objective, *, random_start: bool = False,
                    jit_compile: bool = False, schedule: str = "constant",
-                   keep_best: bool = False, norm="2") -> Callable:
+                   keep_best: bool = False, norm="2", bounds=UNIT_BOUNDS) -> Callable:
     """One tf.function running the whole loop: (x, labels, x_start, eps, steps, step, seed)."""
     geometry = norm_of(norm)
+    bounds = check_bounds(bounds)
 
     def attack(x, labels, x_start, eps, steps, step_size, seed):
         if random_start:
-            x_start = geometry.random_start(x, eps, seed)
+            x_start = clip_to(geometry.random_start(x, eps, seed), bounds)
         return pgd_loop(objective, x, labels, x_start, eps, steps, step_size, schedule,
-                        keep_best, geometry)
+                        keep_best, geometry, bounds)
 
     return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
 
 
 def cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
                   random_start: bool, jit_compile: bool, schedule: str = "constant",
-                  keep_best: bool = False, norm="2") -> Callable:
+                  keep_best: bool = False, norm="2", bounds=UNIT_BOUNDS) -> Callable:
     """A compiled attack cached on ``owners[0]`` for as long as every owner lives.
 
     The cache holds models only weakly (objectives close over weak references), so
     ``del model; gc.collect()`` frees a model that was attacked.
     """
     per_model = _COMPILED.setdefault(owners[0], {})
-    config = (*config, schedule, bool(keep_best), norm_of(norm).name)
+    bounds = check_bounds(bounds)
+    config = (*config, schedule, bool(keep_best), norm_of(norm).name, bounds)
     entry = per_model.get(config)
     if entry is not None and all(r() is m for r, m in zip(entry[0], owners)):
         return entry[1]
     fn = compile_attack(make_objective(), random_start=random_start, jit_compile=jit_compile,
-                        schedule=schedule, keep_best=keep_best, norm=norm)
+                        schedule=schedule, keep_best=keep_best, norm=norm, bounds=bounds)
     per_model[config] = (tuple(weakref.ref(m) for m in owners), fn)
     return fn
 
 
 def _check_budget(eps, steps, step_size, random_start):
     if not isinstance(eps, (int, float, np.floating, np.integer)) or math.isnan(eps) or eps < 0:
-        raise ValueError(f"eps must be a number >= 0 (float('inf') for no projection); got {eps!r}")
+        raise ValueError(f"eps must be a number >= 0 (float('inf') for no projection; "
+                         f"attacks.sweep takes several radii); got {eps!r}")
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
     if (not isinstance(step_size, (int, float, np.floating, np.integer))
@@ -142,16 +153,34 @@ def _check_budget(eps, steps, step_size, random_start):
         raise ValueError("random_start needs a finite eps (a ball to sample from); got eps=inf")
 
 
-def _check_images(x, name: str = "x") -> np.ndarray:
+def check_bounds(bounds) -> tuple[float, float]:
+    """``bounds`` as (low, high) floats, finite with low < high: the attack's input domain."""
+    try:
+        low, high = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (low, high) of numbers; got {bounds!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"bounds must be finite with low < high; got {bounds!r}")
+    return low, high
+
+
+def _check_images(x, name: str = "x", bounds=UNIT_BOUNDS) -> np.ndarray:
+    """Images inside ``bounds``: uint8 pixels are mapped onto them (``data.to_float``, the
+    library's one dtype rule); floats are kept as they are (a float16 memmap is read batch by
+    batch, never copied whole)."""
+    low, high = check_bounds(bounds)
     x = np.asarray(x)
     if x.dtype.kind != "f":
-        raise ValueError(f"{name} must be a floating-point array in [0, 1] (convert uint8 images "
-                         f"with entangle.data.to_float); got dtype {x.dtype}")
+        try:
+            x = data.to_float(x, (low, high))
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     if x.ndim != 4:
         raise ValueError(f"{name} must have rank 4 (batch, height, width, channels); got shape "
                          f"{x.shape}")
-    if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or np.isnan(x).any()):
-        raise ValueError(f"{name} must lie in [0, 1]; got values in [{x.min()}, {x.max()}]")
+    if x.size and (np.isnan(x).any() or x.min() < low or x.max() > high):
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}] (bounds); got values in "
+                         f"[{np.nanmin(x)}, {np.nanmax(x)}]")
     return x
 
 
@@ -219,20 +248,21 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
                steps: int, step_size: float, x0=None, random_start: bool = False,
                batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
                verbose="auto", out: np.ndarray | None = None, strategy=None,
-               norm="2") -> np.ndarray:
+               norm="2", bounds=UNIT_BOUNDS) -> np.ndarray:
     """The generic attack runner: steepest ascent on any objective, batched.
 
-    ``attack`` is an ``Objective`` (compiled here, once per call, for ``norm``) or a function
-    from ``compile_attack``. ``x`` (float, [0, 1]) is the centre of the ball of radius ``eps``
-    (``inf``: no bound); the loop starts from ``x0`` (default ``x``, or a random point of the
-    ball). ``labels`` has one entry per image along axis 0: class indices, per-example float
-    targets (feature matching), or (batch, num_models) targets. Results go to ``out`` (any
-    writable array, e.g. a float16 memmap) or a new float32 array.
+    ``attack`` is an ``Objective`` (compiled here, once per call, for ``norm`` and ``bounds``)
+    or a function from ``compile_attack`` (compiled with the same ``bounds``). ``x`` (float in
+    ``bounds``, or uint8) is the centre of the ball of radius ``eps`` (``inf``: no bound); the
+    loop starts from ``x0`` (default ``x``, or a random point of the ball). ``labels`` has one
+    entry per image along axis 0: class indices, per-example float targets (feature
+    matching), or (batch, num_models) targets. Results go to ``out`` (any writable array,
+    e.g. a float16 memmap) or a new float32 array.
     """
     _check_budget(eps, steps, step_size, random_start)
-    x = _check_images(x)
+    x = _check_images(x, "x", bounds)
     if x0 is not None:
-        x0 = _check_images(x0, "x0")
+        x0 = _check_images(x0, "x0", bounds)
         if x0.shape != x.shape:
             raise ValueError(f"x0 must have the shape of x {x.shape}; got {x0.shape}")
     labels = np.asarray(labels)
@@ -241,7 +271,8 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
                          f"shape {labels.shape}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    fn = (compile_attack(attack, random_start=random_start, jit_compile=jit_compile, norm=norm)
+    fn = (compile_attack(attack, random_start=random_start, jit_compile=jit_compile, norm=norm,
+                         bounds=bounds)
           if isinstance(attack, Objective) else attack)
     n = len(x)
     if out is None:
@@ -277,32 +308,44 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
 def pgd(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
         norm="2", targeted: bool = False, random_start: bool = False, batch_size: int = 256,
         seed: int = 0, jit_compile: bool = False, verbose="auto",
-        out: np.ndarray | None = None, strategy=None) -> np.ndarray:
-    """Madry's PGD on [0, 1] images under ``norm`` (2 or "inf"); returns the adversarial
-    images (float32 numpy).
+        out: np.ndarray | None = None, strategy=None, bounds=UNIT_BOUNDS,
+        preprocess: Preprocess | None = None) -> np.ndarray:
+    """Madry's PGD under ``norm`` (2 or "inf"); returns the adversarial images (float32).
 
     Untargeted ascends CE(y); targeted (``y`` holds the targets) descends CE(y). Each step
     moves by ``step_size`` along the steepest-ascent direction of the norm (L2: the
-    per-example normalised gradient; L-infinity: its sign), clips to [0, 1] and projects the
-    perturbation onto the ball of radius ``eps`` (``float('inf')``: none). Labels are class
-    indices ((n,) or (n, 1)) or one-hot. A model ending in a softmax is attacked through its
-    logits. ``strategy``: replicas that share each batch (``run_attack``).
+    per-example normalised gradient; L-infinity: its sign), clips to ``bounds`` and projects
+    the perturbation onto the ball of radius ``eps`` (``float('inf')``: none). Images and
+    budgets are in the scale of ``bounds`` (default [0, 1], as ART's clip_values and foolbox's
+    bounds); uint8 images are mapped onto it. The model sees ``preprocess(x)`` when given (a
+    tf function or Keras layer, e.g. a normalisation; pass the same object again to reuse the
+    compiled attack). Labels are class indices ((n,) or (n, 1)) or one-hot. A model ending in
+    a softmax is attacked through its logits. ``strategy``: replicas that share each batch
+    (``run_attack``).
     """
     geometry = norm_of(norm)
+    bounds = check_bounds(bounds)
     _check_budget(eps, steps, step_size, random_start)
-    x = _check_images(x)
+    x = _check_images(x, "x", bounds)
     y = _check_labels(y, "y", len(x), _num_classes(model))
-    fn = cached_attack([model], ("ce", bool(targeted), bool(random_start), bool(jit_compile)),
-                        lambda: cross_entropy_objective(model, targeted), random_start,
-                        jit_compile, norm=geometry)
+    fn = cached_attack(
+        [model], ("ce", bool(targeted), bool(random_start), bool(jit_compile), preprocess),
+        lambda: with_preprocessing(cross_entropy_objective(model, targeted), preprocess),
+        random_start, jit_compile, norm=geometry, bounds=bounds)
     return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
                       random_start=random_start, batch_size=batch_size, seed=seed,
-                      verbose=verbose, out=out, strategy=strategy)
+                      verbose=verbose, out=out, strategy=strategy, bounds=bounds)
 
 
 def pgd_l2(model: keras.Model, x, y, **kwargs) -> np.ndarray:
     """``pgd`` under L2: the paper's attack throughout."""
     return pgd(model, x, y, norm="2", **kwargs)
+
+
+def _classifier(model: keras.Model, preprocess: Preprocess | None) -> Callable:
+    """x -> logits of ``model`` on ``preprocess(x)``: what the attacks' success is judged on."""
+    forward = logits_fn(model)
+    return forward if preprocess is None else (lambda t: forward(preprocess(t)))
 
 
 @dataclasses.dataclass
@@ -320,21 +363,23 @@ class Sweep:
 def sweep(model: keras.Model, x, y, epsilons: Sequence[float], *, steps: int,
           relative_step: float = 2.5, norm="2", targeted: bool = False,
           random_start: bool = False, batch_size: int = 256, seed: int = 0,
-          jit_compile: bool = False, verbose="auto") -> Sweep:
+          jit_compile: bool = False, verbose="auto", bounds=UNIT_BOUNDS,
+          preprocess: Preprocess | None = None) -> Sweep:
     """``pgd`` at each radius of ``epsilons`` with step size ``relative_step * eps / steps``
     (MadryLab robustness' default 2.5), and the success mask of each (foolbox's return)."""
     epsilons = [float(e) for e in np.atleast_1d(epsilons)]
     if not epsilons:
         raise ValueError("epsilons must hold at least one radius")
-    x = _check_images(x)
+    x = _check_images(x, "x", bounds)
     y = _check_labels(y, "y", len(x), _num_classes(model))
-    forward = logits_fn(model)
+    forward = _classifier(model, preprocess)
     adversarial, success = {}, {}
     for e in epsilons:
         adv = (x.astype(np.float32) if e == 0 else
                pgd(model, x, y, eps=e, steps=steps, step_size=relative_step * e / steps,
                    norm=norm, targeted=targeted, random_start=random_start,
-                   batch_size=batch_size, seed=seed, jit_compile=jit_compile, verbose=verbose))
+                   batch_size=batch_size, seed=seed, jit_compile=jit_compile, verbose=verbose,
+                   bounds=bounds, preprocess=preprocess))
         hit = _predict_classes(forward, adv, batch_size) == y
         adversarial[e], success[e] = adv, hit if targeted else ~hit
     return Sweep(epsilons, adversarial, success)
@@ -342,16 +387,17 @@ def sweep(model: keras.Model, x, y, epsilons: Sequence[float], *, steps: int,
 
 def pgd_l2_restarts(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
                     restarts: int, batch_size: int = 256, seed: int = 0,
-                    jit_compile: bool = False, verbose="auto") -> tuple[np.ndarray, np.ndarray]:
+                    jit_compile: bool = False, verbose="auto", bounds=UNIT_BOUNDS,
+                    preprocess: Preprocess | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Untargeted L2 PGD with random restarts: the first run starts at x, each further one
     from a random point of the ball, and attacks only the images still classified right.
     Returns (adversarial images, still right after every run): the per-image worst case, the
     robust accuracy a gradient-masked model cannot hide behind one start."""
     if not isinstance(restarts, (int, np.integer)) or restarts < 1:
         raise ValueError(f"restarts must be an integer >= 1; got {restarts!r}")
-    x = _check_images(x)
+    x = _check_images(x, "x", bounds)
     y = _check_labels(y, "y", len(x), _num_classes(model))
-    forward = logits_fn(model)
+    forward = _classifier(model, preprocess)
     adv = x.astype(np.float32)
     right = np.ones(len(x), bool)
     for r in range(restarts):
@@ -360,27 +406,33 @@ def pgd_l2_restarts(model: keras.Model, x, y, *, eps: float, steps: int, step_si
             break
         adv[rows] = pgd_l2(model, x[rows], y[rows], eps=eps, steps=steps, step_size=step_size,
                            random_start=r > 0, batch_size=batch_size, seed=seed + r,
-                           jit_compile=jit_compile, verbose=verbose)
+                           jit_compile=jit_compile, verbose=verbose, bounds=bounds,
+                           preprocess=preprocess)
         right[rows] = _predict_classes(forward, adv[rows], batch_size) == y[rows]
     return adv, right
 
 
 def fgm_l2(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
-           batch_size: int = 256, jit_compile: bool = False, verbose="auto") -> np.ndarray:
-    """Fast gradient method, L2: one normalised gradient step of size eps, clipped to [0, 1]."""
+           batch_size: int = 256, jit_compile: bool = False, verbose="auto",
+           bounds=UNIT_BOUNDS, preprocess: Preprocess | None = None) -> np.ndarray:
+    """Fast gradient method, L2: one normalised gradient step of size eps, clipped to
+    ``bounds``."""
     if eps == 0:
-        return _check_images(x).astype(np.float32)
+        return _check_images(x, "x", bounds).astype(np.float32)
     return pgd_l2(model, x, y, eps=eps, steps=1, step_size=eps, targeted=targeted,
-                  batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
+                  batch_size=batch_size, jit_compile=jit_compile, verbose=verbose,
+                  bounds=bounds, preprocess=preprocess)
 
 
 def fgsm(model: keras.Model, x, y, *, eps: float, targeted: bool = False,
-         batch_size: int = 256, jit_compile: bool = False, verbose="auto") -> np.ndarray:
-    """Fast gradient sign method: one L-infinity step of size eps, clipped to [0, 1]."""
+         batch_size: int = 256, jit_compile: bool = False, verbose="auto",
+         bounds=UNIT_BOUNDS, preprocess: Preprocess | None = None) -> np.ndarray:
+    """Fast gradient sign method: one L-infinity step of size eps, clipped to ``bounds``."""
     if eps == 0:
-        return _check_images(x).astype(np.float32)
+        return _check_images(x, "x", bounds).astype(np.float32)
     return pgd(model, x, y, eps=eps, steps=1, step_size=eps, norm="inf", targeted=targeted,
-               batch_size=batch_size, jit_compile=jit_compile, verbose=verbose)
+               batch_size=batch_size, jit_compile=jit_compile, verbose=verbose,
+               bounds=bounds, preprocess=preprocess)
 
 
 def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *, eps: float,

@@ -1,5 +1,5 @@
 """The geometry of the attacks: per norm, the steepest-ascent step, the projection onto the
-ball and a random point of it (``Norm``), clipping to the image range, and step schedules.
+ball and a random point of it (``Norm``), clipping to the input domain, and step schedules.
 L2 is the paper's; L-infinity (Madry et al.'s original) is another ``Norm``, not another
 loop."""
 
@@ -31,18 +31,27 @@ def project_l2(delta: tf.Tensor, eps) -> tf.Tensor:
     return delta * tf.minimum(1.0, eps / norm)
 
 
+UNIT_BOUNDS = (0.0, 1.0)
+
+
 def clip01(x: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
+def clip_to(x: tf.Tensor, bounds=UNIT_BOUNDS) -> tf.Tensor:
+    """x clipped to the input domain ``bounds`` = (low, high)."""
+    return tf.clip_by_value(x, bounds[0], bounds[1])
+
+
 def random_l2_start(x: tf.Tensor, eps, seed) -> tf.Tensor:
-    """A point drawn uniformly from the L2 ball of radius eps around x, clipped to [0, 1]."""
+    """A point drawn uniformly from the L2 ball of radius eps around x (the caller clips it
+    to the input domain)."""
     d = int(np.prod(x.shape[1:]))
     direction = tf.random.stateless_normal(tf.shape(x), seed=seed)
     direction /= tf.maximum(l2_norm(direction), NORM_FLOOR)
     u = tf.random.stateless_uniform(tf.concat([tf.shape(x)[:1], [1, 1, 1]], 0),
                                     seed=seed + 1)
-    return clip01(x + direction * eps * u ** (1.0 / d))
+    return x + direction * eps * u ** (1.0 / d)
 
 
 def sign_step(x: tf.Tensor, grad: tf.Tensor, step_size) -> tf.Tensor:
@@ -56,9 +65,9 @@ def project_linf(delta: tf.Tensor, eps) -> tf.Tensor:
 
 
 def random_linf_start(x: tf.Tensor, eps, seed) -> tf.Tensor:
-    """A point drawn uniformly from the box of radius eps around x, clipped to [0, 1]."""
+    """A point drawn uniformly from the box of radius eps around x (the caller clips it)."""
     noise = tf.random.stateless_uniform(tf.shape(x), seed=seed, minval=-1.0, maxval=1.0)
-    return clip01(x + eps * noise)
+    return x + eps * noise
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,15 @@ class Objective:
     loss: Callable[[Any, tf.Tensor], tf.Tensor]
 
 
+def with_preprocessing(objective: Objective, preprocess: Callable | None) -> Objective:
+    """``objective`` on ``preprocess(x)``: the attack moves x in its own domain (say [0, 1]
+    pixels) while the model sees, e.g., normalised or 0-255 inputs (MadryLab robustness puts
+    the normalisation inside the model the same way)."""
+    if preprocess is None:
+        return objective
+    return Objective(lambda x: objective.forward(preprocess(x)), objective.loss)
+
+
 # ---------------------------------------------------------------------------- pieces
 
 

@@ -26,7 +26,8 @@ def pgd_training_attack(model, eps: float, steps: int, step_size: float,
     objective = objectives.cross_entropy_objective(model, targeted=False)
 
     def attack(x, y, seed):
-        start = norms.random_l2_start(x, eps * start_radius, seed) if random_start else x
+        start = (norms.clip01(norms.random_l2_start(x, eps * start_radius, seed)) if random_start
+                 else x)
         return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, eps, steps,
                                                  step_size))
 

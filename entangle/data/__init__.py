@@ -71,11 +71,17 @@ class Dataset:
         return to_float(self.x)
 
 
-def to_float(x: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [0, 1] (floats pass through as float32)."""
+def to_float(x: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """The library's one image-dtype rule: uint8 pixels 0..255 map linearly onto ``bounds``
+    (default [0, 1]) as float32; floats pass through as float32; any other dtype (int64,
+    bool, ...) is refused, since its scale cannot be known."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
+        low, high = bounds
+        out = x.astype(np.float32) / 255.0
+        return out if (low, high) == (0.0, 1.0) else np.float32(low) + out * np.float32(high - low)
+    if x.dtype.kind != "f":
+        raise ValueError(f"images must be uint8 (0..255) or floating point; got dtype {x.dtype}")
     return x.astype(np.float32, copy=False)
 
 
