@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from entangle.core import attacks, objectives
+from entangle.core import attacks, loop, objectives
 
 PGD = dict(eps=1.0, steps=10, step_size=0.25)
 
@@ -99,10 +99,10 @@ def test_margin_term_of_a_model_already_at_its_target_is_constant(trained_tiny):
     sure = (margin > 1.0)
     xs, ts = x[sure][:8], pred[sure][:8]            # "targets" the model already says
     labels = tf.constant(ts[:, None])
-    grad = attacks.input_gradient(objectives.multi_margin_objective([model], kappa=1.0),
+    grad = loop.input_gradient(objectives.multi_margin_objective([model], kappa=1.0),
                                   tf.constant(xs), labels).numpy()
     assert np.abs(grad).max() == 0.0
-    grad = attacks.input_gradient(objectives.multi_model_objective([model]), tf.constant(xs),
+    grad = loop.input_gradient(objectives.multi_model_objective([model]), tf.constant(xs),
                                   labels).numpy()
     assert np.abs(grad).max() > 0.0
 
@@ -409,14 +409,14 @@ def test_generic_runner_inverts_representations_from_an_explicit_start(trained_t
     rep = models.representation_model(model)
     target, x0 = x[:16], x[16:32]
     goal = rep(target).numpy()
-    out = attacks.run_attack(objectives.feature_matching_objective(rep), x0, goal,
+    out = loop.run_attack(objectives.feature_matching_objective(rep), x0, goal,
                              eps=float("inf"), steps=60, step_size=0.05, batch_size=8)
     before = np.linalg.norm(rep(x0).numpy() - goal, axis=1)
     after = np.linalg.norm(rep(out).numpy() - goal, axis=1)
     assert np.median(after / before) < 0.5
     assert _norms(out - x0).mean() > 0.5  # unbounded: it moved far from its start
     with pytest.raises(ValueError, match="x0"):
-        attacks.run_attack(objectives.feature_matching_objective(rep), x0, goal, x0=x0[:3],
+        loop.run_attack(objectives.feature_matching_objective(rep), x0, goal, x0=x0[:3],
                            steps=1, step_size=0.1)
 
 

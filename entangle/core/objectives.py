@@ -1,7 +1,7 @@
 """What an attack ascends: an ``Objective`` pairs a forward pass (the model's logits, several
 models' logits, or a representation) with a per-example loss on it. Cross-entropy drives PGD
 and FGM, the multi-model losses the N-targeted attack, feature matching robustification;
-``attacks.run_attack`` runs any of them in the same loop."""
+``loop.run_attack`` runs any of them in the same loop."""
 
 from __future__ import annotations
 

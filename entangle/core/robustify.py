@@ -5,7 +5,7 @@ seeded derangement: no image seeds itself), and minimise ||rep(x_r) - rep(x)||_2
 normalised gradient descent with no norm bound (Table 4: CIFAR 400 steps of 0.05, ImageNet-9
 200 of 0.1), clipping to [0, 1]; x_r is labelled y. With rep from an eps-robust model, x_r
 carries the robust features of x and little else: R_eps. It is the attack loop of
-``entangle.core.attacks`` with another objective (``objectives.feature_matching_objective``),
+``entangle.core.loop`` with another objective (``objectives.feature_matching_objective``),
 not a copy.
 
 Each image also gets its relative distance ||rep(x_r) - rep(x)|| / ||rep(x0) - rep(x)||, so
@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core import attacks, models, objectives
+from entangle.core import loop, models, norms, objectives
 
 # Bump when a change here alters the robustified images built from the same configuration.
 VERSION = 1
@@ -37,7 +37,7 @@ class RobustifyConfig:
     eps: float = float("inf")       # max L2 change from the seed image
     seed: int = 0                   # of the seed-image derangement
     layer: str = models.REPRESENTATION_LAYER
-    # Step lengths (attacks.STEP_SCHEDULES: constant, or falling linearly to step_size /
+    # Step lengths (norms.STEP_SCHEDULES: constant, or falling linearly to step_size /
     # steps) and whether each image keeps its closest iterate rather than its last.
     schedule: str = "constant"
     keep_best: bool = False
@@ -50,8 +50,8 @@ class RobustifyConfig:
                              f"{self.step_size}")
         if not self.eps > 0:
             raise ValueError(f"robustify eps must be > 0 (inf: unbounded); got {self.eps}")
-        if self.schedule not in attacks.STEP_SCHEDULES:
-            raise ValueError(f"robustify schedule must be one of {attacks.STEP_SCHEDULES}; "
+        if self.schedule not in norms.STEP_SCHEDULES:
+            raise ValueError(f"robustify schedule must be one of {norms.STEP_SCHEDULES}; "
                              f"got {self.schedule!r}")
 
     def key_fields(self) -> dict:
@@ -121,10 +121,10 @@ def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyC
     if xf.shape != x0f.shape:
         raise ValueError(f"x0 must have the shape of x {xf.shape}; got {x0f.shape}")
     target = representations(rep, xf, batch_size)
-    fn = attacks.cached_attack([rep], ("features", bool(jit_compile)),
+    fn = loop.cached_attack([rep], ("features", bool(jit_compile)),
                                lambda: objectives.feature_matching_objective(rep), False,
                                jit_compile, cfg.schedule, cfg.keep_best)
-    out = attacks.run_attack(fn, x0f, target, eps=cfg.eps, steps=cfg.steps,
+    out = loop.run_attack(fn, x0f, target, eps=cfg.eps, steps=cfg.steps,
                              step_size=cfg.step_size, batch_size=batch_size, verbose=verbose,
                              strategy=strategy)
     start = np.linalg.norm(representations(rep, x0f, batch_size) - target, axis=1)

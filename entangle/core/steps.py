@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core import attacks, norms, objectives
+from entangle.core import loop, norms, objectives
 from entangle.core.train_config import TrainConfig
 from entangle.runtime import preempt, progress
 from entangle.runtime.atomic import atomic_save_npz, read_npz
@@ -28,7 +28,7 @@ def pgd_training_attack(model, eps: float, steps: int, step_size: float,
     def attack(x, y, seed):
         start = (norms.clip01(norms.random_l2_start(x, eps * start_radius, seed)) if random_start
                  else x)
-        return tf.stop_gradient(attacks.pgd_loop(objective, x, y, start, eps, steps,
+        return tf.stop_gradient(loop.pgd_loop(objective, x, y, start, eps, steps,
                                                  step_size))
 
     return attack

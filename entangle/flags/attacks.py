@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from entangle.core import attacks, construct
+from entangle.core import construct, norms
 from entangle.flags._checks import eps_validators, FLAGS
 from entangle.studies import pipeline
 
@@ -43,7 +43,7 @@ def define_attack_flags(fv=FLAGS):
                       "trained for the purpose, so that no table model shares its start; "
                       "generator: R_0's generator, whose non-robust features R_0 carries).",
                       flag_values=fv)
-    flags.DEFINE_enum("robustify_schedule", "constant", list(attacks.STEP_SCHEDULES),
+    flags.DEFINE_enum("robustify_schedule", "constant", list(norms.STEP_SCHEDULES),
                       "Robustification step lengths: constant (Table 4), or falling linearly "
                       "to step_size / steps.", flag_values=fv)
     flags.DEFINE_bool("robustify_keep_best", False, "Robustification: each image keeps its "
