@@ -81,6 +81,18 @@ def trained_tiny():
     return model, xt, yt
 
 
+def tensorboard_tags(run: str) -> set:
+    """Every summary tag written into a TensorBoard run folder."""
+    import tensorflow as tf
+
+    tags = set()
+    for name in os.listdir(run):
+        for record in tf.data.TFRecordDataset(os.path.join(run, name)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
 def flip_byte(path, at=None):
     """Inverts one byte of a file (its middle by default): the damage a bad disk or a bad
     copy leaves, with size and name unchanged."""

@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_binary
+from conftest import ROOT, run_binary, tensorboard_tags
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--eps=1.0"]
@@ -118,6 +119,17 @@ def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_ta
     assert len(prov["artifacts"]) == plan and set(prov["artifacts"].values()) <= stored
     assert "Table 1 (planted, smoke.cfg), seed 0" in out and "over n = 128 images" in out
     assert "CIFAR" not in out and "paper's in brackets" not in out   # nothing in brackets
+    # TensorBoard: one readable run per model, with its evaluations beside its training
+    board = work / "tensorboard"
+    assert f"TensorBoard: tensorboard --logdir {board}" in out
+    runs = {r: tensorboard_tags(str(board / r)) for r in os.listdir(board)}
+    assert len(runs) == len(os.listdir(work / "models")) - sum(
+        k.startswith(".") or k.endswith((".lock", ".partial")) for k in os.listdir(work / "models"))
+    assert all(re.fullmatch(r"[a-z_]+[0-9.]*-seed\d+-[0-9a-f]{8}", r) for r in runs), runs
+    for eps in ("0.0625", "0.25", "0.5", "1"):
+        robust = [t for r, t in runs.items() if r.startswith(f"robust{eps}-")]
+        assert robust and all(f"eval/pgd_accuracy_eps{eps}" in t and "eval/test_accuracy" in t
+                              for t in robust), (eps, runs)
 
 
 def test_two_tables_on_one_store_keep_their_own_results(smoke_table, tmp_path):

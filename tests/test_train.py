@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import keras
 import numpy as np
@@ -16,7 +15,7 @@ from entangle.core import attacks, inference, train
 from entangle.data import planted as planted_lib
 from entangle.runtime import distribution, preempt
 from entangle.store import Store, training
-from conftest import ROOT, flip_byte
+from conftest import ROOT, flip_byte, tensorboard_tags
 
 PLANTED = planted_lib.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
                                  robust_norm=4.0, entangled_norm=0.5, artifact_norm=0.5)
@@ -60,23 +59,36 @@ def test_bad_config(field, value, match):
         dataclasses.replace(TINY, **{field: value})
 
 
-def test_standard_training_learns_and_is_cached(planted, tmp_path):
+def test_standard_training_learns_and_is_cached(planted, tmp_path, capsys):
     tr, te = planted
     store = Store(str(tmp_path))
-    trained = training.train_classifier(TINY, tr, te, store, runtime=QUIET)
+    trained = training.train_classifier(TINY, tr, te, store, name="standard",
+                                        runtime=train.RuntimeOptions())
     assert not trained.cached
     acc = inference.accuracy(trained.model, te.x, te.y)
     assert acc > 0.7  # chance is 0.25
     hist = trained.manifest["history"]
     assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
-    assert os.listdir(os.path.join(str(tmp_path), "tensorboard"))
-    start = time.time()
-    again = training.train_classifier(TINY, tr, te, store, runtime=QUIET)
-    assert again.cached and again.key == trained.key and time.time() - start < 10
+    # one line per epoch, the TensorBoard command once, a run named by kind, seed and hash
+    out = capsys.readouterr().out.splitlines()
+    epochs = [l for l in out if l.startswith("[standard] epoch ")]
+    assert [l.split(":")[0] for l in epochs] == [f"[standard] epoch {e}/3" for e in (1, 2, 3)]
+    assert all("loss" in l and "val_accuracy" in l and l.endswith(" s") for l in epochs)
+    board = os.path.join(str(tmp_path), "tensorboard")
+    assert out.count(f"TensorBoard: tensorboard --logdir {board}") == 1
+    run = f"standard-seed{TINY.seed}-{trained.key.rsplit('-', 1)[1][:8]}"
+    assert os.listdir(board) == [run]
+    training.log_evaluation(store, trained, {"pgd_accuracy_eps0.5": 0.25})
+    tags = tensorboard_tags(os.path.join(board, run))
+    assert {"loss", "val_accuracy", "eval/pgd_accuracy_eps0.5", "_hparams_/session_start_info"
+            } <= tags, tags
+    again = training.train_classifier(TINY, tr, te, store, name="standard", runtime=QUIET)
+    assert again.cached and again.key == trained.key
     assert inference.accuracy(again.model, te.x, te.y) == acc
     # the same images as arrays and as a batched tf.data.Dataset: the same model, a cache hit
     ds = tf.data.Dataset.from_tensor_slices((tr.x, tr.y)).batch(7)
-    same = training.train_classifier(TINY, ds, (te.x, te.y[:, None]), store, runtime=QUIET)
+    same = training.train_classifier(TINY, ds, (te.x, te.y[:, None]), store, name="standard",
+                                     runtime=QUIET)
     assert same.cached and same.key == trained.key
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         training.train_classifier(TINY, tr.x, te, store, runtime=QUIET)

@@ -102,8 +102,9 @@ def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], bat
     ``{"stopped": {"batch", "loss", "correct", "seconds"}}``: the state to resume from.
     """
     start = start or {"batch": 0, "loss": 0.0, "correct": 0.0, "seconds": 0.0}
-    progbar = progress.progbar(steps, enabled=verbose, unit_name="batch",
-                               stateful_metrics=["loss", label])
+    # live on a terminal only: the caller prints the epoch's one line (``clear_line`` first)
+    progbar = progress.live_bar(steps, enabled=verbose, unit_name="batch",
+                                stateful_metrics=["loss", label])
     tot_loss, tot_correct, first = start["loss"], start["correct"], start["batch"]
     t0 = time.time() - start["seconds"]
     seen = float(first * batch_size)
@@ -119,7 +120,7 @@ def run_epoch(step, strategy, dataset, steps: int, *, seed: tuple[int, int], bat
         seen += batch_size * len(pending)
         pending = []
         progbar.update(b + 1, [("loss", tot_loss / seen), (label, tot_correct / seen)],
-                       finalize=b + 1 == steps)
+                       finalize=False)
 
     for b, (x, y) in enumerate(strategy.experimental_distribute_dataset(dataset), first):
         pending.append(step(x, y, tf.constant([seed[0], seed[1] * 100_000 + b], tf.int32)))

@@ -33,7 +33,7 @@ from entangle.core.steps import (load_state, make_train_step, run_epoch, save_st
                                  training_attack)
 from entangle.core.train_config import parse_arch, RuntimeOptions, TrainConfig
 from entangle.data import batching
-from entangle.runtime import preempt
+from entangle.runtime import preempt, progress
 from entangle.runtime.distribution import get_strategy
 
 # Images whose batch statistics become the batch norms' moving statistics after training
@@ -315,6 +315,8 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
     save = checkpoint_dir is not None and write_checkpoints
     tb = (tf.summary.create_file_writer(log_dir) if log_dir
           else tf.summary.create_noop_writer())
+    if log_dir and not state:
+        log_hparams(tb, cfg)
     inner = getattr(optimizer, "inner_optimizer", optimizer)
 
     pipeline = batching.EpochPipeline(train.x, train.y, cfg.batch_size, shuffle=True,
@@ -325,9 +327,6 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
         if best["epoch"] >= 0 and cfg.early_stopping and epoch - best["epoch"] > cfg.patience:
             break
         lr = float(inner.learning_rate)
-        if runtime.verbose:
-            print(f"[{name}] epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e}"
-                  + (f", from batch {in_epoch['batch'] + 1}" if in_epoch else ""))
         result = run_epoch(step, strategy,
                            pipeline.epoch(epoch, in_epoch["batch"] if in_epoch else 0),
                            steps_per_epoch, seed=(cfg.seed, epoch), batch_size=cfg.batch_size,
@@ -349,8 +348,8 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
                 if cfg.early_stopping:
                     best_weights = model.get_weights()
         if runtime.verbose:
-            print(f"[{name}] " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                           if k not in ("epoch", "lr")))
+            progress.clear_line()
+            print(epoch_line(name, cfg, record), flush=True)
         history.append(record)
         with tb.as_default(step=epoch):
             for k, v in record.items():
@@ -374,6 +373,25 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
                "batch_norm": _settle_bn_statistics(cfg, model, train, runtime)}
     tb.close()
     return Fit(model, history, metrics, replicas, type(strategy).__name__)
+
+
+def log_hparams(writer, cfg: TrainConfig) -> None:
+    """The configuration as TensorBoard hparams (lists and dicts as JSON text), so runs can be
+    compared by what they were trained with."""
+    from tensorboard.plugins.hparams import api as hp
+
+    values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+              for k, v in dataclasses.asdict(cfg).items()}
+    with writer.as_default():
+        hp.hparams(values)
+
+
+def epoch_line(name: str, cfg: TrainConfig, record: dict) -> str:
+    """The one line an epoch prints: its metrics, learning rate and seconds."""
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                        if k not in ("epoch", "lr", "seconds"))
+    return (f"[{name}] epoch {record['epoch'] + 1}/{cfg.epochs}: {metrics}, "
+            f"lr {record['lr']:.2e}, {record['seconds']:.1f} s")
 
 
 def probe_throughput(cfg: TrainConfig, input_shape, num_classes: int, steps: int = 3,

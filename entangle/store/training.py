@@ -31,6 +31,31 @@ class TrainedModel:
     cached: bool
 
 
+def tensorboard_run(store: Store, key: str, seed: int) -> str:
+    """A model's TensorBoard run, named to be read: ``<root>/tensorboard/<kind and
+    eps>-seed<seed>-<short hash>`` (the hash keeps models of one kind and seed apart)."""
+    name, _, digest = key.rpartition("-")
+    return os.path.join(store.root, "tensorboard", f"{name or key}-seed{seed}-{digest[:8]}")
+
+
+def log_evaluation(store: Store, trained: TrainedModel, scalars: dict) -> None:
+    """Evaluation numbers of a stored model (test and attack accuracies) into its
+    TensorBoard run, at the step after its last epoch."""
+    import tensorflow as tf
+
+    config = trained.manifest.get("config", {})
+    seed = config.get("train", {}).get("seed", 0)
+    step = int(trained.manifest.get("metrics", {}).get("epochs_run", 0))
+    writer = tf.summary.create_file_writer(tensorboard_run(store, trained.key, seed))
+    with writer.as_default(step=step):
+        for k, v in scalars.items():
+            tf.summary.scalar(f"eval/{k}", float(v))
+    writer.close()
+
+
+_ANNOUNCED: set = set()
+
+
 def model_key(store: Store, cfg: TrainConfig, data_key: str, num_classes: int, name: str,
               architecture: str | None = None) -> str:
     """The store key of a trained model: exactly what determines it (``key_fields``)."""
@@ -86,12 +111,15 @@ def train_classifier(cfg: TrainConfig, train_set, val=None, store: Store | None 
         # the checkpoint, so no worker needs a file of its own.
         partial = (store.partial_path(MODEL_KIND, key) if chief
                    else store.path(MODEL_KIND, key) + ".partial")
+        if runtime.verbose and chief and store.root not in _ANNOUNCED:
+            _ANNOUNCED.add(store.root)
+            print(f"TensorBoard: tensorboard --logdir {os.path.join(store.root, 'tensorboard')}",
+                  flush=True)
         if runtime.verbose and os.path.exists(os.path.join(partial, "state.npz")):
             print(f"[{name}] resuming {key} from its checkpoint", flush=True)
         result = train.fit(cfg, train_set, val, runtime=runtime, checkpoint_dir=partial,
                            write_checkpoints=chief,
-                           log_dir=os.path.join(store.root, "tensorboard", key) if chief
-                           else None, on_epoch_end=on_epoch_end, model_fn=model_fn,
+                           log_dir=tensorboard_run(store, key, cfg.seed) if chief else None, on_epoch_end=on_epoch_end, model_fn=model_fn,
                            name=name, strategy=strategy)
         config = {"train": cfg.key_fields(), "data": data_key, "name": name,
                   "version": train.VERSION}

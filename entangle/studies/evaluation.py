@@ -40,6 +40,9 @@ class Evaluation:
             pred = compute()
             with self.store.writing(PREDICTIONS_KIND, key, config) as d:
                 np.save(os.path.join(d, "predictions.npy"), pred.astype(np.int16))
+            if ds is self.splits().test:
+                training.log_evaluation(self.store, trained,
+                                        {"test_accuracy": np.mean(pred == ds.y)})
             return pred
 
         return self.cached(PREDICTIONS_KIND, key, build, lambda: np.load(path).astype(np.int64),
@@ -104,7 +107,10 @@ class Evaluation:
                                                   .sum(1)).max()), "pgd_correct": right}
 
         def build():
-            return self._write_outcomes(key, config, compute(), "pgd_correct", load)
+            result = self._write_outcomes(key, config, compute(), "pgd_correct", load)
+            training.log_evaluation(self.store, trained,
+                                    {f"pgd_accuracy_eps{eps:g}": result["pgd_accuracy"]})
+            return result
 
         def load():
             with np.load(path) as z:
@@ -146,7 +152,11 @@ class Evaluation:
                     "strong_correct": right}
 
         def build():
-            return self._write_outcomes(key, config, compute(), "strong_correct", load)
+            result = self._write_outcomes(key, config, compute(), "strong_correct", load)
+            training.log_evaluation(
+                self.store, trained,
+                {f"strong_pgd_accuracy_eps{eps:g}": result["strong_pgd_accuracy"]})
+            return result
 
         def load():
             with np.load(path) as z:
