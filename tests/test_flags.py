@@ -246,6 +246,16 @@ def test_help_lists_the_binarys_groups_with_effective_values_and_exits_0(monkeyp
         assert group in out
     assert "  --batch_size=64\n" in out and "  --robustify_steps=40\n" in out  # the quick values
     assert "--victims=" not in out and "Transfer:" not in out   # not table1's
+    assert "  --eps=0.0  (in effect: 0.5, the paper's CIFAR-10 robust row)\n" in out
+    assert "--planted_" not in out and "listed with --dataset=planted" in out
+    with pytest.raises(SystemExit):
+        entangle_flags.parse_flags(["table1", f"--flagfile={quick}", "--eps=0.25", "--help"],
+                                   _binary_flags(monkeypatch))
+    assert "  --eps=0.25\n" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        entangle_flags.parse_flags(["table1", "--dataset=planted", "--help"],
+                                   _binary_flags(monkeypatch))
+    assert "  --planted_robust_norm=" in capsys.readouterr().out
     with pytest.raises(SystemExit) as done:
         entangle_flags.parse_flags(["table1", "--helpfull"], _binary_flags(monkeypatch))
     assert done.value.code == 0 and "Transfer:" in capsys.readouterr().out

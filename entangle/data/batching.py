@@ -72,11 +72,14 @@ class EpochPipeline:
                 idx = order[b * bs:(b + 1) * bs]
                 if self.shuffle:
                     idx = np.sort(idx)  # a batch is a set; sorted reads are faster on memmaps
-                yield self._x[idx], self._y[idx], b
+                yield self._x[idx].astype(dtype, copy=False), self._y[idx], b
 
+        # float16 sets (constructed, robustified) become float32 on the host: a half tensor in
+        # the graph makes oneDNN log an error on CPUs without AVX-512 FP16
+        dtype = np.uint8 if self._x.dtype == np.uint8 else np.float32
         shape = (None,) + tuple(self._x.shape[1:])
         ds = tf.data.Dataset.from_generator(gen, output_signature=(
-            tf.TensorSpec(shape, tf.as_dtype(self._x.dtype)), tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec(shape, tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((), tf.int64)))
         scale, augment_on = self._scale, self.augment
         base = tf.constant([self.seed, epoch], tf.int64)

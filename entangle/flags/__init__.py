@@ -32,8 +32,8 @@ from absl import flags
 from entangle.flags._checks import (FLAGS, MODEL_KINDS, VICTIM_WEIGHTS, kinds_on,
                                     parse_columns, per_kind)
 from entangle.flags.attacks import define_attack_flags
-from entangle.flags.configs import (experiment_config, mistakes_config, seeds, study_config,
-                                    table_config, train_config, transfer_config)
+from entangle.flags.configs import (experiment_config, mistakes_config, robust_row_eps, seeds,
+                                    study_config, table_config, train_config, transfer_config)
 from entangle.flags.data import define_data_flags
 from entangle.flags.experiment import (define_mistakes_flags, define_study_flags,
                                        define_table_flags, define_transfer_flags)
@@ -218,7 +218,10 @@ def help_text(fv=FLAGS, full: bool = False) -> str:
                  f"{', '.join(os.path.basename(f) for f in FLAGFILES) or 'the defaults'}; "
                  f"--helpfull lists every group):")
     by_group: dict[str, list[str]] = {}
+    hide_planted = not full and fv["dataset"].value != "planted"
     for name, group in GROUP_OF.items():
+        if hide_planted and name.startswith("planted_"):
+            continue
         if group in groups or name in also:
             by_group.setdefault(group, []).append(name)
     for group in GROUPS:
@@ -229,10 +232,24 @@ def help_text(fv=FLAGS, full: bool = False) -> str:
             flag = fv[name]
             value = flag.value
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
-            lines.append(f"  --{name}={'' if shown is None else shown}")
+            in_effect = _in_effect(name, fv)
+            lines.append(f"  --{name}={'' if shown is None else shown}"
+                         + (f"  (in effect: {in_effect})" if in_effect else ""))
             lines += textwrap.wrap(flag.help, 88, initial_indent="      ",
                                    subsequent_indent="      ")
+    if hide_planted and "data" in by_group:
+        lines += ["", "(the planted_* flags of the synthetic dataset are listed with "
+                      "--dataset=planted or --helpfull)"]
     return "\n".join(lines)
+
+
+def _in_effect(name: str, fv) -> str | None:
+    """What a binary runs with for a flag left unset, where that is not the flag's default:
+    the tables' robust row is the paper's eps for the dataset."""
+    if name == "eps" and not fv["eps"].present and "table" in (_USES["groups"] or ()):
+        eps, why = robust_row_eps(fv["dataset"].value)
+        return f"{eps:g}, {why}"
+    return None
 
 
 def parse_flags(argv: list[str], fv=FLAGS) -> list[str]:

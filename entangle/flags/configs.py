@@ -75,6 +75,14 @@ def experiment_config(f=FLAGS) -> pipeline.ExperimentConfig:
         workdir=f.workdir, pairing=f.seed_pairing)
 
 
+def robust_row_eps(dataset: str) -> tuple[float, str]:
+    """(eps, why) of the tables' robust row when --eps is not given: the paper's for the
+    dataset, CIFAR-10's for any other (an image folder, planted)."""
+    if dataset in paper.ROBUST_ROW_EPS:
+        return paper.ROBUST_ROW_EPS[dataset], f"the paper's robust row on {dataset}"
+    return paper.ROBUST_ROW_EPS["cifar10"], "the paper's CIFAR-10 robust row"
+
+
 def table_config(f=FLAGS) -> entanglement.TableConfig:
     """The TableConfig of the parsed flags; --eps, when not given, is the paper's robust row
     (CIFAR-10 0.5, ImageNet-9 1.0). A given --eps must be a finite number > 0."""
@@ -84,7 +92,7 @@ def table_config(f=FLAGS) -> entanglement.TableConfig:
             raise ValueError(f"--eps (the robust row's L2 radius) must be a finite number > 0; "
                              f"got {eps}")
     else:
-        eps = paper.ROBUST_ROW_EPS.get(f.dataset, 0.5)
+        eps = robust_row_eps(f.dataset)[0]
     return entanglement.TableConfig(eps=eps, columns=parse_columns(f.columns),
                                     rows=tuple(f.rows),
                                     evaluate_generators=f.evaluate_generators,

@@ -32,6 +32,7 @@ others wait for it (or, with ``wait=False``, go on to other work). A lock whose 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import errno
@@ -360,7 +361,7 @@ class Store:
                 sig.append((rel, None, None))
         return tuple(sig)
 
-    def verify(self, kind: str, key: str) -> list[str]:
+    def verify(self, kind: str, key: str) -> builtins.list[str]:
         """What is wrong with a present artifact (empty: nothing). Hashes its files the first
         time this process asks, and again only when a file's size or mtime changed since."""
         try:
@@ -414,7 +415,7 @@ class Store:
         self.quarantine(kind, key, problems)
         return _DAMAGED
 
-    def quarantine(self, kind: str, key: str, problems: list[str]) -> str:
+    def quarantine(self, kind: str, key: str, problems: builtins.list[str]) -> str:
         """Moves a damaged artifact aside (never deletes it); says so, then raises
         ``CorruptArtifact`` when ``on_corrupt == "stop"``. Returns where it went."""
         final = self.path(kind, key)
@@ -451,7 +452,7 @@ class Store:
         with np.load(os.path.join(self.path(kind, key), "arrays.npz")) as z:
             return {k: z[k] for k in z.files}
 
-    def list(self, kind: str) -> list[str]:
+    def list(self, kind: str) -> builtins.list[str]:  # the builtin: ``list`` is this method
         d = os.path.join(self.root, kind)
         if not os.path.isdir(d):
             return []
