@@ -1,4 +1,4 @@
-"""Side-by-side speed and strength of L2 PGD: the floor, entangle, ART and foolbox.
+"""Side-by-side speed and strength of L2 and Linf PGD: the floor, entangle, ART and foolbox.
 
 One process, one ResNet20v2 at 32x32, one batch of 128, the same eps and steps for all.
 Run through ``benchmarks/run_pgd.sh``, which installs ART and foolbox into a benchmark-only
@@ -56,10 +56,10 @@ def main():
     parser.add_argument("--train_steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--eps", type=float, default=0.5)
+    parser.add_argument("--eps", type=float, default=0.5, help="the L2 budget")
+    parser.add_argument("--eps_inf", type=float, default=8 / 255, help="the Linf budget")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    step_size = 2.5 * args.eps / args.steps  # Madry et al.'s rule of thumb
 
     keras.utils.set_random_seed(0)
     try:
@@ -78,30 +78,51 @@ def main():
     def accuracy(adv):
         return float(np.mean(np.argmax(model.predict(adv, verbose=0), -1) == y))
 
-    rows = []
-    grads = floor_fn(model, args.steps)
     xt, yt = tf.constant(x), tf.constant(y)
+    grads = floor_fn(model, args.steps)
     t, _ = timed(lambda: grads(xt, yt).numpy(), args.repeats)
-    rows.append(("floor: compiled input-gradient loop", work / t, None))
-    t, adv = timed(lambda: attacks.pgd_l2(model, x, y, eps=args.eps, steps=args.steps,
-                                          step_size=step_size, batch_size=args.batch), args.repeats)
-    rows.append(("entangle.core.attacks.pgd_l2", work / t, accuracy(adv)))
-    t, adv = timed(lambda: attacks.pgd_l2(model, x, y, eps=args.eps, steps=args.steps,
-                                          step_size=step_size, batch_size=args.batch,
-                                          jit_compile=True), args.repeats)
-    rows.append(("entangle.core.attacks.pgd_l2 (jit_compile)", work / t, accuracy(adv)))
+    floor = work / t
+    print(f"\nResNet20v2 32x32, batch {args.batch}, {args.steps} steps, no random start; "
+          f"clean accuracy {accuracy(x):.3f}; TF {tf.__version__}, Keras {keras.__version__}, "
+          f"oneDNN={os.environ['TF_ENABLE_ONEDNN_OPTS']}")
+    for norm, eps in (("2", args.eps), ("inf", args.eps_inf)):
+        rows = compare(model, x, y, norm, eps, args, accuracy)
+        print(f"\n**L{norm} PGD**, eps {eps:g}, step {2.5 * eps / args.steps:g}\n")
+        print("| method | images*steps/s | adversarial accuracy |\n|---|---|---|")
+        print(f"| floor: compiled input-gradient loop | {floor:.0f} | |")
+        for name, speed, acc in rows:
+            print(f"| {name} | {'' if speed is None else f'{speed:.0f}'} | "
+                  f"{'' if acc is None else f'{acc:.3f}'} |")
+        speeds = {name: s for name, s, _ in rows if s}
+        ours = speeds[f"entangle.core.attacks.pgd(norm={norm!r})"]
+        peers = [s for name, s in speeds.items() if name.startswith(("ART", "foolbox"))]
+        print(f"\nL{norm}: pgd / floor = {ours / floor:.2f}"
+              + (f"; pgd / best peer = {ours / max(peers):.2f}" if peers else ""))
 
+
+def compare(model, x, y, norm, eps, args, accuracy):
+    """(name, images*steps/s, adversarial accuracy) for entangle and each peer at one norm."""
+    step_size = 2.5 * eps / args.steps  # Madry et al.'s rule of thumb
+    work = args.batch * args.steps
+    num_classes = int(model.output_shape[-1])
+    rows = []
+    for jit in (False, True):
+        t, adv = timed(lambda: attacks.pgd(model, x, y, norm=norm, eps=eps, steps=args.steps,
+                                           step_size=step_size, batch_size=args.batch,
+                                           jit_compile=jit), args.repeats)
+        rows.append((f"entangle.core.attacks.pgd(norm={norm!r})" + (" (jit_compile)" if jit else ""),
+                     work / t, accuracy(adv)))
     try:
         from art.attacks.evasion import ProjectedGradientDescentTensorFlowV2
         from art.estimators.classification import TensorFlowV2Classifier
 
         clf = TensorFlowV2Classifier(
-            model, nb_classes=train.num_classes, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
+            model, nb_classes=num_classes, input_shape=x.shape[1:], clip_values=(0.0, 1.0),
             loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         art_attack = ProjectedGradientDescentTensorFlowV2(
-            clf, norm=2, eps=args.eps, eps_step=step_size, max_iter=args.steps,
-            batch_size=args.batch, num_random_init=0, verbose=False)
-        t, adv = timed(lambda: art_attack.generate(x, np.eye(train.num_classes)[y]), args.repeats)
+            clf, norm=2 if norm == "2" else np.inf, eps=eps, eps_step=step_size,
+            max_iter=args.steps, batch_size=args.batch, num_random_init=0, verbose=False)
+        t, adv = timed(lambda: art_attack.generate(x, np.eye(num_classes)[y]), args.repeats)
         rows.append(("ART ProjectedGradientDescentTensorFlowV2", work / t, accuracy(adv)))
     except Exception as e:  # not installed, or incompatible with this Keras
         rows.append((f"ART skipped: {type(e).__name__}: {str(e)[:80]}", None, None))
@@ -112,27 +133,14 @@ def main():
         import foolbox as fb
 
         fmodel = fb.TensorFlowModel(model, bounds=(0.0, 1.0))
-        fb_attack = fb.attacks.L2PGD(abs_stepsize=step_size, steps=args.steps, random_start=False)
-        t, adv = timed(lambda: fb_attack(fmodel, xt, yt, epsilons=args.eps)[1].numpy(),
-                       args.repeats)
-        rows.append(("foolbox L2PGD", work / t, accuracy(adv)))
+        peer = fb.attacks.L2PGD if norm == "2" else fb.attacks.LinfPGD
+        fb_attack = peer(abs_stepsize=step_size, steps=args.steps, random_start=False)
+        xt, yt = tf.constant(x), tf.constant(y)
+        t, adv = timed(lambda: fb_attack(fmodel, xt, yt, epsilons=eps)[1].numpy(), args.repeats)
+        rows.append((f"foolbox {peer.__name__}", work / t, accuracy(adv)))
     except Exception as e:
         rows.append((f"foolbox skipped: {type(e).__name__}: {str(e)[:80]}", None, None))
-
-    print(f"\nResNet20v2 32x32, batch {args.batch}, {args.steps} steps, eps {args.eps}, "
-          f"step {step_size:g}; clean accuracy {accuracy(x):.3f}; TF {tf.__version__}, "
-          f"Keras {keras.__version__}, oneDNN={os.environ['TF_ENABLE_ONEDNN_OPTS']}\n")
-    print("| method | images*steps/s | adversarial accuracy |\n|---|---|---|")
-    for name, speed, acc in rows:
-        print(f"| {name} | {'' if speed is None else f'{speed:.0f}'} | "
-              f"{'' if acc is None else f'{acc:.3f}'} |")
-    speeds = {name: s for name, s, _ in rows if s}
-    floor = speeds["floor: compiled input-gradient loop"]
-    ours = speeds["entangle.core.attacks.pgd_l2"]
-    peers = [s for name, s in speeds.items() if name.startswith(("ART", "foolbox"))]
-    print(f"\npgd_l2 / floor = {ours / floor:.2f}")
-    if peers:
-        print(f"pgd_l2 / best peer = {ours / max(peers):.2f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -11,13 +11,16 @@ from entangle.stats.findings import wilson_interval
 @pytest.fixture
 def drawn(monkeypatch):
     """The axes of the next figure, captured before it is saved and closed."""
+    from entangle.report import planted as planted_report
+
     axes = []
     real = report.finish_plot
 
-    def keep(plt, fig, ax, path, title, ylabel, top=100):
-        axes.append((ax, title))
-        real(plt, fig, ax, path, title, ylabel, top)
+    def keep(plt, fig, ax, path, title, ylabel, top=100, note=""):
+        real(plt, fig, ax, path, title, ylabel, top, note)
+        axes.append((ax, title, " ".join(t.get_text() for t in fig.texts)))
     monkeypatch.setattr(report, "finish_plot", keep)
+    monkeypatch.setattr(planted_report, "finish_plot", keep)
     return axes
 
 
@@ -38,7 +41,7 @@ def test_eps_curves_never_cross_the_break_and_carry_intervals(tmp_path, drawn):
     report.plot_vs_eps(series, str(tmp_path / "f.png"), "Figure 3", "accuracy (%)",
                        chance=0.1, paper=paper,
                        counts={"standard": {e: 500 for e in series["standard"]}})
-    ax, title = drawn[0]
+    ax, title, _ = drawn[0]
     zero_at = ax.get_xticks()[0]
     curves = _curves(ax)
     assert len(curves) == 2                      # ours and the paper's, eps > 0 each
@@ -62,7 +65,34 @@ def test_the_table_plot_keeps_test_apart_from_the_r_eps_curve(tmp_path, drawn):
         paper = {"standard": {"Test": 94.0, "R_0": 31.0, "R_1/4": 55.0}}
         chance = 0.1
     report.plot_table(Result(), str(tmp_path / "t.png"), "Table 1")
-    ax, _ = drawn[0]
+    ax, _, _ = drawn[0]
     curves = _curves(ax)
     assert curves and all(np.all(x >= 1) for x, _ in curves)   # column 0 (Test) stands alone
     assert any(len(x) == 3 for x, _ in curves)                 # R_0 .. R_1/2 joined
+
+
+def test_a_figure_without_paper_values_and_the_leakage_whiskers_say_so(tmp_path, drawn):
+    """Figure 4 and the transfer figures have no numbers in the paper, and the leakage
+    whiskers are a range over seeds: each figure says which at its foot."""
+    import types
+
+    from entangle.report import planted as planted_report
+    from entangle.report.figures import write_curve
+    from entangle.studies.figures import CurveResult
+
+    curve = CurveResult("cifar10", {"eps-robust on test": {
+        e: {"accuracy": a, "balanced_accuracy": a, "majority_rate": 0.1, "n": 500}
+        for e, a in ((0.0, 0.6), (0.25, 0.5), (1.0, 0.4))}}, {}, 0.1, [], "Figure 4",
+        "test accuracy (%)", note="No paper values drawn: a plot only.")
+    write_curve(curve, str(tmp_path / "f4"))
+    assert "No paper values drawn" in drawn[-1][2]
+
+    runs = [types.SimpleNamespace(features=w, seed=s, leakage={1.0: {
+        k: {t: {"accuracy": 0.1 + 0.05 * s} for t in "ABCD"} for k in ("zero_robust",
+                                                                      "neg_robust")}})
+            for w in ("A+B", "A+C") for s in (0, 3)]
+    planted_report.plot_leakage(types.SimpleNamespace(budgets=[1.0], runs=runs, chance=0.1),
+                                str(tmp_path / "leak.png"))
+    ax, _, note = drawn[-1]
+    assert "mean over seeds 0, 3" in note and "range" in note
+    assert (tmp_path / "leak.png").stat().st_size > 0

@@ -212,15 +212,20 @@ def pyplot():
     return plt
 
 
-def finish_plot(plt, fig, ax, path: str, title: str, ylabel: str, top: float | None = 100) -> None:
-    """Percent axis (0 to ``top``; None: fitted to the data), title, legend; saved atomically
+def finish_plot(plt, fig, ax, path: str, title: str, ylabel: str, top: float | None = 100,
+                note: str = "") -> None:
+    """Percent axis (0 to ``top``; None: fitted to the data), title, legend, and ``note`` (what
+    the marks are, where the paper has no values) in small print at the foot; saved atomically
     as PNG."""
     ax.set_ylabel(ylabel)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), top)   # below 0 only for signed quantities
     ax.set_title(title if "\n" in title else "\n".join(textwrap.wrap(title, 72)), fontsize=10)
     # outside the axes: inside, it hid the paper's high values (robust row at R_1/2, R_1)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 110)), fontsize=7, color="dimgrey",
+                 va="bottom")
+    fig.tight_layout(rect=(0, 0.05 * (1 + len(note) // 110), 1, 1) if note else None)
     with atomic_file(path) as f:
         fig.savefig(f, format="png")
     plt.close(fig)
@@ -383,7 +388,7 @@ def plot_seeds(result, path: str, title: str) -> None:
 
 def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float | None = None,
                 paper: dict | None = None, top: float | None = 100,
-                counts: dict | None = None) -> None:
+                counts: dict | None = None, note: str = "") -> None:
     """The paper's figure form: x = eps on a log axis, eps = 0 drawn at the left edge beyond a
     marked break and not joined to the rest; one line per series ({name: {eps: value in
     [0, 1]}}), with 95 % Wilson intervals where ``counts`` ({name: {eps: n}}) gives the images
@@ -426,7 +431,7 @@ def plot_vs_eps(series: dict, path: str, title: str, ylabel: str, chance: float 
     ax.axvline(zero_at * 1.6, color="lightgrey", lw=0.8)  # break between eps = 0 and the rest
     ax.set_xlabel("ε (log scale; 0 at the left, beyond the break)")
     finish_plot(plt, fig, ax, path, title + (" (bars: 95 % intervals)" if counts else ""),
-                ylabel, top)
+                ylabel, top, note)
 
 
 def _eps_tick(e: float) -> str:

@@ -17,7 +17,8 @@ def write_curve(result, directory: str) -> dict:
     plot_vs_eps({k: {e: r["accuracy"] for e, r in v.items()}
                  for k, v in result.series.items()}, files["png"], result.title,
                 result.ylabel, chance=result.chance, paper=result.paper,
-                counts={k: {e: r["n"] for e, r in v.items()} for k, v in result.series.items()})
+                counts={k: {e: r["n"] for e, r in v.items()} for k, v in result.series.items()},
+                note=result.note)
     with atomic_file(files["csv"], "w") as f:
         w = csv.writer(f)
         w.writerow(["series", "eps", "accuracy", "balanced_accuracy", "majority_rate", "n",

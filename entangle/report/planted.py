@@ -175,8 +175,11 @@ def plot_leakage(result, path: str) -> None:
         ax.set_xticks(x, worlds)
         ax.set_title(f"D_{kind.split('_')[0]}, {budget_label(b)}", fontsize=9)
     axes[0][0].set_ylabel("linear probe on template projections,\nclean test accuracy (%)")
+    seeds = sorted({r.seed for r in result.runs})
     finish_plot(plt, fig, axes[0][-1], path, f"D_{panels[-1][1].split('_')[0]}, "
-                f"{budget_label(panels[-1][0])}", "", top=100)
+                f"{budget_label(panels[-1][0])}", "", top=100,
+                note=f"Bars: mean over seeds {', '.join(map(str, seeds))}; whiskers: the range "
+                     f"(lowest to highest seed), not an interval. Dashed: chance.")
 
 
 def write_study(result, directory: str) -> dict:

@@ -214,7 +214,11 @@ def write_transfer(result, directory: str) -> dict:
                        "victim_right_n" if field.endswith("_victim_right") else "n")
             plot_vs_eps(series(attack, field), files[name], t, ylabel,
                         chance=result.chance if attack == "targeted" else None, top=None,
-                        counts=series(attack, n_field) if n_field else None)
+                        counts=series(attack, n_field) if n_field else None,
+                        note="No paper values drawn: the paper gives Figures 5 and 6 (8 and 9 on "
+                             "ImageNet-9) as plots only, without numbers."
+                             + ("" if n_field else " The excess error is a difference of two "
+                                "rates: no interval drawn."))
         grids = result.grids
         original = grids.get("_original")
         for attack in ("untargeted", "targeted"):
