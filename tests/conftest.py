@@ -20,6 +20,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def run_shared_dir(tmp_path_factory, name: str):
+    """A folder that every pytest-xdist worker of this run shares (fresh per run). A store
+    there is built once: the store's own locks split the work between workers that ask for it
+    at once, and a worker that comes later finds it built."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     """A user cache of this test's own (no op rates remembered), for this process and the
