@@ -69,6 +69,12 @@ def test_the_table_plot_keeps_test_apart_from_the_r_eps_curve(tmp_path, drawn):
     curves = _curves(ax)
     assert curves and all(np.all(x >= 1) for x, _ in curves)   # column 0 (Test) stands alone
     assert any(len(x) == 3 for x, _ in curves)                 # R_0 .. R_1/2 joined
+    assert "paper" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+    Result.paper = {"standard": {}}                             # planted data: no paper
+    report.plot_table(Result(), str(tmp_path / "t2.png"), "Table 1")
+    ax, _, _ = drawn[-1]
+    assert "paper" not in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_a_figure_without_paper_values_and_the_leakage_whiskers_say_so(tmp_path, drawn):
@@ -96,3 +102,28 @@ def test_a_figure_without_paper_values_and_the_leakage_whiskers_say_so(tmp_path,
     ax, _, note = drawn[-1]
     assert "mean over seeds 0, 3" in note and "range" in note
     assert (tmp_path / "leak.png").stat().st_size > 0
+
+
+def test_the_class_aware_legend_sits_outside_every_victims_bars(tmp_path, monkeypatch):
+    import types
+
+    import matplotlib.pyplot as plt
+
+    from entangle.report import transfer as transfer_report
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    records = [{"attack": a, "model": v, "source_eps": e, "class_aware_n": 50,
+                "class_aware_unfooled": 0.6, "class_aware_different": 0.2,
+                "class_aware_same": 0.2}
+               for a in ("untargeted", "targeted") for v in ("vgg16", "xception")
+               for e in (0.0, 0.25, 1.0)]
+    result = types.SimpleNamespace(records=records, victims=("vgg16", "xception"))
+    transfer_report.plot_class_aware(result, str(tmp_path / "ca.png"), "transfer")
+    for ax in figures[-1].axes:
+        legend = ax.get_legend()
+        assert legend is not None
+        figures[-1].canvas.draw()
+        bars = max(p.get_window_extent().x1 for p in ax.patches)
+        assert legend.get_window_extent().x0 >= bars, "the legend covers a bar"

@@ -265,7 +265,8 @@ def _plot_columns(columns, lines, chance, path: str, title: str) -> None:
             if any(v is not None for v in ref[part]):
                 ax.plot(x[part], [np.nan if v is None else v for v in ref[part]], ":",
                         marker="x", color=color, alpha=0.7)
-    ax.plot([], [], "k:", marker="x", label="paper")
+    if any(v is not None for *_, ref in lines for v in ref):
+        ax.plot([], [], "k:", marker="x", label="paper")
     ax.axhline(100 * chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks(x, columns)
     finish_plot(plt, fig, ax, path, title, "accuracy (%)")

@@ -128,7 +128,7 @@ def plot_class_aware(result, path: str, title: str) -> None:
     victims = list(result.victims)
     eps = sorted({r["source_eps"] for r in result.records if r["source_eps"] is not None})
     fig, axes = plt.subplots(len(attacks), 1, figsize=(max(6, 1.1 * len(victims) * len(eps)
-                                                           / 2.5), 3.2 * len(attacks)),
+                                                           / 2.5) + 1.5, 3.2 * len(attacks)),
                              dpi=100, squeeze=False)
     width = 0.8 / max(1, len(eps))
     for ax, attack in zip(axes[:, 0], attacks):
@@ -152,7 +152,8 @@ def plot_class_aware(result, path: str, title: str) -> None:
         ax.set_ylabel("% of D'_F1")
         ax.set_title(f"{attack}: class-aware transfer by source ε (label above each bar)",
                      fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        # outside the axes: inside, it covered a victim's bars
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_file(path) as f:
@@ -215,7 +216,7 @@ def write_transfer(result, directory: str) -> dict:
             plot_vs_eps(series(attack, field), files[name], t, ylabel,
                         chance=result.chance if attack == "targeted" else None, top=None,
                         counts=series(attack, n_field) if n_field else None,
-                        note="No paper values drawn: the paper gives Figures 5 and 6 (8 and 9 on "
+                        note="No paper values drawn: the paper gives Figures 5 and 6 (9 and 8 on "
                              "ImageNet-9) as plots only, without numbers."
                              + ("" if n_field else " The excess error is a difference of two "
                                 "rates: no interval drawn."))
