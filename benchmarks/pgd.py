@@ -86,8 +86,9 @@ def main():
           f"clean accuracy {accuracy(x):.3f}; TF {tf.__version__}, Keras {keras.__version__}, "
           f"oneDNN={os.environ['TF_ENABLE_ONEDNN_OPTS']}")
     for norm, eps in (("2", args.eps), ("inf", args.eps_inf)):
-        rows = compare(model, x, y, norm, eps, args, accuracy)
-        print(f"\n**L{norm} PGD**, eps {eps:g}, step {2.5 * eps / args.steps:g}\n")
+        step_size = 2.5 * eps / args.steps  # Madry et al.'s rule of thumb
+        rows = compare(model, (x, y), (xt, yt), norm, eps, step_size, args, accuracy)
+        print(f"\n**L{norm} PGD**, eps {eps:g}, step {step_size:g}\n")
         print("| method | images*steps/s | adversarial accuracy |\n|---|---|---|")
         print(f"| floor: compiled input-gradient loop | {floor:.0f} | |")
         for name, speed, acc in rows:
@@ -100,9 +101,10 @@ def main():
               + (f"; pgd / best peer = {ours / max(peers):.2f}" if peers else ""))
 
 
-def compare(model, x, y, norm, eps, args, accuracy):
-    """(name, images*steps/s, adversarial accuracy) for entangle and each peer at one norm."""
-    step_size = 2.5 * eps / args.steps  # Madry et al.'s rule of thumb
+def compare(model, arrays, tensors, norm, eps, step_size, args, accuracy):
+    """(name, images*steps/s, adversarial accuracy) for entangle and each peer at one norm, on
+    one batch given as arrays and as the same tensors."""
+    (x, y), (xt, yt) = arrays, tensors
     work = args.batch * args.steps
     num_classes = int(model.output_shape[-1])
     rows = []
@@ -135,7 +137,6 @@ def compare(model, x, y, norm, eps, args, accuracy):
         fmodel = fb.TensorFlowModel(model, bounds=(0.0, 1.0))
         peer = fb.attacks.L2PGD if norm == "2" else fb.attacks.LinfPGD
         fb_attack = peer(abs_stepsize=step_size, steps=args.steps, random_start=False)
-        xt, yt = tf.constant(x), tf.constant(y)
         t, adv = timed(lambda: fb_attack(fmodel, xt, yt, epsilons=eps)[1].numpy(), args.repeats)
         rows.append((f"foolbox {peer.__name__}", work / t, accuracy(adv)))
     except Exception as e:

@@ -11,7 +11,7 @@ ResNet56v2 on a 2-core CPU: construction 200 -> 2 steps, robustification 400/200
 transfer 100 -> 2, the generator report's PGD 20 -> 2; and the columns to R_0 and the robust
 row's own R_eps (each further column is one more ResNet56v2 robust model, ~35 s here; the
 five-column plan runs in the smoke tests). The ETA's op probes are off: they cost 117 s of the
-CIFAR path's 420 s on the 2-core AMD EPYC, and test_estimate tests them.
+CIFAR path's 435 s on the 2-core AMD EPYC, and test_estimate tests them.
 """
 
 import json

@@ -66,6 +66,9 @@ class EpochPipeline:
         order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
                  else np.arange(n))
         batches = self.num_batches()
+        # float16 sets (constructed, robustified) become float32 on the host: a half tensor in
+        # the graph makes oneDNN log an error on CPUs without AVX-512 FP16
+        dtype = np.uint8 if self._x.dtype == np.uint8 else np.float32
 
         def gen():
             for b in range(start_batch, batches):
@@ -74,9 +77,6 @@ class EpochPipeline:
                     idx = np.sort(idx)  # a batch is a set; sorted reads are faster on memmaps
                 yield self._x[idx].astype(dtype, copy=False), self._y[idx], b
 
-        # float16 sets (constructed, robustified) become float32 on the host: a half tensor in
-        # the graph makes oneDNN log an error on CPUs without AVX-512 FP16
-        dtype = np.uint8 if self._x.dtype == np.uint8 else np.float32
         shape = (None,) + tuple(self._x.shape[1:])
         ds = tf.data.Dataset.from_generator(gen, output_signature=(
             tf.TensorSpec(shape, tf.as_dtype(dtype)), tf.TensorSpec((None,), tf.int32),

@@ -222,10 +222,10 @@ def finish_plot(plt, fig, ax, path: str, title: str, ylabel: str, top: float | N
     ax.set_title(title if "\n" in title else "\n".join(textwrap.wrap(title, 72)), fontsize=10)
     # outside the axes: inside, it hid the paper's high values (robust row at R_1/2, R_1)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    if note:
-        fig.text(0.01, 0.01, "\n".join(textwrap.wrap(note, 110)), fontsize=7, color="dimgrey",
-                 va="bottom")
-    fig.tight_layout(rect=(0, 0.05 * (1 + len(note) // 110), 1, 1) if note else None)
+    note_lines = textwrap.wrap(note, 110)
+    if note_lines:
+        fig.text(0.01, 0.01, "\n".join(note_lines), fontsize=7, color="dimgrey", va="bottom")
+    fig.tight_layout(rect=(0, 0.05 * len(note_lines), 1, 1) if note_lines else None)
     with atomic_file(path) as f:
         fig.savefig(f, format="png")
     plt.close(fig)

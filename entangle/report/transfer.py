@@ -163,7 +163,7 @@ def plot_class_aware(result, path: str, title: str) -> None:
 
 def write_transfer(result, directory: str) -> dict:
     """Writes transfer.md/.csv/.json, the paper's figures and the class-aware bars as PNG."""
-    from entangle.stats.paper import eps_label
+    from entangle.stats.paper import eps_label, plots_only_note
 
     ds = "ImageNet-9" if result.dataset == "imagenet9" else "CIFAR-10" \
         if result.dataset in ("cifar10",) or result.dataset.startswith("folder:") else \
@@ -216,10 +216,9 @@ def write_transfer(result, directory: str) -> dict:
             plot_vs_eps(series(attack, field), files[name], t, ylabel,
                         chance=result.chance if attack == "targeted" else None, top=None,
                         counts=series(attack, n_field) if n_field else None,
-                        note="No paper values drawn: the paper gives Figures 5 and 6 (9 and 8 on "
-                             "ImageNet-9) as plots only, without numbers."
-                             + ("" if n_field else " The excess error is a difference of two "
-                                "rates: no interval drawn."))
+                        note=plots_only_note("Figures 5 and 6 (9 and 8 on ImageNet-9)")
+                        + ("" if n_field else " The excess error is a difference of two rates: "
+                           "no interval drawn."))
         grids = result.grids
         original = grids.get("_original")
         for attack in ("untargeted", "targeted"):

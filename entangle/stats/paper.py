@@ -43,6 +43,11 @@ def reference(dataset: str) -> dict | None:
     return None
 
 
+def plots_only_note(figures: str) -> str:
+    """A figure's foot where the paper gives ``figures`` as plots, with no numbers to draw."""
+    return f"No paper values drawn: the paper gives {figures} as plots only, without numbers."
+
+
 def eps_label(eps: float) -> str:
     """0.0625 -> '1/16', 0.5 -> '1/2', 1.0 -> '1', 0.3 -> '0.3'."""
     if eps == 0 or eps >= 1 and float(eps).is_integer():

@@ -80,8 +80,7 @@ def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfi
     return CurveResult(exp_cfg.data.dataset, series, {}, 1.0 / test.num_classes, built,
                        _titled("eps-robust classifiers on the original test set", context,
                                test), "test accuracy (%)",
-                       note="No paper values drawn: the paper gives Figure 4 (10 on ImageNet-9) "
-                            "as a plot only, without numbers.")
+                       note=paper.plots_only_note("Figure 4 (10 on ImageNet-9)"))
 
 
 def run_figure2(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfig, *,
