@@ -31,6 +31,33 @@ def run_shared_dir(tmp_path_factory, name: str):
     return path
 
 
+def built_once(tmp_path_factory, name: str, build) -> tuple:
+    """(folder, text): ``build(folder)``'s text, computed by the first pytest-xdist worker of
+    this run that asks and read back by the others, so that a module's smoke store is built
+    once per run, not once per worker its tests are spread over. Tests that change the store
+    work on a ``copy_store`` of it."""
+    import fcntl
+
+    folder = run_shared_dir(tmp_path_factory, name)
+    done = folder.parent / f"{name}.out"
+    # an flock, not the store's own locks: this guards the fixture's whole build and its text
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            text = build(folder)
+            done.with_suffix(".partial").write_text(text)
+            os.replace(done.with_suffix(".partial"), done)
+    return folder, done.read_text()
+
+
+def copy_store(source, target):
+    """A copy of a shared store for a test that adds to it or damages it (locks left out)."""
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.lock"))
+    return target
+
+
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     """A user cache of this test's own (no op rates remembered), for this process and the

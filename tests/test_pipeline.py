@@ -11,14 +11,16 @@ import pytest
 from entangle import flags as entangle_flags
 from entangle.core import construct, inference
 from entangle.studies import pipeline
-from conftest import ROOT, run_binary, smoke_flags
+from conftest import ROOT, run_binary, run_shared_dir, smoke_flags
 
 
 
 @pytest.fixture(scope="module")
 def smoke_config(tmp_path_factory):
+    """The smoke configuration on a store every worker of this run shares: its models and
+    sets are built once per run (the store's locks split the work), not once per worker."""
     return entangle_flags.experiment_config(smoke_flags(
-        "--quiet", f"--workdir={tmp_path_factory.mktemp('work')}"))
+        "--quiet", f"--workdir={run_shared_dir(tmp_path_factory, 'pipeline_smoke')}"))
 
 
 def test_constructed_datasets(smoke_config):

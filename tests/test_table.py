@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_binary, tensorboard_tags
+from conftest import ROOT, built_once, copy_store, run_binary, tensorboard_tags
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--eps=1.0"]
@@ -54,8 +54,10 @@ def _built(out):
 
 @pytest.fixture(scope="module")
 def smoke_table(tmp_path_factory):
-    work = tmp_path_factory.mktemp("table")
-    return work, _run(work, env=_cold(tmp_path_factory.mktemp("user-cache")))
+    """The smoke table from an empty store and a cold user cache, built once per run: (its
+    store, the building run's stdout)."""
+    return built_once(tmp_path_factory, "smoke_table", lambda work: _run(
+        work, env=_cold(tmp_path_factory.mktemp("user-cache"))))
 
 
 def _seconds(text):
@@ -135,8 +137,7 @@ def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_ta
 def test_two_tables_on_one_store_keep_their_own_results(smoke_table, tmp_path):
     """Another configuration (here fewer rows) gets another folder; pointed at the first
     table's folder, it refuses to overwrite it, naming the flag that differs."""
-    work = tmp_path / "store"                       # a copy: the fixture's store stays as it is
-    shutil.copytree(smoke_table[0], work, ignore=shutil.ignore_patterns("*.lock"))
+    work = copy_store(smoke_table[0], tmp_path / "store")
     (full,) = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0-c*"))
     cells = len(open(os.path.join(full, "table.csv")).read().splitlines())
     _run(work, "--rows=standard")
@@ -154,8 +155,9 @@ def test_two_tables_on_one_store_keep_their_own_results(smoke_table, tmp_path):
     assert "| standard |" in proc.stdout            # the result is still shown
 
 
-def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke_table):
-    work, _ = smoke_table
+def test_seeds_write_each_table_and_the_aggregate_and_rerun_builds_nothing(smoke_table,
+                                                                           tmp_path):
+    work = copy_store(smoke_table[0], tmp_path / "store")
     (single,) = glob.glob(str(work / "results" / "table1-planted-eps1-paper-seed0-c*"))
     single = Path(single) / "table.json"
     before = single.stat().st_mtime_ns
@@ -224,8 +226,6 @@ def test_figure2_shows_distinct_classes():
 
 def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_path):
     """The reliability issue's reproduction: half of R_0 overwritten in place."""
-    import shutil
-
     work, out = smoke_table
     copy = tmp_path / "store"
     shutil.copytree(work, copy, ignore=shutil.ignore_patterns("results"))

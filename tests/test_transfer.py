@@ -14,7 +14,7 @@ import pytest
 from entangle.core import inference
 from entangle.stats import transfer_metrics
 from entangle.studies import transfer
-from conftest import run_binary
+from conftest import built_once, copy_store, run_binary
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--sources=0,1"]
@@ -202,16 +202,14 @@ def test_victim_trains_at_tiny_size_through_the_trainer_and_store(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_transfer(tmp_path_factory):
-    work = tmp_path_factory.mktemp("transfer")
-    start = time.time()
-    out = _run(work).stdout
-    return work, out, time.time() - start
+    """The smoke transfer from an empty store, built once per run: (its store, its stdout)."""
+    return built_once(tmp_path_factory, "smoke_transfer", lambda work: _run(work).stdout)
 
 
 def test_transfer_smoke_writes_every_file_with_every_cell(smoke_transfer):
     from PIL import Image
 
-    work, out, _ = smoke_transfer
+    work, out = smoke_transfer
     assert "Plan:" in out and "ETA" in out and "from scratch" in out
     results = glob.glob(str(work / "results" / "transfer-planted-*"))[0]
     data = json.load(open(os.path.join(results, "transfer.json")))
@@ -240,7 +238,7 @@ def test_transfer_smoke_writes_every_file_with_every_cell(smoke_transfer):
 
 
 def test_untargeted_attack_fools_the_white_box_source_and_sets_are_bounded(smoke_transfer):
-    work, _, _ = smoke_transfer
+    work, _ = smoke_transfer
     results = glob.glob(str(work / "results" / "transfer-planted-*"))[0]
     data = json.load(open(os.path.join(results, "transfer.json")))
     std = next(r for r in data["records"] if r["model"] == "source (white-box)"
@@ -263,8 +261,10 @@ def test_untargeted_attack_fools_the_white_box_source_and_sets_are_bounded(smoke
         assert np.median(norms) > 0.5, path        # and the attacks did move the images
 
 
-def test_rerun_reuses_sets_and_victims_and_adding_a_victim_builds_only_it(smoke_transfer):
-    work, out, _ = smoke_transfer
+def test_rerun_reuses_sets_and_victims_and_adding_a_victim_builds_only_it(smoke_transfer,
+                                                                          tmp_path):
+    out = smoke_transfer[1]
+    work = copy_store(smoke_transfer[0], tmp_path / "store")
     again = _run(work).stdout
     assert _built(again) == 0 and "0 to build" in again
     assert _tables(again) == _tables(out)
@@ -276,8 +276,8 @@ def test_rerun_reuses_sets_and_victims_and_adding_a_victim_builds_only_it(smoke_
     assert any(l.startswith("| vgg16 |") for l in _tables(more))
 
 
-def test_n_targeted_reports_each_source_and_all_at_once(smoke_transfer):
-    work, _, _ = smoke_transfer
+def test_n_targeted_reports_each_source_and_all_at_once(smoke_transfer, tmp_path):
+    work = copy_store(smoke_transfer[0], tmp_path / "store")
     out = _run(work, "--attack=n_targeted").stdout
     assert _built(out) == 1                                # only the N-targeted set
     assert "All sources hit their own targets at once" in out
