@@ -1,17 +1,20 @@
-"""Stale batch-norm statistics at quick scale: test accuracy with the moving averages against
-the same weights with statistics recomputed over the training inputs (precise BN).
+"""Batch-norm statistics after training, on the same weights: test accuracy with the moving
+averages, recomputed over the clean training inputs ("recompute"), and recomputed over them
+augmented as the training step saw them ("recompute_augmented"; robust models: attacked too,
+and PGD accuracy at their eps, 10 steps of 2.5 eps / 10).
 
-    python benchmarks/bn_statistics.py --kinds=standard,robust0.5 --epochs=6 --momentum=0.99,0.9
+    python benchmarks/bn_statistics.py --kinds=standard,robust0.5 --epochs=4 --momentum=0.9
 
 Trains each model once per momentum with ``bn_statistics="moving"`` on the quick CIFAR subset
-(5,000 train / 500 test images of the offline copy), then evaluates it in inference mode
-before and after ``inference.recompute_bn_statistics`` (robust models: PGD accuracy at their eps
-too, 10 steps of 2.5 eps / 10). Prints one Markdown table.
+of the offline copy (--train_limit, --test_limit; the quick scale's batch 64, learning rate
+3e-3 with cosine decay), then settles the statistics each way with ``train.
+settle_bn_statistics``, the library's own path. Prints one Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -37,56 +40,85 @@ def _pgd(model, x, y, eps):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kinds", default="standard,robust0.5")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--momentum", default="0.99,0.9")
-    p.add_argument("--train_attack_steps", type=int, default=2)
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--fast", action="store_true", help="one step of 1.25 eps, random start")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--momentum", default="0.9")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--train_limit", type=int, default=10_000)
+    p.add_argument("--test_limit", type=int, default=1_000)
+    p.add_argument("--seeds", default="0", help="training seeds, each a model")
     p.add_argument("--data", default=COPY)
+    p.add_argument("--stored", default="", help="comma-separated model folders of a store "
+                   "(manifest.json, model.keras): recompute their statistics both ways "
+                   "instead of training (their moving averages are not stored)")
     args = p.parse_args()
-    tr = data.load_dataset(f"folder:{args.data}", "train", limit=5000, seed=0, verbose=False)
-    te = data.load_dataset(f"folder:{args.data}", "test", limit=500, seed=0, verbose=False)
+    tr = data.load_dataset(f"folder:{args.data}", "train", limit=args.train_limit, seed=0,
+                           verbose=False)
+    te = data.load_dataset(f"folder:{args.data}", "test", limit=args.test_limit, seed=0,
+                           verbose=False)
     xt = te.float_images()
+    runtime = train.RuntimeOptions(verbose=False)
+    ways = ("moving", "recompute", "recompute_augmented")
     rows = []
-    for kind in args.kinds.split(","):
+    for folder in filter(None, args.stored.split(",")):
+        cfg, m = _stored(folder)
+        acc, pgd = _settle_each(m, cfg, tr, xt, te.y, ways[1:], runtime)
+        rows.append((os.path.basename(folder.rstrip("/")), cfg.bn_momentum, cfg.seed, 0.0,
+                     [float("nan")] + acc, [float("nan")] + pgd if pgd else []))
+        print(rows[-1], flush=True)
+    for kind in filter(None, args.kinds.split(",")):
         eps = float(kind[6:]) if kind.startswith("robust") else 0.0
-        for momentum in (float(m) for m in args.momentum.split(",")):
+        for momentum, seed in ((float(m), int(s)) for m in args.momentum.split(",")
+                               for s in args.seeds.split(",")):
+            # the quick scale's fast adversarial training for robust models
             cfg = train.TrainConfig(arch="resnet11v2", eps=eps, batch_size=args.batch_size,
                                     epochs=args.epochs, learning_rate=3e-3, lr_decay="cosine",
-                                    attack_steps=1 if args.fast else args.train_attack_steps,
-                                    attack_step_size=1.25 if args.fast else 0.5,
-                                    attack_step_relative=args.fast,
-                                    attack_random_start=args.fast,
-                                    bn_momentum=momentum, bn_statistics="moving")
+                                    attack_steps=1, attack_step_size=1.25,
+                                    attack_step_relative=True, attack_random_start=True,
+                                    bn_momentum=momentum, bn_statistics="moving",
+                                    seed=seed)
             start = time.time()
-            tm = training.train_classifier(cfg, tr, runtime=train.RuntimeOptions(verbose=False),
-                                        store=_tmp_store())
+            m = training.train_classifier(cfg, tr, runtime=runtime, store=_tmp_store()).model
             seconds = time.time() - start
-            m = tm.model
-            acc = [inference.accuracy(m, xt, te.y)]
-            pgd = [_pgd(m, xt, te.y, eps)] if eps else []
-            inference.recompute_bn_statistics(
-                m, (tr.x[i:i + 500] for i in range(0, len(tr), 500)) if eps == 0
-                else _adv_batches(m, tr, cfg))
-            acc.append(inference.accuracy(m, xt, te.y))
-            if eps:
-                pgd.append(_pgd(m, xt, te.y, eps))
-            rows.append((kind, momentum, args.epochs, args.batch_size, seconds, acc, pgd))
+            acc, pgd = _settle_each(m, cfg, tr, xt, te.y, ways, runtime)
+            rows.append((kind, momentum, seed, seconds, acc, pgd))
             print(rows[-1], flush=True)
-    print("\n| model | BN momentum | epochs | batch | train s | test, moving stats | test, "
-          "recomputed | PGD, moving | PGD, recomputed |\n|---|---|---|---|---|---|---|---|---|")
-    for kind, mom, ep, batch, sec, acc, pgd in rows:
-        pg = [f"{100 * v:.1f}" for v in pgd] or ["", ""]
-        print(f"| {kind} | {mom} | {ep} | {batch} | {sec:.0f} | {100 * acc[0]:.1f} | "
-              f"{100 * acc[1]:.1f} | {pg[0]} | {pg[1]} |")
+    print(f"\n{len(tr)} training images x {args.epochs} epochs, batch {args.batch_size}; "
+          f"{len(te)} test images\n")
+    print("| model | BN momentum | seed | train s | " + " | ".join(f"test, {w}" for w in ways)
+          + " | " + " | ".join(f"PGD, {w}" for w in ways) + " |")
+    print("|---" * (4 + 2 * len(ways)) + "|")
+    for kind, mom, seed, sec, acc, pgd in rows:
+        pg = [f"{100 * v:.1f}" if v == v else "" for v in pgd] or [""] * len(ways)
+        cells = [f"{100 * a:.1f}" if a == a else "" for a in acc] + pg  # nan: not measured
+        print(f"| {kind} | {mom} | {seed} | {sec:.0f} | " + " | ".join(cells) + " |")
 
 
-def _adv_batches(model, ds, cfg):
-    for i in range(0, len(ds), 500):
-        x = data.to_float(ds.x[i:i + 500])
-        yield attacks.pgd_l2(model, x, ds.y[i:i + 500], eps=cfg.eps, steps=cfg.attack_steps,
-                             step_size=cfg.attack_step, random_start=cfg.attack_random_start,
-                             seed=i, verbose=False)
+def _settle_each(model, cfg, tr, xt, yt, ways, runtime):
+    """Test accuracy (and PGD accuracy at the model's eps) after settling the statistics each
+    way, every way from the same weights."""
+    weights = model.get_weights()
+    acc, pgd = [], []
+    for way in ways:
+        model.set_weights(weights)
+        train.settle_bn_statistics(dataclasses.replace(cfg, bn_statistics=way), model, tr,
+                                   runtime)
+        acc.append(inference.accuracy(model, xt, yt))
+        if cfg.eps:
+            pgd.append(_pgd(model, xt, yt, cfg.eps))
+    return acc, pgd
+
+
+def _stored(folder):
+    """(TrainConfig, model) of a store's model folder."""
+    import json
+
+    import keras
+
+    from entangle.core import models  # noqa: F401  (registers the custom layers)
+
+    with open(os.path.join(folder, "manifest.json")) as f:
+        cfg = train.TrainConfig(**json.load(f)["config"]["train"])
+    return cfg, keras.saving.load_model(os.path.join(folder, "model.keras"))
 
 
 def _tmp_store():

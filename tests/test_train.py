@@ -469,6 +469,31 @@ def test_recomputed_bn_statistics_are_the_average_batch_statistics():
     assert bn.momentum == 0.99                           # restored afterwards
 
 
+def test_augmented_recompute_sees_the_training_step_s_padded_crops():
+    """On white images a batch norm over the input has mean 1 when recomputed on the clean
+    images, and below 1 when recomputed on them augmented (the zero-padded borders of the
+    crops), as the training step saw them; "moving" leaves the statistics alone."""
+    from entangle.core import models
+
+    ds = data.Dataset(np.full((64, 8, 8, 3), 255, np.uint8), np.arange(64) % 2, ("a", "b"))
+    means = {}
+    for statistics in ("recompute", "recompute_augmented", "moving"):
+        inputs = keras.Input((8, 8, 3))
+        bn = models.FusedBatchNormalization(momentum=0.9)
+        model = keras.Model(inputs, keras.layers.Dense(2)(
+            keras.layers.GlobalAveragePooling2D()(bn(inputs))))
+        cfg = dataclasses.replace(TINY, bn_statistics=statistics, augment=True)
+        report = train.settle_bn_statistics(cfg, model, ds, QUIET)
+        assert report["statistics"] == statistics
+        means[statistics] = bn.moving_mean.numpy()
+    np.testing.assert_allclose(means["recompute"], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(means["moving"], 0.0)
+    # pad 1 px at 8 px: a crop shifted by (dr, dc) keeps (8 - |dr|)(8 - |dc|) / 64 of its
+    # pixels, 0.84 on average
+    assert 0.6 < means["recompute_augmented"].max() < 0.95
+    np.testing.assert_allclose(means["recompute_augmented"], means["recompute_augmented"][0])
+
+
 def test_recomputed_bn_statistics_close_the_train_inference_gap(planted, tmp_path):
     """A few steps at momentum 0.99 leave the moving averages near their initial 0/1: the
     model's inference-mode accuracy on its own training data lags its training-mode accuracy.

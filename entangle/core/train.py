@@ -37,7 +37,8 @@ from entangle.runtime import preempt, progress
 from entangle.runtime.distribution import get_strategy
 
 # Images whose batch statistics become the batch norms' moving statistics after training
-# (``bn_statistics="recompute"``): enough for stable averages, a fraction of an epoch's cost.
+# (``bn_statistics`` "recompute" or "recompute_augmented"): enough for stable averages, a
+# fraction of an epoch's cost.
 BN_RECOMPUTE_IMAGES = 10_000
 # Bump when a change to this module alters the model it trains from the same configuration
 # (2: index-permutation input pipeline, batched augmentation, float32 logits; 3: batch-norm
@@ -176,12 +177,13 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     return model, optimizer
 
 
-def _settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
+def settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
                           runtime: RuntimeOptions) -> dict:
-    """Recomputes the batch-norm statistics (``cfg.bn_statistics == "recompute"``) over up to
-    ``BN_RECOMPUTE_IMAGES`` training images as the training step saw them (attacked by the
-    training attack when eps > 0, not augmented); reports inference-mode accuracy on 1,000
-    clean training images before and after, the measure of how stale the averages were."""
+    """Recomputes the batch-norm statistics (``cfg.bn_statistics`` "recompute" or
+    "recompute_augmented") over up to ``BN_RECOMPUTE_IMAGES`` training images: attacked by the
+    training attack when eps > 0, and for "recompute_augmented" first augmented as in
+    training. Reports inference-mode accuracy on 1,000 clean training images before and after,
+    the measure of how stale the averages were."""
     rng = np.random.default_rng(cfg.seed + 104729)
     rows = np.sort(rng.choice(len(train), min(len(train), BN_RECOMPUTE_IMAGES), replace=False))
     probe = rows[:1000]
@@ -189,18 +191,21 @@ def _settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
     before = accuracy(model, train.x[probe], train.y[probe], batch)
     report = {"statistics": cfg.bn_statistics, "probe_images": len(probe),
               "probe_accuracy_moving": before}
-    if cfg.bn_statistics != "recompute" or not batch_norm_layers(model):
+    if not cfg.bn_statistics.startswith("recompute") or not batch_norm_layers(model):
         return report
 
     attack = tf.function(training_attack(model, cfg)) if cfg.eps > 0 else None
+    augmented = cfg.bn_statistics == "recompute_augmented" and cfg.augment
 
     def batches():
         for i in range(0, len(rows), batch):
             part = rows[i:i + batch]
             x = data.to_float(np.asarray(train.x[part]))
+            seed = tf.constant([cfg.seed % 2 ** 31, i], tf.int32)
+            if augmented:   # the clean images' statistics differ: no zero-padded borders
+                x = batching.augment_batch(tf.constant(x), seed + [0, 1]).numpy()
             if attack is not None:   # the training attack itself, as the last epoch saw it
-                x = attack(tf.constant(x), tf.constant(train.y[part], tf.int32),
-                           tf.constant([cfg.seed % 2 ** 31, i], tf.int32)).numpy()
+                x = attack(tf.constant(x), tf.constant(train.y[part], tf.int32), seed).numpy()
             yield x
 
     recompute_bn_statistics(model, batches())
@@ -370,7 +375,7 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
     metrics = {"epochs_run": len(history), "steps_per_epoch": steps_per_epoch,
                "final": history[-1] if history else {},
                "best_val": best, "train_seconds": sum(r["seconds"] for r in history),
-               "batch_norm": _settle_bn_statistics(cfg, model, train, runtime)}
+               "batch_norm": settle_bn_statistics(cfg, model, train, runtime)}
     tb.close()
     return Fit(model, history, metrics, replicas, type(strategy).__name__)
 

@@ -19,7 +19,7 @@ LR_DECAYS = ("none", "step", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-BN_STATISTICS = ("recompute", "moving")
+BN_STATISTICS = ("recompute", "recompute_augmented", "moving")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +58,10 @@ class TrainConfig:
     # starts as the identity (Goyal et al. 2017).
     zero_init_residual: bool = False
     # "recompute": after training, every batch norm's moving statistics become the average
-    # batch statistics over the training inputs (adversarial ones for eps > 0); "moving":
-    # keep the moving averages (stale after a few hundred steps at momentum 0.99).
+    # batch statistics over the training inputs (adversarial ones for eps > 0);
+    # "recompute_augmented": the same over the inputs augmented as the training step saw them
+    # (when ``augment``); "moving": keep the moving averages (stale after a few hundred steps
+    # at momentum 0.99).
     bn_statistics: str = "recompute"
     pretrained: bool = False          # victims: start from ImageNet weights
     input_size: int = 0               # victims: resize inside the model to this (0: the data's)

@@ -45,7 +45,8 @@ def define_train_flags(fv=FLAGS):
                        flag_values=fv)
     flags.DEFINE_enum("bn_statistics", "recompute", list(train_config.BN_STATISTICS),
                       "After training, recompute every batch norm's statistics over the "
-                      "training inputs (precise BN), or keep the moving averages.",
+                      "training inputs (precise BN), over them augmented as in training, "
+                      "or keep the moving averages.",
                       flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Training seed.", lower_bound=0, upper_bound=2 ** 31 - 1,
                          flag_values=fv)
