@@ -82,8 +82,9 @@ def main():
             acc, pgd = _settle_each(m, cfg, tr, xt, te.y, ways, runtime)
             rows.append((kind, momentum, seed, seconds, acc, pgd))
             print(rows[-1], flush=True)
-    print(f"\n{len(tr)} training images x {args.epochs} epochs, batch {args.batch_size}; "
-          f"{len(te)} test images\n")
+    trained = (f" x {args.epochs} epochs, batch {args.batch_size}" if args.kinds
+               else " (stored models: trained as their manifests say)")
+    print(f"\n{len(tr)} training images{trained}; {len(te)} test images\n")
     print("| model | BN momentum | seed | train s | " + " | ".join(f"test, {w}" for w in ways)
           + " | " + " | ".join(f"PGD, {w}" for w in ways) + " |")
     print("|---" * (4 + 2 * len(ways)) + "|")
