@@ -3,12 +3,13 @@ averages, recomputed over the clean training inputs ("recompute"), and recompute
 augmented as the training step saw them ("recompute_augmented"; robust models: attacked too,
 and PGD accuracy at their eps, 10 steps of 2.5 eps / 10).
 
-    python benchmarks/bn_statistics.py --kinds=standard,robust0.5 --epochs=4 --momentum=0.9
+    python benchmarks/bn_statistics.py --kinds=standard,robust0.5 --epochs=6 --momentum=0.99,0.9
 
-Trains each model once per momentum with ``bn_statistics="moving"`` on the quick CIFAR subset
-of the offline copy (--train_limit, --test_limit; the quick scale's batch 64, learning rate
-3e-3 with cosine decay), then settles the statistics each way with ``train.
-settle_bn_statistics``, the library's own path. Prints one Markdown table.
+Trains each model once per momentum and seed with ``bn_statistics="moving"`` on a CIFAR
+subset of the offline copy (--train_limit, --test_limit; learning rate 3e-3 with cosine
+decay), then settles the statistics each way with ``train.settle_bn_statistics``, the
+library's own path; ``--stored`` does the same for a store's trained models. Prints one
+Markdown table.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def _pgd(model, x, y, eps):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kinds", default="standard,robust0.5")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--momentum", default="0.9")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--train_limit", type=int, default=10_000)
-    p.add_argument("--test_limit", type=int, default=1_000)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--momentum", default="0.99,0.9")
+    p.add_argument("--train_attack_steps", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--fast", action="store_true", help="one step of 1.25 eps, random start")
+    p.add_argument("--train_limit", type=int, default=5_000)
+    p.add_argument("--test_limit", type=int, default=500)
     p.add_argument("--seeds", default="0", help="training seeds, each a model")
     p.add_argument("--data", default=COPY)
     p.add_argument("--stored", default="", help="comma-separated model folders of a store "
@@ -69,11 +72,12 @@ def main():
         eps = float(kind[6:]) if kind.startswith("robust") else 0.0
         for momentum, seed in ((float(m), int(s)) for m in args.momentum.split(",")
                                for s in args.seeds.split(",")):
-            # the quick scale's fast adversarial training for robust models
             cfg = train.TrainConfig(arch="resnet11v2", eps=eps, batch_size=args.batch_size,
                                     epochs=args.epochs, learning_rate=3e-3, lr_decay="cosine",
-                                    attack_steps=1, attack_step_size=1.25,
-                                    attack_step_relative=True, attack_random_start=True,
+                                    attack_steps=1 if args.fast else args.train_attack_steps,
+                                    attack_step_size=1.25 if args.fast else 0.5,
+                                    attack_step_relative=args.fast,
+                                    attack_random_start=args.fast,
                                     bn_momentum=momentum, bn_statistics="moving",
                                     seed=seed)
             start = time.time()
@@ -110,15 +114,19 @@ def _settle_each(model, cfg, tr, xt, yt, ways, runtime):
 
 
 def _stored(folder):
-    """(TrainConfig, model) of a store's model folder."""
-    import json
-
+    """(TrainConfig, model) of a store's model folder, its bytes verified by the store."""
     import keras
 
     from entangle.core import models  # noqa: F401  (registers the custom layers)
+    from entangle.store import Store
 
-    with open(os.path.join(folder, "manifest.json")) as f:
-        cfg = train.TrainConfig(**json.load(f)["config"]["train"])
+    folder = os.path.abspath(folder.rstrip("/"))
+    root, key = os.path.dirname(os.path.dirname(folder)), os.path.basename(folder)
+    store = Store(root)
+    problems = store.verify(training.MODEL_KIND, key)
+    if problems:
+        raise SystemExit(f"--stored: {folder} is damaged: {'; '.join(problems)}")
+    cfg = train.TrainConfig(**store.manifest(training.MODEL_KIND, key)["config"]["train"])
     return cfg, keras.saving.load_model(os.path.join(folder, "model.keras"))
 
 

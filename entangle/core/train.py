@@ -191,7 +191,7 @@ def settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
     before = accuracy(model, train.x[probe], train.y[probe], batch)
     report = {"statistics": cfg.bn_statistics, "probe_images": len(probe),
               "probe_accuracy_moving": before}
-    if not cfg.bn_statistics.startswith("recompute") or not batch_norm_layers(model):
+    if cfg.bn_statistics == "moving" or not batch_norm_layers(model):
         return report
 
     attack = tf.function(training_attack(model, cfg)) if cfg.eps > 0 else None
