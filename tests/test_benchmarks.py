@@ -70,3 +70,49 @@ def test_flop_count_is_the_hand_count_and_the_plan_counts_each_kind_of_work():
     assert set(kinds) == {"train", "robustify"}
     train = kinds["train"]
     assert train["flops"] == 3 * train["forward"] * train["images"] > 0
+
+
+def test_gpu_check_keeps_every_row_when_one_fails_or_times_out(tmp_path, monkeypatch):
+    """On a 4-GPU host (mocked): single-GPU rows see one device under the default strategy,
+    the mirrored row all of them, XLA only on one; a row that times out or fails is reported
+    and the next one runs; the report is written as rows finish."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+
+    out = tmp_path / "gpu.md"
+    calls = []
+
+    def fake_run(images, args, timeout):
+        calls.append(args)
+        if len(calls) == 2:
+            return {"error": f"timed out after {timeout:g} s"}
+        if len(calls) == 4:
+            return {"error": "Out of memory"}
+        assert out.exists() == (len(calls) > 1)      # earlier rows already on disk
+        return {"seconds": 10.0 * len(calls), "built": 9, "test": 0.1}
+
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
+    monkeypatch.setattr(gpu_check, "_gpu_count", lambda: 4)
+    gpu_check.main(["--no_estimate", f"--out={out}", "--timeout=7", "--", "--width=4"])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(gpu_check.ROWS) == len(calls) == 6
+    assert "timed out after 7 s" in rows[1] and "failed: Out of memory" in rows[3]
+    assert all(" s (" in rows[i] for i in (0, 2, 4, 5))
+    assert rows[1].startswith("| 1 GPU | float32 | on |")
+    for row, args in zip(gpu_check.ROWS, calls):
+        assert "--width=4" in args and ("--tf32" in args) == row.tf32
+        if row.mirrored:
+            assert {"--gpu=all", "--strategy=mirrored", "--nojit_compile"} <= set(args)
+        else:
+            assert {"--gpu=0", "--strategy=default"} <= set(args)
+    assert {r.precision for r in gpu_check.ROWS} >= {"float32", "mixed_float16",
+                                                     "mixed_bfloat16"}
+    assert any(r.jit for r in gpu_check.ROWS)
+
+
+def test_gpu_check_row_that_runs_past_its_time_is_an_error_not_a_crash():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+
+    assert gpu_check._run(20, ["--epochs=1"], timeout=0.5) == \
+        {"error": "timed out after 0.5 s"}

@@ -62,3 +62,26 @@ def test_the_gpu_flag_is_checked_and_harmless_without_a_gpu(tmp_path):
     assert missing.returncode != 0 and "no GPU is visible; there is no GPU 1" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert distribution.configure_gpus("auto", str(tmp_path), log=print) == []
+
+
+TF32 = """
+import sys
+import tensorflow as tf
+from entangle import flags as ef
+from entangle.experiments import common
+ef.define_all(); ef.parse(sys.argv[1:])
+print("default", tf.config.experimental.tensor_float_32_execution_enabled())
+print("run", common.run_main(["x"], tf.config.experimental.tensor_float_32_execution_enabled))
+"""
+
+
+@pytest.mark.parametrize("extra, allowed", [((), False), (("--tf32",), True)])
+def test_tf32_is_off_under_the_paper_flagfile_unless_asked(extra, allowed):
+    """TensorFlow allows TF32 by default (a GPU's float32 stem would then round small-eps
+    perturbations away); a binary's start-up turns it off unless --tf32."""
+    proc = subprocess.run([sys.executable, "-c", TF32, "--flagfile=flags/cifar10_paper.cfg",
+                           *extra], cwd=ROOT, capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "default True" in proc.stdout               # what a bare TensorFlow would do
+    assert f"run {allowed}" in proc.stdout

@@ -113,6 +113,7 @@ def test_generator_report_gives_every_robust_generator_its_pgd_accuracy(smoke_ta
     assert {f["finding"] for f in data["findings"]} == set("abcdef")
     assert "Generators of the R_eps columns" in out and "Test: exact McNemar" in out
     prov = data["provenance"]                # what the table was computed from
+    assert prov["tf32"] is False             # TensorFlow's default (on) turned off
     assert prov["commit"] and prov["flags"]["eps"] == 1.0 and prov["flagfiles"][-1] == \
         "flags/smoke.cfg"
     stored = {f"{kind}/{k}" for kind in ("models", "datasets") for k in os.listdir(work / kind)

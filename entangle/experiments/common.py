@@ -130,6 +130,7 @@ def provenance(f) -> dict:
     return {"argv": sys.argv, "flagfiles": list(entangle_flags.FLAGFILES),
             "hardware": hardware.describe(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "precision": hardware.choose_precision(f.precision)[0],
+            "tf32": tf.config.experimental.tensor_float_32_execution_enabled(),
             "flags": {k: v for k, v in f.flag_values_dict().items()
                       if isinstance(v, (str, int, float, bool, list, type(None)))}}
 
@@ -188,6 +189,18 @@ def log_precision_choice(f) -> None:
         print(f"precision: {chosen} ({why})", flush=True)
 
 
+def log_tf32(f) -> None:
+    """On a GPU, says whether TensorFloat-32 is allowed (``--tf32``) and what that means."""
+    import tensorflow as tf
+
+    if "tf32" not in f or f.quiet or not tf.config.list_logical_devices("GPU"):
+        return
+    print("TF32: " + ("on (--tf32: float32 convolutions round their inputs to 10 mantissa bits; "
+                      "small-eps perturbations are mostly rounded away)" if f.tf32 else
+                      "off (exact float32; --tf32 trades small-eps accuracy for speed)"),
+          flush=True)
+
+
 def _gpu_locks(f) -> str:
     """Where --gpu=auto's processes on one store hold their GPUs: <workdir>/.locks."""
     from entangle import store as store_lib
@@ -225,11 +238,14 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
         with preempt.handling():
             f = entangle_flags.FLAGS
             distribution.configure_threads(f.inter_op_threads)
+            if "tf32" in f:
+                distribution.configure_tf32(f.tf32)
             if "gpu" in f:      # before the strategy: it sees only the chosen GPUs
                 distribution.configure_gpus(f.gpu, _gpu_locks(f), log=_say(f))
             distribution.get_strategy(f.strategy)
             quiet_startup_done()
             log_precision_choice(entangle_flags.FLAGS)
+            log_tf32(entangle_flags.FLAGS)
             return body()
     except preempt.Preempted as e:
         print(f"{os.path.basename(argv[0])}: {e}", file=sys.stderr, flush=True)

@@ -39,6 +39,12 @@ def define_runtime_flags(fv=FLAGS):
     validator("gpu", _gpu_ok, "must be " + distribution.GPU_CHOICES, flag_values=fv)
     flags.DEFINE_bool("jit_compile", False, "Compile train and attack steps with XLA.",
                       flag_values=fv)
+    flags.DEFINE_bool("tf32", False, "Allow TensorFloat-32 matmuls and convolutions on Ampere "
+                      "and newer GPUs (TensorFlow's own default). Off (choice): TF32 rounds "
+                      "float32 inputs to 10 mantissa bits, so the float32 stem would see small-"
+                      "eps perturbations mostly as rounding; on costs accuracy of the paper's "
+                      "small eps, off costs speed only under --precision=float32. No effect on "
+                      "CPUs.", flag_values=fv)
     flags.DEFINE_integer("eval_batch_size", 500, "Batch size for evaluation and attacks.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_string("inter_op_threads", "auto", "TensorFlow inter-op threads: auto (1 "

@@ -40,6 +40,16 @@ def configure_threads(inter_op: int | str = "auto") -> int:
     return inter_op
 
 
+def configure_tf32(enabled: bool = False) -> bool:
+    """Allows TensorFloat-32 matmuls and convolutions (Ampere and newer GPUs) or not; returns
+    the setting. TensorFlow allows them by default, and then a "float32" convolution rounds its
+    inputs to 10 mantissa bits, as float16 does: the float32 stem would see an L2 perturbation
+    of 1/256 with relative error 1.7 and one of 1/16 with 0.13 (docs/performance.md), so the
+    binaries turn it off unless asked. No effect on CPUs."""
+    tf.config.experimental.enable_tensor_float_32_execution(bool(enabled))
+    return tf.config.experimental.tensor_float_32_execution_enabled()
+
+
 GPU_CHOICES = ("all: every visible GPU; none: the CPU only; auto: one GPU for this process (the "
                "local rank of LOCAL_RANK, SLURM_LOCALID, OMPI_COMM_WORLD_LOCAL_RANK or "
                "MPI_LOCALRANKID, else the first GPU no other process on the store holds); or "
