@@ -37,6 +37,12 @@ CONFIGS = (("float32", False, 128), ("mixed_bfloat16", False, 128), ("float32", 
 KINDS = ("train", "adv_train", "attack", "robustify")
 
 
+def _label(config) -> str:
+    """A configuration's name for --configs: precision, +xla, @batch unless 128."""
+    precision, jit, batch = config
+    return precision + ("+xla" if jit else "") + (f"@{batch}" if batch != 128 else "")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="resnet11v2,resnet20v2,resnet56v2")
@@ -45,7 +51,15 @@ def main():
     parser.add_argument("--adv_steps", type=int, default=16,
                         help="PGD steps inside the adversarial training step (Table 4: 16)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", default="all",
+                        help="all, or a subset of precision[+xla][@batch] such as "
+                             "float32,mixed_bfloat16 (batch 128, no XLA)")
     args = parser.parse_args()
+    configs = CONFIGS if args.configs == "all" else [
+        c for c in CONFIGS if _label(c) in args.configs.split(",")]
+    if not configs:
+        parser.error(f"--configs: none of {args.configs!r}; allowed: all, "
+                     + ", ".join(_label(c) for c in CONFIGS))
     kinds = args.kinds.split(",")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -64,7 +78,7 @@ def main():
         base = train.TrainConfig(arch=arch, width=16, pooling="keras_example", augment=False,
                                  eps=1.0, attack_steps=args.adv_steps)
         flops = forward_flops(train.build_model(base, (32, 32, 3), 10))
-        for precision, jit, batch in CONFIGS:
+        for precision, jit, batch in configs:
             cfg = dataclasses.replace(base, precision=precision, batch_size=batch)
             cells = []
             for kind in kinds:

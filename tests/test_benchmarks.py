@@ -116,3 +116,19 @@ def test_gpu_check_row_that_runs_past_its_time_is_an_error_not_a_crash():
 
     assert gpu_check._run(20, ["--epochs=1"], timeout=0.5) == \
         {"error": "timed out after 0.5 s"}
+
+
+def test_attack_batch_benchmark_runs_at_toy_size():
+    """benchmarks/attack_batch.py end to end on a few images: one row per loop, one cell per
+    batch, each a positive rate with its ratio to the last batch (1.00x there)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "attack_batch.py"),
+                           "--archs=resnet11v2", "--batches=4,8", "--images=8", "--steps=1",
+                           "--repeats=1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| resnet11v2")]
+    assert [r.split(" | ")[1] for r in rows] == ["PGD (L2)", "robustify"]
+    for row in rows:
+        cells = row.strip(" |").split(" | ")[2:]
+        assert len(cells) == 2 and cells[-1].endswith("(1.00x)")
+        assert all(float(c.split()[0]) > 0 for c in cells)

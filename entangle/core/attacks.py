@@ -68,7 +68,9 @@ def pgd(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
     tf function or Keras layer, e.g. a normalisation; pass the same object again to reuse the
     compiled attack). Labels are class indices ((n,) or (n, 1)) or one-hot. A model ending in
     a softmax is attacked through its logits. ``strategy``: replicas that share each batch
-    (``run_attack``).
+    (``run_attack``). On Ampere and newer GPUs TensorFlow computes float32 convolutions in TF32
+    unless told not to, which rounds a small perturbation away: for small eps call
+    ``entangle.runtime.distribution.configure_tf32(False)`` first (the binaries do).
     """
     geometry = norm_of(norm)
     bounds = check_bounds(bounds)
