@@ -524,3 +524,62 @@ def test_weight_averaging_replaces_the_weights_and_still_learns(planted, tmp_pat
     assert not np.allclose(ema.model.get_weights()[0], plain.model.get_weights()[0])
     with pytest.raises(ValueError, match="ema"):
         dataclasses.replace(TINY, ema=0.9, early_stopping=True)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_our_adam_updates_exactly_as_keras_adam(policy):
+    """``optimizers.Adam`` (one step-size factor per step) leaves every weight and slot bit
+    for bit where ``keras.optimizers.Adam`` does, over steps of a decaying rate, with a
+    LossScaleOptimizer around it under mixed_float16, as the trainer builds it."""
+    from entangle.core import models, optimizers
+
+    def run(cls):
+        keras.mixed_precision.set_dtype_policy(policy)
+        try:
+            keras.utils.set_random_seed(0)
+            model = models.resnet_v2(11, (8, 8, 3), 3, width=4)
+            opt = cls(learning_rate=keras.optimizers.schedules.CosineDecay(3e-3, 10))
+            if policy == "mixed_float16":
+                opt = keras.optimizers.LossScaleOptimizer(opt)
+            opt.build(model.trainable_variables)
+
+            @tf.function
+            def step(x, y):
+                with tf.GradientTape() as tape:
+                    logits = tf.cast(model(x, training=True), tf.float32)
+                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=y, logits=logits))
+                    scaled = opt.scale_loss(loss)
+                opt.apply(tape.gradient(scaled, model.trainable_variables),
+                          model.trainable_variables)
+
+            rng = np.random.default_rng(1)
+            for _ in range(4):
+                step(tf.constant(rng.random((16, 8, 8, 3), np.float32)),
+                     tf.constant(rng.integers(0, 3, 16), tf.int32))
+            return model.get_weights() + [v.numpy() for v in opt.variables]
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+
+    ours, theirs = run(optimizers.Adam), run(keras.optimizers.Adam)
+    assert len(ours) == len(theirs) > 40
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    assert not np.array_equal(ours[0], models.resnet_v2(11, (8, 8, 3), 3, width=4)
+                              .get_weights()[0])      # it did train
+
+
+def test_inference_and_attacks_trace_once_for_every_batch_size(trained_tiny):
+    """Batches of 64, 64 and 2 images (and a later call's 30) run on one trace of the
+    model's forward pass, and one of the attack loop: each trace costs more than a small
+    model's whole evaluation."""
+    from entangle.core import loop, objectives
+
+    model, x, y = trained_tiny
+    x = x[:130]
+    inference.predict(model, x, batch_size=64)
+    inference.predict(model, x[:30], batch_size=64)
+    assert inference._predictor(model).experimental_get_tracing_count() == 1
+    fn = loop.compile_attack(objectives.cross_entropy_objective(model, targeted=False))
+    loop.run_attack(fn, x, y[:130], eps=0.5, steps=2, step_size=0.25, batch_size=64)
+    loop.run_attack(fn, x[:30], y[:30], eps=0.25, steps=2, step_size=0.1, batch_size=64)
+    assert fn.experimental_get_tracing_count() == 1

@@ -11,13 +11,17 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
+from entangle.core import tracing
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """float32 outputs of ``model`` (inference mode) on [0, 1] float or uint8 images."""
     predict = _predictor(model)
-    out = [predict(tf.constant(data.to_float(x[i:i + batch_size]))).numpy()
-           for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = tf.constant(data.to_float(x[i:i + batch_size]))
+        out.append(tracing.any_batch(predict, xb)(xb).numpy() if not out else
+                   predict(xb).numpy())
     return (np.concatenate(out).astype(np.float32) if out
             else np.zeros((0, int(model.output_shape[-1])), np.float32))
 
@@ -72,7 +76,8 @@ def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -
             if n == 0:
                 continue
             keep.assign(seen / (seen + n))
-            forward(tf.constant(data.to_float(np.asarray(xb))))
+            xb = tf.constant(data.to_float(np.asarray(xb)))
+            (tracing.any_batch(forward, xb) if not seen else forward)(xb)
             seen += n
     finally:
         for l, m in zip(layers_, saved):

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import models, objectives
+from entangle.core import models, objectives, optimizers, tracing
 from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
 from entangle.core.steps import (load_state, make_train_step, run_epoch, save_state,
                                  training_attack)
@@ -169,8 +169,8 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     with seeded(cfg.seed), strategy.scope():
         model = (build_model(cfg, input_shape, num_classes) if model_fn is None
                  else user_model(model_fn, cfg))
-        optimizer = keras.optimizers.Adam(learning_rate=lr_schedule(cfg, steps_per_epoch),
-                                          use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+        optimizer = optimizers.Adam(learning_rate=lr_schedule(cfg, steps_per_epoch),
+                                   use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
         if cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
@@ -205,7 +205,8 @@ def settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
             if augmented:   # the clean images' statistics differ: no zero-padded borders
                 x = batching.augment_batch(tf.constant(x), seed + [0, 1]).numpy()
             if attack is not None:   # the training attack itself, as the last epoch saw it
-                x = attack(tf.constant(x), tf.constant(train.y[part], tf.int32), seed).numpy()
+                args = (tf.constant(x), tf.constant(train.y[part], tf.int32), seed)
+                x = (tracing.any_batch(attack, *args) if not i else attack)(*args).numpy()
             yield x
 
     recompute_bn_statistics(model, batches())
