@@ -62,10 +62,7 @@ from entangle import flags as ef
 from entangle.runtime import distribution, hardware
 from entangle.studies import entanglement
 fv = flags.FlagValues(); ef.define_all(fv); ef.parse(sys.argv[2:], fv)
-distribution.configure_threads(fv.inter_op_threads)
-distribution.configure_gpus(fv.gpu, log=lambda m: None)
-distribution.configure_tf32(fv.tf32)
-distribution.get_strategy(fv.strategy)
+distribution.start_up(fv.inter_op_threads, fv.tf32, fv.gpu, fv.strategy, log=lambda m: None)
 t0 = time.time()
 with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
     if fv.estimate:

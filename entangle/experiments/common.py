@@ -237,12 +237,9 @@ def run_main(argv, body, failures: dict | None = None, usage_errors: tuple = ())
     try:
         with preempt.handling():
             f = entangle_flags.FLAGS
-            distribution.configure_threads(f.inter_op_threads)
-            if "tf32" in f:
-                distribution.configure_tf32(f.tf32)
-            if "gpu" in f:      # before the strategy: it sees only the chosen GPUs
-                distribution.configure_gpus(f.gpu, _gpu_locks(f), log=_say(f))
-            distribution.get_strategy(f.strategy)
+            distribution.start_up(f.inter_op_threads, f.tf32 if "tf32" in f else None,
+                                  f.gpu if "gpu" in f else None, f.strategy,
+                                  _gpu_locks(f) if "gpu" in f else None, log=_say(f))
             quiet_startup_done()
             log_precision_choice(entangle_flags.FLAGS)
             log_tf32(entangle_flags.FLAGS)

@@ -132,6 +132,20 @@ def configure_gpus(request: str = "all", lock_dir: str | None = None,
     return indices
 
 
+def start_up(inter_op: int | str = "auto", tf32: bool | None = False, gpu: str | None = None,
+             strategy="auto", gpu_locks: str | None = None,
+             log: Callable[[str], None] = print) -> tf.distribute.Strategy:
+    """A process's TensorFlow set up in the order it needs: threads (before the runtime
+    starts), TF32, the visible GPUs (before the strategy lists devices), then the strategy,
+    which it returns. ``None`` for ``tf32`` or ``gpu`` leaves that setting as it is."""
+    configure_threads(inter_op)
+    if tf32 is not None:
+        configure_tf32(tf32)
+    if gpu is not None:
+        configure_gpus(gpu, gpu_locks, log=log)
+    return get_strategy(strategy)
+
+
 def get_strategy(name="auto", devices=None) -> tf.distribute.Strategy:
     """default / mirrored (all visible GPUs, or ``devices``) / multi_worker (TF_CONFIG).
 
