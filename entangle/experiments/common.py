@@ -142,6 +142,17 @@ def dataset_label(f) -> str:
     return {"cifar10": "CIFAR-10", "imagenet9": "ImageNet-9"}.get(f.dataset, f.dataset)
 
 
+def write(result, writer, out: str, *args) -> None:
+    """``writer(result, out, *args)`` through ``report.write_results``, under this run's
+    configuration; sets ``result.files`` and ``result.write_error`` for ``finish``."""
+    from entangle import flags as entangle_flags
+    from entangle import report
+
+    result.files, result.write_error = report.write_results(
+        writer, result, out, *args,
+        configuration=entangle_flags.results_configuration(entangle_flags.FLAGS))
+
+
 def finish(result):
     """The closing lines of a binary: what it built, how long, where the files are; after
     them exit 1 if the results folder could not be written (the result was still shown)."""

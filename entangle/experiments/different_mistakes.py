@@ -45,12 +45,9 @@ def main(argv):
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, {data.DatasetUnavailableError: QUICK})
-    from entangle import report
     from entangle.report import mistakes as report_mistakes
 
-    result.files, result.write_error = report.write_results(
-        report_mistakes.write_mistakes, result, common.results_dir(FLAGS, "mistakes"),
-        configuration=entangle_flags.results_configuration(FLAGS))
+    common.write(result, report_mistakes.write_mistakes, common.results_dir(FLAGS, "mistakes"))
     print()
     print(report_mistakes.mistakes_markdown(result))
     common.finish(result)

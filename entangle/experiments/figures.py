@@ -29,14 +29,11 @@ def main(argv, name):
     result = common.run_main(argv, body, {data.DatasetUnavailableError:
                                           "Try the quick scale: "
                                           "--flagfile=flags/cifar10_quick.cfg"})
-    from entangle import report
     from entangle.report import figures as report_figures
 
     grid = isinstance(result, figures.GridResult)
-    result.files, result.write_error = report.write_results(
-        report_figures.write_grid if grid else report_figures.write_curve, result,
-        common.results_dir(FLAGS, name),
-        configuration=entangle_flags.results_configuration(FLAGS))
+    common.write(result, report_figures.write_grid if grid else report_figures.write_curve,
+                 common.results_dir(FLAGS, name))
     files = result.files
     if not grid:
         for series, values in result.series.items():

@@ -32,12 +32,9 @@ def main(argv):
             log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body)
-    from entangle import report
     from entangle.report import planted as planted_report
 
-    result.files, result.write_error = report.write_results(
-        planted_report.write_study, result, common.results_dir(FLAGS, "planted_study"),
-        configuration=entangle_flags.results_configuration(FLAGS))
+    common.write(result, planted_report.write_study, common.results_dir(FLAGS, "planted_study"))
     print()
     print(planted_report.markdown(result))
     common.finish(result)

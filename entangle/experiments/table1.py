@@ -54,13 +54,9 @@ def main(argv, name=NAME, title=TITLE, quick=QUICK):
 
     out = common.results_dir(FLAGS, name, table=True)
     if isinstance(result, entanglement.SeedsResult):
-        result.files, result.write_error = report.write_results(
-            report.write_seeds, result, out, label,
-            configuration=entangle_flags.results_configuration(FLAGS))
+        common.write(result, report.write_seeds, out, label)
     else:
-        result.files, result.write_error = report.write_results(
-            report.write_table, result, out, f"{label}, seed {seeds[0]}",
-            configuration=entangle_flags.results_configuration(FLAGS))
+        common.write(result, report.write_table, out, f"{label}, seed {seeds[0]}")
 
     print()
     if isinstance(result, entanglement.SeedsResult):

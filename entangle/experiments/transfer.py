@@ -50,15 +50,13 @@ def main(argv):
                                      log=print if not FLAGS.quiet else (lambda m: None))
 
     result = common.run_main(argv, body, failures)
-    from entangle import report
     from entangle.report import transfer as report_transfer
 
     name = "transfer" if cfg.mode == "per_source" else \
         f"transfer-n_targeted-{cfg.n_targeted_loss}"
     sources = [] if FLAGS.sources == "paper" else [common.tag("src", FLAGS.sources)]
-    result.files, result.write_error = report.write_results(
-        report_transfer.write_transfer, result, common.results_dir(FLAGS, name, extra=sources),
-        configuration=entangle_flags.results_configuration(FLAGS))
+    common.write(result, report_transfer.write_transfer,
+                 common.results_dir(FLAGS, name, extra=sources))
     print()
     print(report_transfer.transfer_markdown(result, "Transfer from robust sources"))
     common.finish(result)
