@@ -267,7 +267,7 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
             xb = tf.constant(x[sl], tf.float32)
             start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
             args = (xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t, seed_b)
-            out[sl] = (tracing.any_batch(fn, *args) if b == 0 else fn)(*args).numpy()
+            out[sl] = tracing.any_batch(fn, *args)(*args).numpy()
         bar.update(sl.stop, finalize=sl.stop == n)
         if sl.stop < n:
             preempt.check("in an attack (the current chunk will be redone)")

@@ -206,7 +206,7 @@ def settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
                 x = batching.augment_batch(tf.constant(x), seed + [0, 1]).numpy()
             if attack is not None:   # the training attack itself, as the last epoch saw it
                 args = (tf.constant(x), tf.constant(train.y[part], tf.int32), seed)
-                x = (tracing.any_batch(attack, *args) if not i else attack)(*args).numpy()
+                x = tracing.any_batch(attack, *args)(*args).numpy()
             yield x
 
     recompute_bn_statistics(model, batches())
