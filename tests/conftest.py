@@ -78,17 +78,43 @@ def own_cache(tmp_path, monkeypatch):
     return path
 
 
-def run_binary(binary, *args, env=None, timeout=600, check=False):
-    """``python -m experiments.<binary> args`` from the repository root, output captured;
-    ``check``: assert it exited 0, showing the end of its output if not."""
-    import subprocess
+def run_python(*args, cwd=ROOT, env=None, timeout=600, input=None, fresh=False):
+    """``python args`` (``-m module ...`` or ``-c code ...``), output captured, as
+    ``subprocess.run`` returns it; forked from a server that has imported TensorFlow and the
+    package (``forkserver``) unless ``fresh`` asks for a new interpreter."""
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", f"experiments.{binary}", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env or ENV, timeout=timeout)
+    import forkserver
+
+    return forkserver.run([sys.executable, *args], cwd=cwd, env=env, timeout=timeout,
+                          input=input, fresh=fresh)
+
+
+def popen_python(*args, cwd=ROOT, env=None, stdin=None, stdout=None, stderr=None,
+                 fresh=False):
+    """``subprocess.Popen([python, *args], text=True, ...)``, forked as ``run_python`` is."""
+    import sys
+
+    import forkserver
+
+    return forkserver.popen([sys.executable, *args], cwd=cwd, env=env, stdin=stdin,
+                            stdout=stdout, stderr=stderr, fresh=fresh)
+
+
+def run_binary(binary, *args, env=None, timeout=600, check=False, fresh=False):
+    """``python -m experiments.<binary> args`` from the repository root, output captured;
+    ``check``: assert it exited 0, showing the end of its output if not."""
+    proc = run_python("-m", f"experiments.{binary}", *args, env=env or ENV, timeout=timeout,
+                      fresh=fresh)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import forkserver
+
+    forkserver.close_all()
 
 
 def smoke_flags(*args, flagfile="smoke.cfg"):

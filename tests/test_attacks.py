@@ -468,15 +468,10 @@ def test_attacks_on_two_replicas_equal_the_single_device_result():
     """PGD and robustification split each batch over a strategy's replicas (two logical
     CPUs here, 13 images in batches of 8): the same images as on one device."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    from conftest import ROOT
+    from conftest import ENV, run_python
 
-    proc = subprocess.run([sys.executable, "-c", REPLICA_SCRIPT], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_python("-c", REPLICA_SCRIPT, timeout=300, env=ENV)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])

@@ -3,10 +3,9 @@ needed, and what TensorFlow is told is checked apart (configure_gpus on this CPU
 
 import json
 import subprocess
-import sys
 
 import pytest
-from conftest import ENV, ROOT, run_binary
+from conftest import ENV, popen_python, run_binary, run_python
 
 from entangle.runtime import distribution
 
@@ -20,9 +19,9 @@ sys.stdin.read()          # hold the GPU until the test lets go
 
 
 def test_processes_on_one_store_take_distinct_gpus_and_a_dead_ones_is_taken_over(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), "3"], cwd=ROOT,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(3)]
+    procs = [popen_python("-c", HOLD, str(tmp_path), "3", stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+             for _ in range(3)]
     taken = [json.loads(p.stdout.readline()) for p in procs]
     assert sorted(i for t in taken for i in t) == [0, 1, 2]
     # a fourth process finds every GPU held and says so
@@ -79,9 +78,8 @@ print("run", common.run_main(["x"], tf.config.experimental.tensor_float_32_execu
 def test_tf32_is_off_under_the_paper_flagfile_unless_asked(extra, allowed):
     """TensorFlow allows TF32 by default (a GPU's float32 stem would then round small-eps
     perturbations away); a binary's start-up turns it off unless --tf32."""
-    proc = subprocess.run([sys.executable, "-c", TF32, "--flagfile=flags/cifar10_paper.cfg",
-                           *extra], cwd=ROOT, capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    proc = run_python("-c", TF32, "--flagfile=flags/cifar10_paper.cfg", *extra, timeout=300,
+                      env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "default True" in proc.stdout               # what a bare TensorFlow would do
     assert f"run {allowed}" in proc.stdout

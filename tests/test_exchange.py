@@ -5,9 +5,6 @@ there; a damaged bundle or a wrong checksum is refused by name."""
 import functools
 import http.server
 import json
-import os
-import subprocess
-import sys
 import threading
 import zipfile
 
@@ -18,7 +15,7 @@ from entangle import data
 from entangle.core import inference, train
 from entangle.data import planted as planted_lib
 from entangle.store import exchange, file_sha256, Store, training
-from conftest import ROOT
+from conftest import run_binary
 
 PLANTED = planted_lib.PlantedConfig(image_size=16, num_classes=3, train_size=96, test_size=32)
 CFG = train.TrainConfig(arch="resnet11v2", width=4, batch_size=32, epochs=1, augment=False)
@@ -32,10 +29,8 @@ def exported(tmp_path_factory):
     tr, te = data.make_planted("train", PLANTED), data.make_planted("test", PLANTED)
     trained = training.train_classifier(CFG, tr, None, Store(str(base / "a")), runtime=QUIET)
     out = base / "shared"
-    proc = subprocess.run([sys.executable, "-m", "experiments.store", f"--workdir={base / 'a'}",
-                           f"--export={trained.key}", f"--export_dir={out}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_binary("store", f"--workdir={base / 'a'}", f"--export={trained.key}",
+                      f"--export_dir={out}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return base, tr, te, trained, out
 
@@ -49,9 +44,8 @@ def test_an_exported_model_imported_by_the_binary_is_a_cache_hit(exported):
     assert f"{file_sha256(str(bundle))}  {bundle.name}" in open(out / "SHA256SUMS").read()
     assert trained.key in open(out / (trained.key + ".card.md")).read()
 
-    proc = subprocess.run([sys.executable, "-m", "experiments.store", f"--workdir={base / 'b'}",
-                           f"--import_models={out}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_binary("store", f"--workdir={base / 'b'}", f"--import_models={out}",
+                      timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"models/{trained.key}: imported" in proc.stdout
     b = Store(str(base / "b"))

@@ -1,14 +1,12 @@
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from absl import flags
 
 from entangle import flags as entangle_flags
 from entangle.flags import hparams
-from conftest import ROOT, run_binary
+from conftest import ROOT, run_binary, run_python
 
 PAPER = os.path.join(ROOT, "..", "shared", "papers", "springer2021_entanglement.txt")
 
@@ -284,8 +282,7 @@ def test_an_unknown_flag_in_a_flagfile_names_the_file_and_line(monkeypatch, caps
 
 def test_a_binary_answers_help_through_the_entangle_command_with_exit_0():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "entangle", "transfer", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = run_python("-m", "entangle", "transfer", "--help", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("Transfer") and "Victims (transfer, different mistakes):" \
         in proc.stdout and "--transfer_eps=2.0" in proc.stdout

@@ -5,8 +5,6 @@ leakage control: the linear probe and the findings it decides."""
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from entangle import report
 from entangle.report import mistakes as report_mistakes
 from entangle.core import inference, probe
 from entangle.studies import mistakes, pipeline
-from conftest import ROOT, smoke_flags
+from conftest import run_binary, smoke_flags
 
 
 
@@ -178,9 +176,7 @@ def test_findings_separate_leakage_from_the_rest():
 
 
 def test_mistakes_binary_bad_flag_fails_cleanly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.different_mistakes",
-                           "--flagfile=flags/smoke.cfg", "--second_model=lenet",
-                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_binary("different_mistakes", "--flagfile=flags/smoke.cfg",
+                      "--second_model=lenet", f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode != 0 and "second_model" in proc.stderr
     assert "Traceback" not in proc.stderr

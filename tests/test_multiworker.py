@@ -6,12 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import popen_python
 
 ARGS = ["--flagfile=flags/smoke.cfg", "--kind=standard", "--strategy=multi_worker",
         "--early_stopping=standard", "--epochs=4", "--patience=3"]
@@ -37,10 +36,8 @@ def _start(workdir, ports, workdirs=None):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
                                                                      "index": i}})}
-        procs.append(subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS,
-                                       f"--workdir={workdir}"], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        procs.append(popen_python("-m", "experiments.train", *ARGS, f"--workdir={workdir}",
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     return procs
 
 

@@ -11,7 +11,7 @@ import pytest
 from entangle import flags as entangle_flags
 from entangle.core import construct, inference
 from entangle.studies import pipeline
-from conftest import ROOT, run_binary, run_shared_dir, smoke_flags
+from conftest import popen_python, run_binary, run_python, run_shared_dir, smoke_flags
 
 
 
@@ -75,14 +75,14 @@ def test_experiment_rejects_bad_kind_and_eps(smoke_config):
         exp.train_config("standard", 0.5)
 
 
-def _run(*args, env=None):
-    return run_binary("train", *args, env=env)
+def _run(*args, env=None, fresh=False):
+    return run_binary("train", *args, env=env, fresh=fresh)
 
 
 def test_train_binary_trains_reports_and_hits_cache(tmp_path):
     args = ["--flagfile=flags/smoke.cfg", "--kind=robust", "--eps=1.0", f"--workdir={tmp_path}"]
     plain = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    first = _run(*args, env=plain)
+    first = _run(*args, env=plain, fresh=True)     # TensorFlow's own start-up too
     assert first.returncode == 0, first.stderr[-3000:]
     # TensorFlow's start-up lines (absl pre-init warning, I/W/E C++ lines, cuInit without a
     # GPU) and its retracing warnings are not the tool's output: none reach the user
@@ -131,9 +131,8 @@ def test_sigterm_checkpoints_releases_the_lock_and_resumes(tmp_path):
             "--eval_attack_steps=2"]
     work = tmp_path / "b"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args,
-                             f"--workdir={work}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_python("-m", "experiments.train", *args, f"--workdir={work}", env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not glob.glob(str(work / "models" / "*.partial" / "state.npz")):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
@@ -181,9 +180,8 @@ def test_binaries_run_from_any_directory(tmp_path):
     """Outside the repository the binaries are ``python -m entangle <binary>`` (or the
     ``entangle`` command), and a shipped flagfile is named by its file name."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "entangle", "train", "--flagfile=smoke.cfg",
-                           "--kind=standard", "--epochs=1", f"--workdir={tmp_path / 'w'}"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    proc = run_python("-m", "entangle", "train", "--flagfile=smoke.cfg", "--kind=standard",
+                      "--epochs=1", f"--workdir={tmp_path / 'w'}", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test accuracy" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "entangle", "train", "--flagfile=nope.cfg"],

@@ -4,8 +4,6 @@ scale."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from entangle.stats import findings as table_findings
 from entangle.store import training
 from entangle.report import planted as planted_report
 from entangle.studies import entanglement, planted_study
-from conftest import ROOT, smoke_flags
+from conftest import run_binary, smoke_flags
 
 CFG = planted.PlantedConfig(image_size=16, num_classes=4, train_size=640, test_size=256,
                             features="ABC", seed=3)
@@ -208,8 +206,6 @@ def test_study_config_rejects_bad_values():
 
 @pytest.mark.parametrize("flag", ["--feature_sets=AB,BD", "--study_construct_eps=0.5,-1"])
 def test_study_binary_bad_flag_fails_cleanly(tmp_path, flag):
-    proc = subprocess.run([sys.executable, "-m", "experiments.planted_study", flag,
-                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_binary("planted_study", flag, f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode != 0 and flag.split("=")[0] in proc.stderr
     assert "Traceback" not in proc.stderr

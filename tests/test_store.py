@@ -10,7 +10,7 @@ import pytest
 
 from entangle import store as store_lib
 from entangle.runtime import atomic
-from conftest import ROOT
+from conftest import popen_python, run_binary
 
 
 
@@ -212,8 +212,7 @@ def test_sigterm_while_waiting_on_a_lock_ends_the_process_promptly(tmp_path):
     s = store_lib.Store(str(tmp_path))
     held = s.lock("evals", "e")
     assert held.try_acquire()
-    proc = subprocess.Popen([sys.executable, "-c", WAITER, str(tmp_path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    proc = popen_python("-c", WAITER, str(tmp_path), stdout=subprocess.PIPE)
     try:
         assert "waiting for" in proc.stdout.readline()
         sent = time.time()
@@ -251,9 +250,8 @@ def test_two_processes_asking_for_one_model_train_it_once(tmp_path):
     import sys
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(tmp_path)], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [popen_python("-c", TWO_PROCESSES, str(tmp_path), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     results = []
     for (out, err), p in zip(outs, procs):
@@ -471,9 +469,7 @@ def test_temporaries_of_dead_builders_are_removed_and_gc_lists_the_rest(tmp_path
     assert store.has("datasets", "K-1") and other.exists()  # only K-1's were touched
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-m", "experiments.store", f"--workdir={tmp_path}",
-                           "--gc"], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = run_binary("store", f"--workdir={tmp_path}", "--gc", env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "temporary (owner dead)" in proc.stdout and "resumable state" in proc.stdout
     assert "removed 2" in proc.stdout

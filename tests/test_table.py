@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, built_once, copy_store, run_binary, tensorboard_tags
+from conftest import (built_once, copy_store, popen_python, run_binary, run_python,
+                      tensorboard_tags)
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--eps=1.0"]
@@ -237,8 +238,7 @@ def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_
     x[:64] = 0.5
     x.flush()
     del x
-    proc = subprocess.run(_cmd(copy), cwd=ROOT, capture_output=True, text=True, env=ENV,
-                          timeout=900)
+    proc = run_python(*_cmd(copy)[1:], env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"damaged artifact datasets/{key}" in proc.stderr and "SHA-256" in proc.stderr
     assert glob.glob(str(copy / "datasets" / f".{key}.corrupt-*" / "x.npy"))
@@ -255,8 +255,7 @@ def test_a_finished_store_prints_its_table_and_says_it_cannot_write_results(smok
                     for d, _, fs in os.walk(work) for f in fs if "results" not in d)
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    proc = subprocess.run(_cmd(work, f"--results_dir={blocked}/table"), cwd=ROOT,
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = run_python(*_cmd(work, f"--results_dir={blocked}/table")[1:], env=ENV, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert _table(proc.stdout) == _table(out)
     assert proc.stderr.strip().splitlines()[-1].startswith(
@@ -321,8 +320,8 @@ def test_two_processes_share_the_work_and_a_killed_one_is_taken_over(smoke_table
     artifact equals the uninterrupted run's, and a rerun builds nothing."""
     ref_work, _ = smoke_table
     cmd = _cmd(tmp_path, "--columns=0,1")
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [popen_python(*cmd[1:], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
     deadline = time.time() + 600
     while procs[0].pid not in _builders(tmp_path).values():   # no race on who builds what
         assert procs[0].poll() is None and time.time() < deadline, "the first built nothing"
@@ -343,9 +342,7 @@ def test_two_processes_share_the_work_and_a_killed_one_is_taken_over(smoke_table
 
 def test_paper_scale_offline_fails_fast_with_directions(tmp_path):
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "experiments.table1", f"--data_dir={tmp_path}",
-                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                          env=ENV, timeout=300)
+    proc = run_binary("table1", f"--data_dir={tmp_path}", f"--workdir={tmp_path}", timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     for hint in ("--data_dir", "--download", "cifar10_quick.cfg"):
         assert hint in proc.stderr

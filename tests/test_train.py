@@ -1,8 +1,6 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -15,7 +13,7 @@ from entangle.core import attacks, inference, train
 from entangle.data import planted as planted_lib
 from entangle.runtime import distribution, preempt
 from entangle.store import Store, training
-from conftest import ROOT, flip_byte, tensorboard_tags
+from conftest import ENV, flip_byte, run_python, tensorboard_tags
 
 PLANTED = planted_lib.PlantedConfig(image_size=16, num_classes=4, train_size=1024, test_size=256,
                                  robust_norm=4.0, entangled_norm=0.5, artifact_norm=0.5)
@@ -244,9 +242,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("eps", [1.0])
 def test_mirrored_strategy_on_two_cpus_matches_default(tmp_path, eps):
-    proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path), str(eps)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_python("-c", MIRRORED_SCRIPT, str(tmp_path), str(eps), env=ENV)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
@@ -297,8 +293,7 @@ def test_mirrored_sgd_steps_equal_the_default_strategy_exactly(tmp_path):
     """Without batch norm and under SGD (not scale invariant, unlike Adam), three steps on two
     replicas give the weights of three single-device steps: the loss is the global-batch mean
     and the regularisation is counted once, not once per replica."""
-    proc = subprocess.run([sys.executable, "-c", SGD_SCRIPT], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_python("-c", SGD_SCRIPT, timeout=300, env=ENV)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
@@ -349,8 +344,7 @@ INF_SCRIPT = textwrap.dedent("""
 def test_an_overflow_on_one_replica_skips_the_step_on_every_replica():
     """Loss scaling under MirroredStrategy: an infinite gradient on replica 1 alone leaves
     the weights finite, unchanged and equal on both replicas, and halves the scale."""
-    proc = subprocess.run([sys.executable, "-c", INF_SCRIPT], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = run_python("-c", INF_SCRIPT, timeout=300, env=ENV)
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
     out = json.loads(line[0][len("RESULT"):])
