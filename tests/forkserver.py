@@ -41,6 +41,8 @@ _CALL_TIME = ("ENTANGLE_", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "
 # ``-c`` script: a command that leaves them unset imports as if they had these values.
 _IMPORT_DEFAULTS = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 _SERVER = r"""
 import atexit, gc, json, os, runpy, select, sys, threading, traceback, types
 
@@ -161,7 +163,7 @@ class _Server:
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, pass_fds=(write,),
                                      env={**_IMPORT_DEFAULTS, **env},
-                                     cwd=tempfile.gettempdir())
+                                     cwd=_ROOT)     # as the tests' commands: "" is the root
         os.close(write)
         self._replies = os.fdopen(read)
         self._lock = threading.Lock()
