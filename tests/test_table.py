@@ -8,21 +8,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (built_once, copy_store, popen_python, run_binary, run_python,
-                      tensorboard_tags)
+from conftest import built_once, copy_store, popen_python, run_binary, tensorboard_tags
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 SMOKE = ["--flagfile=flags/smoke.cfg", "--eps=1.0"]
-
-
-def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "experiments.table1", *SMOKE, f"--workdir={workdir}", *extra]
 
 
 def _run(workdir, *extra, env=None):
@@ -238,7 +232,7 @@ def test_a_corrupted_artifact_is_named_moved_aside_and_rebuilt(smoke_table, tmp_
     x[:64] = 0.5
     x.flush()
     del x
-    proc = run_python(*_cmd(copy)[1:], env=ENV, timeout=900)
+    proc = run_binary("table1", *SMOKE, f"--workdir={copy}", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"damaged artifact datasets/{key}" in proc.stderr and "SHA-256" in proc.stderr
     assert glob.glob(str(copy / "datasets" / f".{key}.corrupt-*" / "x.npy"))
@@ -255,7 +249,8 @@ def test_a_finished_store_prints_its_table_and_says_it_cannot_write_results(smok
                     for d, _, fs in os.walk(work) for f in fs if "results" not in d)
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    proc = run_python(*_cmd(work, f"--results_dir={blocked}/table")[1:], env=ENV, timeout=300)
+    proc = run_binary("table1", *SMOKE, f"--workdir={work}", f"--results_dir={blocked}/table",
+                      timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert _table(proc.stdout) == _table(out)
     assert proc.stderr.strip().splitlines()[-1].startswith(
@@ -319,9 +314,9 @@ def test_two_processes_share_the_work_and_a_killed_one_is_taken_over(smoke_table
     the other takes over its lock (dead pid), resumes its checkpoint and finishes; every
     artifact equals the uninterrupted run's, and a rerun builds nothing."""
     ref_work, _ = smoke_table
-    cmd = _cmd(tmp_path, "--columns=0,1")
-    procs = [popen_python(*cmd[1:], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]
+    procs = [popen_python("-m", "experiments.table1", *SMOKE, f"--workdir={tmp_path}",
+                          "--columns=0,1", env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) for _ in range(2)]
     deadline = time.time() + 600
     while procs[0].pid not in _builders(tmp_path).values():   # no race on who builds what
         assert procs[0].poll() is None and time.time() < deadline, "the first built nothing"
