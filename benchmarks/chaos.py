@@ -62,8 +62,8 @@ def table_command(workdir: str, reduced: bool) -> list[str]:
 class Fleet:
     """The processes of one store: started, killed and restarted, their output kept."""
 
-    def __init__(self, command: list[str], logs: str, env: dict):
-        self.command, self.logs, self.env = command, logs, env
+    def __init__(self, command: list[str], logs: str, env: dict, popen=subprocess.Popen):
+        self.command, self.logs, self.env, self.popen = command, logs, env, popen
         self.started, self.ended = 0, {}      # pid -> when it died or exited
         self.live: list[subprocess.Popen] = []
         self.log_of: dict[int, str] = {}
@@ -73,8 +73,8 @@ class Fleet:
         self.started += 1
         log = os.path.join(self.logs, f"{self.started:03d}.log")
         with open(log, "w") as out:
-            proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = self.popen(self.command, cwd=ROOT, env=self.env, stdout=out,
+                              stderr=subprocess.STDOUT)
         self.log_of[proc.pid] = log
         self.live.append(proc)
         return proc
@@ -246,9 +246,10 @@ def leftovers(workdir: str) -> list[str]:
 
 def run(processes: int = 4, kills: int = 20, rounds: int = 4, corruptions: int = 3,
         reduced: bool = False, seed: int = 0, workdir: str | None = None,
-        window: tuple[float, float] = (1.0, 8.0), log=print) -> dict:
+        window: tuple[float, float] = (1.0, 8.0), log=print, popen=subprocess.Popen) -> dict:
     """The benchmark (see the module docstring); returns its counts and verdicts.
-    ``window``: seconds from a victim's plan to its kill, drawn uniformly."""
+    ``window``: seconds from a victim's plan to its kill, drawn uniformly; ``popen`` starts
+    each process (``subprocess.Popen``'s signature; the tests pass their fork server's)."""
     from entangle.store import maintenance, Store
 
     rng = random.Random(seed)
@@ -258,11 +259,11 @@ def run(processes: int = 4, kills: int = 20, rounds: int = 4, corruptions: int =
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.time()
     log(f"[chaos] reference: one process in {ref}, beside the first round")
-    reference = subprocess.Popen(table_command(ref, reduced), cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = popen(table_command(ref, reduced), cwd=ROOT, env=env,
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     audit = os.path.join(base, "audit.jsonl")
     fleet = Fleet(table_command(work, reduced), os.path.join(base, "logs"),
-                  {**env, "ENTANGLE_AUDIT_LOG": audit})
+                  {**env, "ENTANGLE_AUDIT_LOG": audit}, popen)
     counts = {"processes": processes, "started": 0, "sigkill": 0, "sigterm": 0,
               "corruptions_injected": 0, "corrupted": []}
     per_round = [kills // rounds + (r < kills % rounds) for r in range(rounds)]

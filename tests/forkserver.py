@@ -12,7 +12,7 @@ starts it fresh, as a new interpreter does.
 What a child cannot show, a test asks for with ``fresh=True`` (a new interpreter): TensorFlow's
 own start-up output, and anything decided by the environment while modules import. A command
 whose import-time environment differs from every server's gets a server of its own, and a
-command that is not ``python -m``/``python -c`` always runs as a new process.
+command that is not ``python [-u] -m``/``-c`` always runs as a new process.
 
 Kept here rather than taken from a library: pytest-xdist's workers and ``multiprocessing``'s
 forkserver both start from a fresh interpreter per task or run Python callables, not
@@ -74,6 +74,9 @@ def child(request):
     os.environ.clear()
     os.environ.update(request["env"])
     np.random.seed(None)              # a new interpreter's unseeded state, not the server's
+    if request["unbuffered"]:
+        sys.stdout.reconfigure(write_through=True)
+        sys.stderr.reconfigure(write_through=True)
     flag, target, *args = request["argv"]
     code = 0
     try:
@@ -188,11 +191,15 @@ class _Server:
             self._cond.notify_all()
 
     def start(self, argv: list, cwd: str, env: dict, files: list) -> int:
-        """Forks a child running ``python argv`` with fds 0-2 opened from ``files``; its pid."""
+        """Forks a child running ``python argv`` (``-u`` first, or not) with fds 0-2 opened
+        from ``files``; its pid."""
+        unbuffered = argv[0] == "-u"
+        argv = argv[1:] if unbuffered else argv
         with self._lock:
             self._next += 1
             ident = self._next
             self.proc.stdin.write(json.dumps({"id": ident, "argv": argv, "env": env,
+                                              "unbuffered": unbuffered,
                                               "cwd": os.path.abspath(cwd),
                                               "files": files}).encode() + b"\n")
             self.proc.stdin.flush()
@@ -222,7 +229,8 @@ _SERVERS_LOCK = threading.Lock()
 
 def _server(args: list, env: dict, fresh: bool) -> _Server | None:
     """The server for this command, or None where it must run as a new process."""
-    if fresh or len(args) < 3 or args[0] != sys.executable or args[1] not in ("-m", "-c"):
+    options = args[2:] if args[1:2] == ["-u"] else args[1:]
+    if fresh or len(options) < 2 or args[0] != sys.executable or options[0] not in ("-m", "-c"):
         return None
     key = _import_env(env)
     with _SERVERS_LOCK:
@@ -250,6 +258,10 @@ class Forked:
                 path = os.devnull
             elif how is None:         # inherited, as Popen does: whatever this process has
                 path = f"/proc/{os.getpid()}/fd/{fd}"
+            elif hasattr(how, "fileno"):  # a file by its name: the caller may close it now
+                path = os.readlink(f"/proc/self/fd/{how.fileno()}")
+                if not os.path.isfile(path):    # a pipe or socket, open for the child's life
+                    path = f"/proc/{os.getpid()}/fd/{how.fileno()}"
             else:
                 raise ValueError(f"unsupported stream {how!r}")
             files.append(path)

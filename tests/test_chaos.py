@@ -8,6 +8,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import chaos  # noqa: E402
+import forkserver  # noqa: E402
 
 
 def test_killed_processes_and_flipped_bytes_leave_the_reference_table(tmp_path):
@@ -16,7 +17,8 @@ def test_killed_processes_and_flipped_bytes_leave_the_reference_table(tmp_path):
     artifact equal a single-process run, no artifact was built twice at once, every damage
     was named, and --gc leaves nothing behind."""
     counts = chaos.run(processes=2, kills=2, rounds=1, corruptions=2, reduced=True, seed=0,
-                       workdir=str(tmp_path), window=(0.5, 4.0), log=lambda m: None)
+                       workdir=str(tmp_path), window=(0.5, 4.0), log=lambda m: None,
+                       popen=forkserver.popen)
     shown = json.dumps({k: v for k, v in counts.items() if k != "corrupted"}, indent=1)
     assert counts["sigkill"] + counts["sigterm"] == 2, shown
     assert counts["corruptions_injected"] >= 1, shown

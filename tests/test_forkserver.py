@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ENV, ROOT, popen_python, run_binary, run_python
@@ -68,3 +69,20 @@ def test_an_import_time_difference_gets_its_own_server_and_other_commands_run_fr
     proc = forkserver.popen(["bash", "-c", "exit 4"], cwd=ROOT)
     assert isinstance(proc, subprocess.Popen) and proc.wait() == 4
     assert forkserver.run([sys.executable, "-c", "pass"], cwd=ROOT, fresh=True).returncode == 0
+
+
+def test_unbuffered_output_into_a_file_the_caller_has_closed(tmp_path):
+    """``python -u`` into a log file that the caller closes once the process started (what the
+    chaos benchmark does): each line is in the file while the child still runs."""
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = popen_python("-u", "-c", "import time; print('planned'); time.sleep(60)",
+                            stdout=out, stderr=subprocess.STDOUT, env=ENV)
+    assert isinstance(proc, forkserver.Forked)
+    for _ in range(300):
+        if log.read_text() == "planned\n":
+            break
+        time.sleep(0.1)
+    assert log.read_text() == "planned\n" and proc.poll() is None
+    proc.kill()
+    assert proc.wait(30) == -signal.SIGKILL
