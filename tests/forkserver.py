@@ -157,14 +157,15 @@ def _import_env(env: dict) -> tuple:
 
 class _Server:
     """One fork server: a ``python -c`` that has done the imports, fed requests on its stdin,
-    answering on a pipe of its own (its stdout and stderr get only the imports' noise): the
-    pid of each child it forks, and each child's exit status as it ends."""
+    answering on a pipe of its own: the pid of each child it forks, and each child's exit
+    status as it ends. Its own output (the imports' noise, or why it died) goes to a file."""
 
     def __init__(self, env: dict):
         read, write = os.pipe()
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(write)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, pass_fds=(write,),
+                                     stdin=subprocess.PIPE, stdout=self._log,
+                                     stderr=subprocess.STDOUT, pass_fds=(write,),
                                      env={**_IMPORT_DEFAULTS, **env},
                                      cwd=_ROOT)     # as the tests' commands: "" is the root
         os.close(write)
@@ -207,7 +208,7 @@ class _Server:
             if not self._cond.wait_for(lambda: ident in self._started or self._dead, 120):
                 raise RuntimeError("the fork server did not answer")
             if self._dead:
-                raise RuntimeError(f"the fork server exited ({self.proc.wait()})")
+                self._died()
             return self._started.pop(ident)
 
     def returncode(self, pid: int, timeout: float | None = 0) -> int | None:
@@ -215,8 +216,13 @@ class _Server:
         with self._cond:
             self._cond.wait_for(lambda: pid in self._exits or self._dead, timeout)
             if self._dead and pid not in self._exits:
-                raise RuntimeError(f"the fork server exited ({self.proc.wait()})")
+                self._died()
             return self._exits.get(pid)
+
+    def _died(self):
+        self._log.seek(0)
+        tail = self._log.read()[-3000:].decode(errors="replace")
+        raise RuntimeError(f"the fork server exited ({self.proc.wait()}):\n{tail}")
 
     def close(self):
         self.proc.stdin.close()
