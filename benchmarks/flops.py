@@ -75,7 +75,7 @@ def plan_flops(flagfile: str, experiment: str, extra: list, images: tuple) -> di
                 forward[sig] = common.forward_flops(model)
             per = PASSES[op.kind](op.config.attack_steps) * forward[sig]
             row = out.setdefault(sig, {"kind": op.kind, "flops": 0.0, "images": 0.0,
-                                       "forward": forward[sig], "op": sig})
+                                       "forward": forward[sig], "op": op})
             row["flops"] += per * n
             row["images"] += n
     return out
@@ -99,6 +99,43 @@ def remembered_seconds(rows: dict) -> dict:
     return out
 
 
+def probed_ratios(rows: dict, rounds: int, repeats: int = 3, matmul_n: int = 2048) -> dict:
+    """{op signature: [ratio to its floor, one per round]}, every op timed now: each round
+    times each op between two float32 matmul measurements and divides by the floor at their
+    mean rate, so that a host whose speed changes for minutes at a time moves both sides of a
+    ratio together."""
+    from entangle.store import estimate
+
+    out = {sig: [] for sig in rows}
+    for r in range(rounds):
+        for sig, row in rows.items():
+            before = common.matmul_gflops("float32", matmul_n)
+            rate = estimate.probe_op(row["op"], repeats)
+            rate_fp32 = 1e9 * (before + common.matmul_gflops("float32", matmul_n)) / 2
+            floor = PASSES[row["kind"]](row["op"].config.attack_steps) * row["forward"]
+            out[sig].append(rate.seconds_per_image / (floor / rate_fp32))
+            print(f"round {r + 1}/{rounds}: {sig}: {out[sig][-1]:.2f}x its floor "
+                  f"(matmul {rate_fp32 / 1e9:.0f} GFLOP/s)", file=sys.stderr, flush=True)
+    return out
+
+
+def print_probed(rows: dict, ratios: dict, total: float) -> None:
+    """The probed ratios per kind of work (each round, the median) and the plan's: the
+    medians weighted by each kind's share of the FLOPs."""
+    import statistics
+
+    print("Timed now, each beside its own floor measurement:\n")
+    print("| Work | Share | Ratio to the floor, each round | Median |")
+    print("|---|---|---|---|")
+    plan = 0.0
+    for sig, r in sorted(rows.items(), key=lambda kv: -kv[1]["flops"]):
+        median = statistics.median(ratios[sig])
+        plan += median * r["flops"] / total
+        print(f"| {sig} | {100 * r['flops'] / total:.0f} % | "
+              + ", ".join(f"{x:.2f}x" for x in ratios[sig]) + f" | {median:.2f}x |")
+    print(f"\nThe plan at the probed rates: {plan:.2f}x its floor.\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--peak_tflops", type=float, default=989.0,
@@ -107,6 +144,10 @@ def main():
     parser.add_argument("--utilisation", default="0.15,0.3",
                         help="assumed fractions of that peak the thin ResNets reach")
     parser.add_argument("--gpus", default="1,8", help="GPUs to project for")
+    parser.add_argument("--probe_rounds", type=int, default=0,
+                        help="time Table 1's kinds of work now, this many rounds, each beside "
+                        "its own floor measurement (the ratios then come from this run, not "
+                        "from remembered op rates)")
     args = parser.parse_args()
     utilisation = [float(u) for u in args.utilisation.split(",")]
     gpus = [int(g) for g in args.gpus.split(",")]
@@ -139,6 +180,8 @@ def main():
         print(f"\nFloor on this CPU: {floor / 3600:,.0f} h"
               + (f"; the remembered op rates give {known / 3600:,.0f} h for the probed work"
                  if known else "") + ".\n")
+        if args.probe_rounds and label == PLANS[0][0]:
+            print_probed(rows, probed_ratios(rows, args.probe_rounds), total)
         print("| GPUs | " + " | ".join(f"at {100 * u:.0f} % of {args.peak_tflops:g} TFLOP/s"
                                         for u in utilisation) + " |")
         print("|---|" + "---|" * len(utilisation))

@@ -143,10 +143,10 @@ def colour_dataset(n=384, size=16, num_classes=3, seed=0):
 def trained_tiny():
     """A tiny ResNet v2 (depth 11, width 4) trained on colour_dataset: (model, x_test, y_test)."""
     import keras
-    from entangle.core import models, train
+    from entangle.core import models, seeding
 
     x, y = colour_dataset(1024)
-    with train.seeded(0):       # the caller's random state is restored afterwards
+    with seeding.seeded(0):       # the caller's random state is restored afterwards
         model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
         model.compile(keras.optimizers.Adam(3e-3),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),

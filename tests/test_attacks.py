@@ -444,12 +444,12 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from entangle.core import attacks, models, robustify, train
+from entangle.core import attacks, models, robustify, seeding
 from entangle.runtime import distribution
 rng = np.random.default_rng(0)
 x = rng.random((13, 16, 16, 3)).astype(np.float32)      # 13: the last batch splits unevenly
 y = rng.integers(0, 3, 13)
-with train.seeded(0):
+with seeding.seeded(0):
     model = models.resnet_v2(11, (16, 16, 3), 3, width=4)
 mirrored = distribution.get_strategy("mirrored", ("/cpu:0", "/cpu:1"))
 out = {}

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import sysconfig
 
+import numpy as np
+
 from conftest import ROOT
 
 
@@ -70,6 +72,26 @@ def test_flop_count_is_the_hand_count_and_the_plan_counts_each_kind_of_work():
     assert set(kinds) == {"train", "robustify"}
     train = kinds["train"]
     assert train["flops"] == 3 * train["forward"] * train["images"] > 0
+
+
+def test_flop_probes_time_each_kind_of_work_beside_its_own_floor(capsys):
+    """benchmarks/flops.py --probe_rounds: one ratio per kind of work and round, each against
+    the floor measured around it, and the plan's ratio weighted by the FLOPs."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import flops
+
+    rows = flops.plan_flops("smoke.cfg", "table", ["--dataset=cifar10", "--rows=standard",
+                                                   "--columns=0"], (64, 16))
+    ratios = flops.probed_ratios(rows, rounds=2, repeats=1, matmul_n=256)
+    assert set(ratios) == set(rows)
+    assert all(len(r) == 2 and all(np.isfinite(x) and x > 0 for x in r)
+               for r in ratios.values())
+    flops.print_probed(rows, ratios, sum(r["flops"] for r in rows.values()))
+    out = capsys.readouterr().out
+    total = sum(r["flops"] for r in rows.values())
+    plan = sum(np.median(ratios[s]) * r["flops"] / total for s, r in rows.items())
+    assert f"The plan at the probed rates: {plan:.2f}x its floor." in out
+    assert out.count("| train ") + out.count("| robustify ") == len(rows)
 
 
 def test_gpu_check_keeps_every_row_when_one_fails_or_times_out(tmp_path, monkeypatch):

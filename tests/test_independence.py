@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import smoke_flags
 
-from entangle.core import train, train_config
+from entangle.core import seeding, train, train_config
 from entangle.data import batching
 from entangle.flags import configs
 from entangle.store import training
@@ -40,7 +40,7 @@ def shared_starts(table) -> list:
     sp = table.exp.splits()
     built = {}
     for label, cfg in _trained_models(table):
-        with train.seeded(cfg.seed):
+        with seeding.seeded(cfg.seed):
             built[label] = (train.build_model(cfg, sp.train.image_shape, sp.train.num_classes),
                             batching.EpochPipeline(sp.train.x, sp.train.y, cfg.batch_size,
                                                    shuffle=True, seed=cfg.seed))

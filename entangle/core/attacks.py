@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from entangle.core import stand_ins
 from entangle.core.loop import cached_attack, check_bounds, check_budget, check_images, run_attack
 from entangle.core.norms import UNIT_BOUNDS, norm_of
 from entangle.core.objectives import (N_TARGETED_LOSSES, cross_entropy_objective, logits_fn,
@@ -76,6 +77,7 @@ def pgd(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
     bounds = check_bounds(bounds)
     check_budget(eps, steps, step_size, random_start)
     x = check_images(x, "x", bounds)
+    model = stand_ins.stand_in(model)
     y = _check_labels(y, "y", len(x), _num_classes(model))
     fn = cached_attack(
         [model], ("ce", bool(targeted), bool(random_start), bool(jit_compile), preprocess),
@@ -212,6 +214,7 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
                          f"num_images={len(x)}); got {targets.shape}")
     targets = np.stack([_check_labels(t, f"targets_per_model[{i}]", len(x), _num_classes(m))
                         for i, (t, m) in enumerate(zip(targets, models))], axis=1)
+    models = [stand_ins.stand_in(m, slot) for slot, m in enumerate(models)]
     make = (lambda: multi_model_objective(models)) if loss == "ce" else \
         (lambda: multi_margin_objective(models, kappa))
     fn = cached_attack(models, ("multi", loss, float(kappa), len(models), bool(random_start),

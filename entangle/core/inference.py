@@ -11,11 +11,12 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import tracing
+from entangle.core import stand_ins, tracing
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """float32 outputs of ``model`` (inference mode) on [0, 1] float or uint8 images."""
+    model = stand_ins.stand_in(model)
     predict = _predictor(model)
     out = []
     for i in range(0, len(x), batch_size):
@@ -63,9 +64,10 @@ def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -
     layers_ = [l for l in batch_norm_layers(model) if l.trainable]
     if not layers_:
         return 0
-    keep = tf.Variable(0.0, trainable=False, dtype=tf.float32)  # weight of the running average
+    twin = stand_ins.stand_in(model)
+    forward, keep = _bn_pass(twin)
+    layers_ = [l for l in batch_norm_layers(twin) if l.trainable]
     saved = [l.momentum for l in layers_]
-    forward = tf.function(lambda x: model(x, training=True), reduce_retracing=True)
     seen = 0
     try:
         for l in layers_:
@@ -81,7 +83,25 @@ def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -
     finally:
         for l, m in zip(layers_, saved):
             l.momentum = m
+    if twin is not model:
+        for mine, theirs in zip(model.weights, twin.weights):
+            mine.assign(theirs)
     return len(layers_) if seen else 0
+
+
+_BN_PASSES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _bn_pass(model):
+    """(training-mode forward pass, the weight of the running average its batch norms use
+    as momentum while it runs): traced once per model (per stand-in: once per
+    architecture), holding the model weakly."""
+    if model not in _BN_PASSES:
+        ref = weakref.ref(model)
+        keep = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        _BN_PASSES[model] = (tf.function(lambda x: ref()(x, training=True),
+                                         reduce_retracing=True), keep)
+    return _BN_PASSES[model]
 
 
 _PREDICTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

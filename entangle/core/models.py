@@ -6,6 +6,7 @@ attack budgets (L2 norms in the [0, 1] pixel scale) mean the same thing for ever
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Sequence
@@ -317,3 +318,18 @@ def victim(name: str, input_shape: Sequence[int] = (32, 32, 3), num_classes: int
     rep = layers.GlobalAveragePooling2D(name=REPRESENTATION_LAYER)(x)
     logits = layers.Dense(num_classes, name=LOGITS_LAYER, dtype="float32")(rep)
     return keras.Model(inputs, logits, name=key)
+
+
+def architecture_signature(model: keras.Model) -> str:
+    """The model's configuration as JSON with auto-generated names replaced by layer indices,
+    so two builds of one architecture match ('dense_3' vs 'dense_7')."""
+    index = {layer.name: f"#{i}" for i, layer in enumerate(model.layers)}
+
+    def clean(obj):
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if k != "name"}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return index.get(obj, obj) if isinstance(obj, str) else obj
+
+    return json.dumps(clean(model.get_config()), sort_keys=True, default=str)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from entangle.core import loop, models, norms, objectives
+from entangle.core import loop, models, norms, objectives, stand_ins
 
 # Bump when a change here alters the robustified images built from the same configuration.
 VERSION = 1
@@ -116,7 +116,7 @@ def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyC
     """
     from entangle import data
 
-    rep = _representation(model, cfg.layer)
+    rep = _representation(stand_ins.stand_in(model), cfg.layer)
     xf, x0f = data.to_float(x), data.to_float(x0)
     if xf.shape != x0f.shape:
         raise ValueError(f"x0 must have the shape of x {xf.shape}; got {x0f.shape}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -38,6 +39,20 @@ def training_attack(model, cfg: TrainConfig):
     """``pgd_training_attack`` with the training configuration's attack."""
     return pgd_training_attack(model, cfg.eps, cfg.attack_steps, cfg.attack_step,
                                cfg.attack_random_start, cfg.attack_start_radius)
+
+
+_TRAINING_ATTACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_training_attack(model, cfg: TrainConfig):
+    """``training_attack`` as one ``tf.function``, traced once per model and attack (per
+    stand-in: once per architecture), held weakly by the model."""
+    key = (cfg.eps, cfg.attack_steps, cfg.attack_step, cfg.attack_random_start,
+           cfg.attack_start_radius)
+    per_model = _TRAINING_ATTACKS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = tf.function(training_attack(model, cfg))
+    return per_model[key]
 
 
 def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):

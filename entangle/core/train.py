@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
 import time
 from typing import Callable
 
@@ -27,10 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import models, objectives, optimizers, tracing
+from entangle.core import models, objectives, optimizers, stand_ins, tracing
+from entangle.core.seeding import seeded
 from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
-from entangle.core.steps import (load_state, make_train_step, run_epoch, save_state,
-                                 training_attack)
+from entangle.core.steps import (compiled_training_attack, load_state, make_train_step,
+                                 run_epoch, save_state)
 from entangle.core.train_config import parse_arch, RuntimeOptions, TrainConfig
 from entangle.data import batching
 from entangle.runtime import preempt, progress
@@ -60,28 +60,6 @@ def dtype_policy(name: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """``keras.utils.set_random_seed(seed)`` inside the block; the caller's Python, NumPy,
-    TensorFlow and Keras seed state is restored afterwards, so nothing leaks."""
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-    from tensorflow.python.eager import context
-
-    saved = (random.getstate(), np.random.get_state(), context.global_seed(),
-             global_state.get_global_attribute("global_random_seed"),
-             global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR))
-    keras.utils.set_random_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        tf.random.set_seed(saved[2])
-        global_state.set_global_attribute("global_random_seed", saved[3])
-        global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, saved[4])
 
 
 def build_model(cfg: TrainConfig, input_shape, num_classes: int) -> keras.Model:
@@ -141,21 +119,6 @@ def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model
     return model
 
 
-def architecture_signature(model: keras.Model) -> str:
-    """The model's configuration as JSON with auto-generated names replaced by layer indices,
-    so two builds of one architecture match ('dense_3' vs 'dense_7')."""
-    index = {layer.name: f"#{i}" for i, layer in enumerate(model.layers)}
-
-    def clean(obj):
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items() if k != "name"}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        return index.get(obj, obj) if isinstance(obj, str) else obj
-
-    return json.dumps(clean(model.get_config()), sort_keys=True, default=str)
-
-
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
                        model_fn: ModelFn | keras.Model | None = None,
                        steps_per_epoch: int = 1):
@@ -194,7 +157,9 @@ def settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
     if cfg.bn_statistics == "moving" or not batch_norm_layers(model):
         return report
 
-    attack = tf.function(training_attack(model, cfg)) if cfg.eps > 0 else None
+    # the stand-in that recompute_bn_statistics updates batch by batch, as the model itself
+    attack = (compiled_training_attack(stand_ins.stand_in(model), cfg) if cfg.eps > 0
+              else None)
     augmented = cfg.bn_statistics == "recompute_augmented" and cfg.augment
 
     def batches():
@@ -306,9 +271,11 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
     replicas = strategy.num_replicas_in_sync
     _check_runtime(cfg, strategy, runtime, len(train))
     steps_per_epoch = len(train) // cfg.batch_size
-    model, optimizer = build_for_training(cfg, strategy, train.image_shape, train.num_classes,
-                                          model_fn, steps_per_epoch)
-    step = make_train_step(model, optimizer, cfg, strategy, runtime.jit_compile)
+    result_model, optimizer = build_for_training(cfg, strategy, train.image_shape,
+                                                 train.num_classes, model_fn, steps_per_epoch)
+    model, optimizer, step = _trainer(cfg, strategy, runtime.jit_compile, result_model,
+                                      optimizer, (train.image_shape, train.num_classes,
+                                                  model_fn, steps_per_epoch))
 
     state, best_weights = (load_state(checkpoint_dir, model, optimizer) if checkpoint_dir
                            else (None, None))
@@ -373,12 +340,53 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
     if cfg.early_stopping and best_weights is not None:
         model.set_weights(best_weights)
     inner.finalize_variable_values(model.trainable_variables)  # the weight average, if any
+    if model is not result_model:
+        for mine, theirs in zip(result_model.weights, model.weights):
+            mine.assign(theirs)
+        model = result_model
     metrics = {"epochs_run": len(history), "steps_per_epoch": steps_per_epoch,
                "final": history[-1] if history else {},
                "best_val": best, "train_seconds": sum(r["seconds"] for r in history),
                "batch_norm": settle_bn_statistics(cfg, model, train, runtime)}
     tb.close()
     return Fit(model, history, metrics, replicas, type(strategy).__name__)
+
+
+_TRAINERS: dict = {}     # what a train step depends on -> (model, optimizer, its train step)
+
+
+def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, build: tuple):
+    """(model, optimizer, compiled train step) to train with, starting from ``model``'s and
+    ``optimizer``'s state.
+
+    Why: tracing a train step and optimising its graph on the first call cost seconds per
+    model, more than a small model's training (docs/performance.md, "Tracing"). Models that
+    differ only in their seed (and data) run the same step, so under the default strategy
+    one model, optimizer and step per configuration serve them all in turn: the new model's
+    initial weights and optimizer state are copied in, and ``fit`` copies the trained weights
+    back out. The arithmetic is the same, bit for bit (``tests/test_train.py``). Anything
+    whose graph its configuration may not state (``stand_ins``) or that runs over replicas
+    trains as itself.
+    """
+    architecture = stand_ins.architecture(model)
+    if (architecture is None or strategy.num_replicas_in_sync > 1
+            or strategy is not tf.distribute.get_strategy()):
+        return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
+    key = (architecture, repr(dataclasses.replace(cfg, seed=0)), bool(jit_compile),
+           repr(build[0]), build[1], build[3])
+    if key not in _TRAINERS:
+        twin, twin_optimizer = build_for_training(cfg, strategy, *build)
+        _TRAINERS[key] = (twin, twin_optimizer,
+                          make_train_step(twin, twin_optimizer, cfg, strategy, jit_compile))
+    twin, twin_optimizer, step = _TRAINERS[key]
+    pairs = [*zip(twin.weights, model.weights), *zip(twin_optimizer.variables,
+                                                      optimizer.variables)]
+    if len(twin_optimizer.variables) != len(optimizer.variables) or any(
+            tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype for a, b in pairs):
+        return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
+    for mine, theirs in pairs:
+        mine.assign(theirs)
+    return twin, twin_optimizer, step
 
 
 def log_hparams(writer, cfg: TrainConfig) -> None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import keras
 
-from entangle.core import train
+from entangle.core import models, seeding, train
 from entangle.core.train import ModelFn
 from entangle.core.train_config import RuntimeOptions, TrainConfig
 from entangle.runtime.distribution import get_strategy, is_chief
@@ -93,9 +93,9 @@ def train_classifier(cfg: TrainConfig, train_set, val=None, store: Store | None 
                                       *((val.x, val.y) if val else ()))
     architecture = None
     if model_fn is not None:
-        with train.seeded(cfg.seed):
+        with seeding.seeded(cfg.seed):
             probe = train.user_model(model_fn, cfg)
-        architecture = train.architecture_signature(probe)
+        architecture = models.architecture_signature(probe)
         del probe
     key = model_key(store, cfg, data_key, train_set.num_classes, name, architecture)
     strategy = get_strategy(runtime.strategy, runtime.devices)
