@@ -90,3 +90,23 @@ def test_models_a_configuration_may_not_describe_are_used_as_themselves():
     assert stand_ins.stand_in(sub) is sub
     plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     assert stand_ins.stand_in(plain) is not plain
+
+
+def test_a_model_whose_layers_freeze_gets_the_stand_in_of_what_it_is_now():
+    """Which weights train is part of the architecture: a batch norm frozen after the first
+    use keeps its statistics through the recomputation, on the stand-in as on the model."""
+    a, _ = _pair()
+    x = np.random.default_rng(1).random((16, 16, 16, 3)).astype(np.float32)
+    first = stand_ins.stand_in(a)
+    frozen = inference.batch_norm_layers(a)[0]
+    frozen.trainable = False
+    kept = [w.numpy().copy() for w in frozen.weights]
+    assert stand_ins.stand_in(a) is not first
+    b = keras.models.clone_model(a)
+    b.set_weights(a.get_weights())
+    with stand_ins.disabled():
+        inference.recompute_bn_statistics(b, [x[:8], x[8:]])
+    inference.recompute_bn_statistics(a, [x[:8], x[8:]])
+    assert all(np.array_equal(w.numpy(), k) for w, k in zip(frozen.weights, kept))
+    for got, want in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(got, want)

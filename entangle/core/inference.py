@@ -84,8 +84,7 @@ def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -
         for l, m in zip(layers_, saved):
             l.momentum = m
     if twin is not model:
-        for mine, theirs in zip(model.weights, twin.weights):
-            mine.assign(theirs)
+        stand_ins.copy(model.weights, twin.weights)
     return len(layers_) if seen else 0
 
 

@@ -11,13 +11,14 @@ model's own, bit for bit (``tests/test_attacks.py``).
 Only models whose whole graph their configuration states get a stand-in: Keras functional
 or sequential models made of Keras' and entangle's own layers, with ordinary (not
 ``tf.distribute``) variables. Anything else, a user's own layer class included, is used as
-it is.
+it is. One thread at a time: a stand-in holds the weights of whichever model used it last.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 
 import keras
 import tensorflow as tf
@@ -28,6 +29,7 @@ from entangle.core.seeding import preserved_random_state
 _STAND_INS: dict = {}       # (architecture, slot) -> stand-in, or None: cannot be cloned
 _LOCK = threading.RLock()
 _ENABLED = [True]
+_ARCHITECTURES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _OWN_LAYERS = ("keras.", "entangle.")
 
 
@@ -47,9 +49,24 @@ def stand_in(model: keras.Model, slot: int = 0) -> keras.Model:
         twin = _STAND_INS[(key, slot)]
     if twin is None:
         return model
-    for mine, theirs in zip(twin.weights, model.weights):
-        mine.assign(theirs)
+    copy(twin.weights, model.weights)
     return twin
+
+
+def copy(destinations, sources) -> None:
+    """Assigns each of ``sources`` (variables) to its variable of ``destinations``, in one
+    traced function per list of shapes: 4x faster than one eager assign per variable, and
+    traced once for every pair of models of one architecture."""
+    def tf_variable(v):
+        return v.value if isinstance(v, keras.Variable) else v
+
+    _assign_all([tf_variable(v) for v in destinations], [tf_variable(v) for v in sources])
+
+
+@tf.function
+def _assign_all(destinations, sources):
+    for mine, theirs in zip(destinations, sources):
+        mine.assign(theirs)
 
 
 @contextlib.contextmanager
@@ -66,9 +83,19 @@ def disabled():
 
 def architecture(model: keras.Model):
     """What another model must share with ``model`` to compute its graph (a hashable key),
-    or None where the configuration may not say everything (or inside ``disabled``)."""
+    or None where the configuration may not say everything (or inside ``disabled``);
+    computed again only when which weights train changes (a configuration is a tenth of a
+    second at ResNet56v2)."""
     if not _ENABLED[0]:
         return None
+    trainable = tuple(w.trainable for w in model.weights)
+    known = _ARCHITECTURES.get(model)
+    if known is None or known[0] != trainable:
+        _ARCHITECTURES[model] = known = (trainable, _architecture(model))
+    return known[1]
+
+
+def _architecture(model: keras.Model):
     if type(model).__name__ not in ("Functional", "Sequential"):
         return None
     layers_ = list(model._flatten_layers(include_self=False))
@@ -93,7 +120,7 @@ def _clone(model: keras.Model):
     try:
         with preserved_random_state():
             twin = keras.models.clone_model(model)
-    except (NotImplementedError, TypeError, ValueError, KeyError):
+    except Exception:   # noqa: BLE001 - whatever stops a clone, the model serves as itself
         return None
     if [(tuple(a.shape), str(a.dtype)) for a in twin.weights] != \
             [(tuple(b.shape), str(b.dtype)) for b in model.weights]:

@@ -341,8 +341,7 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
         model.set_weights(best_weights)
     inner.finalize_variable_values(model.trainable_variables)  # the weight average, if any
     if model is not result_model:
-        for mine, theirs in zip(result_model.weights, model.weights):
-            mine.assign(theirs)
+        stand_ins.copy(result_model.weights, model.weights)
         model = result_model
     metrics = {"epochs_run": len(history), "steps_per_epoch": steps_per_epoch,
                "final": history[-1] if history else {},
@@ -384,8 +383,7 @@ def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, bu
     if len(twin_optimizer.variables) != len(optimizer.variables) or any(
             tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype for a, b in pairs):
         return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
-    for mine, theirs in pairs:
-        mine.assign(theirs)
+    stand_ins.copy([a for a, _ in pairs], [b for _, b in pairs])
     return twin, twin_optimizer, step
 
 
