@@ -368,23 +368,22 @@ def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, bu
     trains as itself.
     """
     architecture = stand_ins.architecture(model)
-    if (architecture is None or strategy.num_replicas_in_sync > 1
-            or strategy is not tf.distribute.get_strategy()):
-        return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
-    key = (architecture, repr(dataclasses.replace(cfg, seed=0)), bool(jit_compile),
-           repr(build[0]), build[1], build[3])
-    if key not in _TRAINERS:
-        twin, twin_optimizer = build_for_training(cfg, strategy, *build)
-        _TRAINERS[key] = (twin, twin_optimizer,
-                          make_train_step(twin, twin_optimizer, cfg, strategy, jit_compile))
-    twin, twin_optimizer, step = _TRAINERS[key]
-    pairs = [*zip(twin.weights, model.weights), *zip(twin_optimizer.variables,
-                                                      optimizer.variables)]
-    if len(twin_optimizer.variables) != len(optimizer.variables) or any(
-            tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype for a, b in pairs):
-        return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
-    stand_ins.copy([a for a, _ in pairs], [b for _, b in pairs])
-    return twin, twin_optimizer, step
+    if (architecture is not None and strategy.num_replicas_in_sync == 1
+            and strategy is tf.distribute.get_strategy()):
+        key = (architecture, repr(dataclasses.replace(cfg, seed=0)), bool(jit_compile),
+               repr(build[0]), build[1], build[3])
+        if key not in _TRAINERS:
+            twin, twin_optimizer = build_for_training(cfg, strategy, *build)
+            _TRAINERS[key] = (twin, twin_optimizer,
+                              make_train_step(twin, twin_optimizer, cfg, strategy, jit_compile))
+        twin, twin_optimizer, step = _TRAINERS[key]
+        mine = [*twin.weights, *twin_optimizer.variables]
+        theirs = [*model.weights, *optimizer.variables]
+        if len(mine) == len(theirs) and all(tuple(a.shape) == tuple(b.shape) and
+                                            a.dtype == b.dtype for a, b in zip(mine, theirs)):
+            stand_ins.copy(mine, theirs)
+            return twin, twin_optimizer, step
+    return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
 
 
 def log_hparams(writer, cfg: TrainConfig) -> None:
