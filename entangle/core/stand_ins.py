@@ -6,7 +6,7 @@ and robustification each trace a graph per model and have it optimised on its fi
 At test and quick sizes that costs more than the arithmetic (docs/performance.md,
 "Tracing"). Two models built from one configuration compute the same graph, so the traces
 of one serve the other; copying the weights costs a few milliseconds. The outputs are the
-model's own, bit for bit (``tests/test_attacks.py``).
+model's own, bit for bit (``tests/test_stand_ins.py``).
 
 Only models whose whole graph their configuration states get a stand-in: Keras functional
 or sequential models made of Keras' and entangle's own layers, with ordinary (not
