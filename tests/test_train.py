@@ -1,4 +1,5 @@
 import dataclasses
+import glob
 import json
 import os
 import textwrap
@@ -90,6 +91,32 @@ def test_standard_training_learns_and_is_cached(planted, tmp_path, capsys):
     assert same.cached and same.key == trained.key
     with pytest.raises(TypeError, match="tf.data.Dataset"):
         training.train_classifier(TINY, tr.x, te, store, runtime=QUIET)
+
+
+def test_a_stored_model_is_read_once_per_process_and_a_damaged_file_never_served(
+        planted, tmp_path, monkeypatch):
+    """A model trained here is not read back, a stored one is read once, and a damaged
+    ``.keras`` file is caught by the store, not hidden by the copy in memory."""
+    tr, te = planted
+    reads = []
+    real = keras.models.load_model
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: reads.append(a) or real(*a, **k))
+    store = Store(str(tmp_path))
+    cfg = dataclasses.replace(TINY, epochs=1)
+    trained = training.train_classifier(cfg, tr, None, store, runtime=QUIET)
+    for _ in range(2):
+        again = training.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
+        assert again.cached and again.model is trained.model and reads == []
+    training._MODELS.clear()                     # as a new process: read once, then kept
+    first = training.train_classifier(cfg, tr, None, store, runtime=QUIET).model
+    assert training.train_classifier(cfg, tr, None, store, runtime=QUIET).model is first
+    assert len(reads) == 1
+    np.testing.assert_array_equal(inference.predict_logits(first, te.x),
+                                  inference.predict_logits(trained.model, te.x))
+    flip_byte(os.path.join(store.path(training.MODEL_KIND, trained.key), "model.keras"))
+    rebuilt = training.train_classifier(cfg, tr, None, store, runtime=QUIET)
+    assert not rebuilt.cached and rebuilt.model is not first
+    assert glob.glob(os.path.join(str(tmp_path), training.MODEL_KIND, f".{trained.key}.corrupt-*"))
 
 
 def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp_path):
