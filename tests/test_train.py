@@ -107,7 +107,7 @@ def test_a_stored_model_is_read_once_per_process_and_a_damaged_file_never_served
     for _ in range(2):
         again = training.train_classifier(cfg, tr, None, Store(str(tmp_path)), runtime=QUIET)
         assert again.cached and again.model is trained.model and reads == []
-    training._MODELS.clear()                     # as a new process: read once, then kept
+    training.forget_models()                     # as a new process: read once, then kept
     first = training.train_classifier(cfg, tr, None, store, runtime=QUIET).model
     assert training.train_classifier(cfg, tr, None, store, runtime=QUIET).model is first
     assert len(reads) == 1
@@ -117,6 +117,10 @@ def test_a_stored_model_is_read_once_per_process_and_a_damaged_file_never_served
     rebuilt = training.train_classifier(cfg, tr, None, store, runtime=QUIET)
     assert not rebuilt.cached and rebuilt.model is not first
     assert glob.glob(os.path.join(str(tmp_path), training.MODEL_KIND, f".{trained.key}.corrupt-*"))
+    for i in range(training.MODELS_KEPT + 1):    # bounded: the oldest goes first
+        training._remember(("elsewhere", i, ""), first)
+    assert len(training._MODELS) == training.MODELS_KEPT
+    assert ("elsewhere", 0, "") not in training._MODELS
 
 
 def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp_path):
@@ -493,6 +497,7 @@ def test_training_leaks_no_global_state_and_frees_its_model(planted, tmp_path):
     inference.accuracy(trained.model, tr.x[:64], tr.y[:64])
     ref = weakref.ref(trained.model)
     del trained
+    training.forget_models()        # the store's models kept in memory, a bounded cache
     gc.collect()
     assert ref() is None
     np.random.set_state(saved_np)

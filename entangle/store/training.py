@@ -65,6 +65,11 @@ _MODELS: collections.OrderedDict = collections.OrderedDict()
 MODELS_KEPT = 16
 
 
+def forget_models() -> None:
+    """Lets go of every model kept in memory (a later request reads its file again)."""
+    _MODELS.clear()
+
+
 def _remember(ident: tuple, model: keras.Model) -> keras.Model:
     _MODELS[ident] = model
     _MODELS.move_to_end(ident)
