@@ -121,6 +121,7 @@ def test_a_stored_model_is_read_once_per_process_and_a_damaged_file_never_served
         training._remember(("elsewhere", i, ""), first)
     assert len(training._MODELS) == training.MODELS_KEPT
     assert ("elsewhere", 0, "") not in training._MODELS
+    training.forget_models()                     # the next test on this worker starts empty
 
 
 def test_adversarial_training_is_robust_and_uses_the_robust_pattern(planted, tmp_path):
