@@ -52,6 +52,7 @@ def test_learning_rate_schedules():
 @pytest.mark.parametrize("field,value,match", [
     ("eps", -0.1, "eps"), ("batch_size", 0, "batch_size"), ("lr_decay", "exp", "lr_decay"),
     ("arch", "resnet12v2", "arch"), ("precision", "int8", "precision"),
+    ("optimizer", "rmsprop", "optimizer"),
 ])
 def test_bad_config(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -576,6 +577,19 @@ def test_weight_averaging_replaces_the_weights_and_still_learns(planted, tmp_pat
     assert not np.allclose(ema.model.get_weights()[0], plain.model.get_weights()[0])
     with pytest.raises(ValueError, match="ema"):
         dataclasses.replace(TINY, ema=0.9, early_stopping=True)
+
+
+def test_sgd_is_nesterov_momentum_learns_and_is_keyed_apart_from_adam(planted):
+    tr, te = planted
+    assert "optimizer" not in TINY.key_fields()     # Adam's keys are those it always had
+    sgd = dataclasses.replace(TINY, optimizer="sgd", learning_rate=0.05)
+    assert sgd.key_fields()["optimizer"] == "sgd"
+    _, optimizer = train.build_for_training(sgd, tf.distribute.get_strategy(), tr.image_shape,
+                                            tr.num_classes)
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.momentum == 0.9 and optimizer.nesterov
+    fitted = train.fit(sgd, tr, runtime=QUIET)
+    assert inference.accuracy(fitted.model, te.x, te.y) > 0.7
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])

@@ -1,4 +1,4 @@
-"""One training loop for every classifier of the paper: Adam, standard or Madry adversarial.
+"""One training loop for every classifier of the paper, standard or Madry adversarial.
 
 ``fit`` builds the model inside a ``tf.distribute`` strategy scope, runs one compiled step
 per global batch through ``strategy.run`` (PGD on the batch first when eps > 0, with the
@@ -122,18 +122,23 @@ def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
                        model_fn: ModelFn | keras.Model | None = None,
                        steps_per_epoch: int = 1):
-    """(model, Adam) created in ``strategy.scope()``, seeded, the optimizer built eagerly,
-    its learning rate ``lr_schedule(cfg, steps_per_epoch)`` and its weight average ``cfg.ema``.
+    """(model, optimizer) created in ``strategy.scope()``, seeded: ``cfg.optimizer`` (Adam, or
+    SGD with Nesterov momentum 0.9) built eagerly, its learning rate ``lr_schedule(cfg,
+    steps_per_epoch)`` and its weight average ``cfg.ema``.
 
-    Building Adam eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
+    Building the optimizer eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
     value for placeholder" failure of custom steps under MirroredStrategy (keras issue 23085).
     The seed is set for the build only; the caller's random state is left as it was.
     """
     with seeded(cfg.seed), strategy.scope():
         model = (build_model(cfg, input_shape, num_classes) if model_fn is None
                  else user_model(model_fn, cfg))
-        optimizer = optimizers.Adam(learning_rate=lr_schedule(cfg, steps_per_epoch),
-                                   use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+        schedule = lr_schedule(cfg, steps_per_epoch)
+        average = dict(use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
+        optimizer = (optimizers.Adam(learning_rate=schedule, **average)
+                     if cfg.optimizer == "adam" else
+                     keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True,
+                                          **average))
         if cfg.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)

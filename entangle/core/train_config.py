@@ -14,6 +14,7 @@ from entangle.core import models
 
 
 LR_DECAYS = ("none", "step", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -41,6 +42,8 @@ class TrainConfig:
     batch_size: int = 200             # global batch
     epochs: int = 100
     learning_rate: float = 1e-3
+    # "adam": the paper's (Keras' CIFAR ResNet example); "sgd": momentum 0.9, Nesterov.
+    optimizer: str = "adam"
     lr_decay: str = "step"
     # Fraction of the training steps spent warming the learning rate up linearly from 0
     # (cosine and none only).
@@ -77,6 +80,8 @@ class TrainConfig:
         check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer,
+              f"one of {OPTIMIZERS}")
         check(self.lr_decay in LR_DECAYS, "lr_decay", self.lr_decay, f"one of {LR_DECAYS}")
         check(0.0 <= self.lr_warmup < 1.0, "lr_warmup", self.lr_warmup, "in [0, 1)")
         check(not (self.lr_warmup and self.lr_decay == "step"), "lr_warmup", self.lr_warmup,
@@ -124,6 +129,8 @@ class TrainConfig:
                 drop.add("attack_start_radius")
         if not self.early_stopping:
             drop.add("patience")
+        if self.optimizer == "adam":         # keys from before the field existed
+            drop.add("optimizer")
         drop |= ({"width", "weight_decay", "pooling", "bn_momentum", "zero_init_residual"}
                  if self.is_victim
                  else {"pretrained", "input_size"})

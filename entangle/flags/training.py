@@ -18,7 +18,10 @@ def define_train_flags(fv=FLAGS):
     flags.DEFINE_string("batch_size", "200", "Global batch size per kind.", flag_values=fv)
     flags.DEFINE_string("epochs", "100", "Epochs per kind (an upper bound with early stopping).",
                         flag_values=fv)
-    flags.DEFINE_string("learning_rate", "1e-3", "Adam learning rate per kind.", flag_values=fv)
+    flags.DEFINE_string("learning_rate", "1e-3", "Learning rate per kind.", flag_values=fv)
+    flags.DEFINE_enum("optimizer", "adam", list(train_config.OPTIMIZERS),
+                      "adam: the paper's (Keras defaults, beta 0.9/0.999); sgd: momentum 0.9, "
+                      "Nesterov, on --learning_rate and its schedule.", flag_values=fv)
     flags.DEFINE_enum("lr_decay", "step", list(train_config.LR_DECAYS),
                       "Learning-rate schedule (see entangle.core.train.learning_rate_at).",
                       flag_values=fv)
