@@ -126,8 +126,9 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     SGD with Nesterov momentum 0.9) built eagerly, its learning rate ``lr_schedule(cfg,
     steps_per_epoch)`` and its weight average ``cfg.ema``.
 
-    Building the optimizer eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must feed a
-    value for placeholder" failure of custom steps under MirroredStrategy (keras issue 23085).
+    Building the optimizer eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must
+    feed a value for placeholder" failure of custom steps under MirroredStrategy (keras issue
+    23085).
     The seed is set for the build only; the caller's random state is left as it was.
     """
     with seeded(cfg.seed), strategy.scope():

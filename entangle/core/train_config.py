@@ -129,7 +129,7 @@ class TrainConfig:
                 drop.add("attack_start_radius")
         if not self.early_stopping:
             drop.add("patience")
-        if self.optimizer == "adam":         # keys from before the field existed
+        if self.optimizer == "adam":    # the default stays out of the key: stored Adam models match
             drop.add("optimizer")
         drop |= ({"width", "weight_decay", "pooling", "bn_momentum", "zero_init_residual"}
                  if self.is_victim
