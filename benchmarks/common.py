@@ -1,11 +1,15 @@
-"""Shared by the benchmarks: TensorFlow speed defaults (set before it loads), timing, the
-machine's matmul rate and a model's forward FLOPs."""
+"""Shared by the benchmarks: TensorFlow speed defaults (set before it loads), the CIFAR
+copy's path, timing, the machine's matmul rate and a model's forward FLOPs."""
 
 import functools
 import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# the offline CIFAR-10 JPEG copy beside the project (../shared/data/README.md)
+CIFAR_COPY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                          "data", "cifar10-jpeg")
 
 import statistics  # noqa: E402
 import time  # noqa: E402

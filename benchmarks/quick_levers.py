@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (TensorFlow speed defaults, before it loads)
+import common  # noqa: E402  (TensorFlow speed defaults, before it loads)
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -27,8 +27,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "cifar10-jpeg")
+DATA = common.CIFAR_COPY
 # The quick flagfile's standard model (flags/cifar10_quick.cfg), the baseline of every lever.
 QUICK = dict(arch="resnet11v2", width=16, batch_size=64, epochs=5, learning_rate=3e-3,
              lr_decay="cosine", augment=True, pooling="keras_example", bn_momentum=0.9,

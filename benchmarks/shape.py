@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (TensorFlow speed defaults, before it loads)
+import common  # noqa: E402  (TensorFlow speed defaults, before it loads)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -26,8 +26,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "cifar10-jpeg")
+DATA = common.CIFAR_COPY
 
 
 def pairs(text: str) -> dict:

@@ -18,12 +18,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402,F401  (TensorFlow speed defaults, before it loads)
+import common  # noqa: E402  (TensorFlow speed defaults, before it loads)
+import quick_levers  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "cifar10-jpeg")
 MODES = ("today", "keras_adam", "exact_batch")
 
 
@@ -39,9 +38,7 @@ def run(mode: str, out: str, data: str):
         tracing.any_batch = lambda fn, *args: fn
     tr = data_lib.load_dataset(f"folder:{data}", "train", limit=10000, seed=0, verbose=False)
     te = data_lib.load_dataset(f"folder:{data}", "test", limit=500, seed=0, verbose=False)
-    cfg = train.TrainConfig(arch="resnet11v2", width=16, batch_size=64, epochs=1,
-                            learning_rate=3e-3, lr_decay="cosine", pooling="keras_example",
-                            bn_momentum=0.9, bn_statistics="recompute")
+    cfg = train.TrainConfig(**{**quick_levers.QUICK, "epochs": 1})
     fitted = train.fit(cfg, tr, runtime=train.RuntimeOptions(verbose=False))
     x = te.float_images()
     adv = attacks.pgd_l2(fitted.model, x[:200], te.y[:200], eps=0.25, steps=5, step_size=0.1,
@@ -78,7 +75,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         files = {m: os.path.join(tmp, f"{m}.npz") for m in MODES}
         for mode in MODES:
-            subprocess.run([sys.executable, __file__, mode, files[mode], DATA], check=True)
+            subprocess.run([sys.executable, __file__, mode, files[mode], common.CIFAR_COPY],
+                           check=True)
         compare(files)
 
 
