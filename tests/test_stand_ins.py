@@ -43,7 +43,8 @@ def test_models_of_one_architecture_share_traces_and_keep_their_own_outputs():
     assert not np.array_equal(own[0][0], own[1][0])         # the two models do differ
     twin = stand_ins.stand_in(a)
     assert twin is stand_ins.stand_in(b) and twin is not a
-    assert inference._predictor(twin).experimental_get_tracing_count() == 1
+    # batches of 8 and 3: the exact shape and one relaxed trace, shared by both models
+    assert inference._predictor(twin).experimental_get_tracing_count() == 2
     assert all(np.array_equal(w.numpy(), v) for w, v in zip(a.weights, before))
     # multi-model attacks give each model a slot of its own
     t = rng.integers(0, 3, (2, 11))

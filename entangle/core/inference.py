@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import stand_ins, tracing
+from entangle.core import stand_ins
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
@@ -21,7 +21,7 @@ def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> 
     out = []
     for i in range(0, len(x), batch_size):
         xb = tf.constant(data.to_float(x[i:i + batch_size]))
-        out.append(tracing.any_batch(predict, xb)(xb).numpy())
+        out.append(predict(xb).numpy())
     return (np.concatenate(out).astype(np.float32) if out
             else np.zeros((0, int(model.output_shape[-1])), np.float32))
 
@@ -78,7 +78,7 @@ def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -
                 continue
             keep.assign(seen / (seen + n))
             xb = tf.constant(data.to_float(np.asarray(xb)))
-            tracing.any_batch(forward, xb)(xb)
+            forward(xb)
             seen += n
     finally:
         for l, m in zip(layers_, saved):

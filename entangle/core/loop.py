@@ -24,7 +24,6 @@ import tensorflow as tf
 from entangle import data
 from entangle.core.norms import (NORM_FLOOR, NORMS, STEP_SCHEDULES, UNIT_BOUNDS, Norm, clip_to,
                                  norm_of, step_at)
-from entangle.core import tracing
 from entangle.core.objectives import Objective
 from entangle.runtime import preempt, progress
 
@@ -267,7 +266,7 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
             xb = tf.constant(x[sl], tf.float32)
             start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
             args = (xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t, seed_b)
-            out[sl] = tracing.any_batch(fn, *args)(*args).numpy()
+            out[sl] = fn(*args).numpy()
         bar.update(sl.stop, finalize=sl.stop == n)
         if sl.stop < n:
             preempt.check("in an attack (the current chunk will be redone)")

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import models, objectives, optimizers, stand_ins, tracing
+from entangle.core import models, objectives, optimizers, stand_ins
 from entangle.core.seeding import seeded
 from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
 from entangle.core.steps import (compiled_training_attack, load_state, make_train_step,
@@ -177,7 +177,7 @@ def settle_bn_statistics(cfg: TrainConfig, model, train: data.Dataset,
                 x = batching.augment_batch(tf.constant(x), seed + [0, 1]).numpy()
             if attack is not None:   # the training attack itself, as the last epoch saw it
                 args = (tf.constant(x), tf.constant(train.y[part], tf.int32), seed)
-                x = tracing.any_batch(attack, *args)(*args).numpy()
+                x = attack(*args).numpy()
             yield x
 
     recompute_bn_statistics(model, batches())
