@@ -27,40 +27,27 @@ import numpy as np  # noqa: E402
 MODES = ("today", "keras_adam", "unknown_batch")
 
 
-class _UnknownBatch:
-    """TensorFlow, except that a ``tf.function`` is traced on its first call with axis 0 of
-    every non-scalar argument unknown, so that every later batch size reuses that trace."""
+def _unknown_batch(self, *args, owner=None):
+    """``tracing.Traced.__call__`` as the withdrawn change had it: one trace with axis 0 of
+    every non-scalar argument unknown, whatever the shapes."""
+    import tensorflow as tf
 
-    def __getattr__(self, name):
-        import tensorflow as tf
-
-        return getattr(tf, name)
-
-    @staticmethod
-    def function(fn, **kwargs):
-        import tensorflow as tf
-
-        traced = tf.function(fn, **kwargs)
-
-        def call(*args):
-            if not traced.experimental_get_tracing_count():
-                traced.get_concrete_function(*[
-                    tf.TensorSpec([None, *a.shape[1:]] if a.shape.rank else a.shape, a.dtype)
-                    for a in map(tf.convert_to_tensor, args)])
-            return traced(*args)
-        return call
+    args = [tf.convert_to_tensor(a) for a in args]
+    return self.relaxed.get_concrete_function(*[
+        tf.TensorSpec([None, *a.shape[1:]] if a.shape.rank else a.shape, a.dtype)
+        for a in args])(*args)
 
 
 def run(mode: str, out: str, data: str):
     import keras
 
     from entangle import data as data_lib
-    from entangle.core import attacks, inference, loop, train
+    from entangle.core import attacks, inference, tracing, train
 
     if mode == "keras_adam":
         train.optimizers.Adam = keras.optimizers.Adam
     elif mode == "unknown_batch":   # the forward, batch-norm and attack passes
-        inference.tf = loop.tf = _UnknownBatch()
+        tracing.Traced.__call__ = _unknown_batch
     tr = data_lib.load_dataset(f"folder:{data}", "train", limit=10000, seed=0, verbose=False)
     te = data_lib.load_dataset(f"folder:{data}", "test", limit=500, seed=0, verbose=False)
     cfg = train.TrainConfig(**{**quick_levers.QUICK, "epochs": 1})

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One user cache for the whole run, shared by pytest-xdist's workers: probes of an op are
@@ -53,8 +54,11 @@ def built_once(tmp_path_factory, name: str, build) -> tuple:
     done = folder.parent / f"{name}.out"
     # an flock, not the store's own locks: this guards the fixture's whole build and its text
     with open(folder.parent / f"{name}.lock", "w") as lock:
+        asked = time.time()
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
+        if done.exists():
+            _timeline("wait", name, asked, time.time())
+        else:
             text = build(folder)
             done.with_suffix(".partial").write_text(text)
             os.replace(done.with_suffix(".partial"), done)
@@ -109,6 +113,23 @@ def run_binary(binary, *args, env=None, timeout=600, check=False, fresh=False):
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+def _timeline(kind: str, name: str, start: float, end: float):
+    """One line of the run's timeline (``benchmarks/suite_timeline.py``): which worker spent
+    [start, end] on what. Written only when $ENTANGLE_TEST_TIMELINE names a file."""
+    path = os.environ.get("ENTANGLE_TEST_TIMELINE")
+    if path:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(path, "a") as f:   # one short append per line: workers do not interleave
+            f.write(f"{worker}\t{kind}\t{name}\t{start:.3f}\t{end:.3f}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.time()
+    yield
+    _timeline("test", item.nodeid, start, time.time())
 
 
 def pytest_sessionfinish(session, exitstatus):

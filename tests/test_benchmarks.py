@@ -154,3 +154,32 @@ def test_attack_batch_benchmark_runs_at_toy_size():
         cells = row.strip(" |").split(" | ")[2:]
         assert len(cells) == 2 and cells[-1].endswith("(1.00x)")
         assert all(float(c.split()[0]) > 0 for c in cells)
+
+
+def test_suite_timeline_records_each_test_and_counts_waits_and_idle_ends(tmp_path):
+    """The suite's timeline: the conftest hook writes one line per test it runs, and
+    benchmarks/suite_timeline.py counts a worker's wait on another's smoke store and its idle
+    end as lost worker-seconds."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import suite_timeline
+
+    path = tmp_path / "timeline.tsv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-o", "addopts=",
+         "tests/test_stats.py::test_mcnemar_exact_matches_a_hand_computed_case",
+         "tests/test_stats.py::test_holm_keeps_and_rejects_as_it_should"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+             "ENTANGLE_TEST_TIMELINE": str(path)})
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    rows = suite_timeline.read(str(path))
+    assert [(r[0], r[1], r[2].split("::")[1]) for r in rows] == [
+        ("main", "test", "test_mcnemar_exact_matches_a_hand_computed_case"),
+        ("main", "test", "test_holm_keeps_and_rejects_as_it_should")]
+    assert all(r[3] <= r[4] for r in rows) and rows[0][4] <= rows[1][3]
+    # two workers over [0, 100]: gw1 waited 30 s inside its test and ended 40 s early
+    made = [("gw0", "test", "a.py::x", 0, 100), ("gw1", "test", "a.py::y", 0, 60),
+            ("gw1", "wait", "smoke", 10, 40)]
+    text = suite_timeline.summarise(made)
+    assert "worker-seconds: 200; waiting or idle: 70 (35 %)" in text
+    assert "gw1: 1 tests, 60 s in tests, of which 30 s waiting" in text

@@ -634,24 +634,36 @@ def test_our_adam_updates_exactly_as_keras_adam(policy):
                               .get_weights()[0])      # it did train
 
 
-def test_inference_and_attacks_trace_full_batches_exactly_and_other_sizes_once(trained_tiny):
-    """Batches of 64, 64 and 2 images (and a later call's 30) run on two traces of the
-    model's forward pass, and two of the attack loop: the full batches on their exact shape,
-    whose summation order the published tables were computed with (oneDNN sums a pass with
-    an unknown batch axis in another order), and every other size on one relaxed trace."""
-    from entangle.core import loop, objectives, stand_ins
+def test_a_models_outputs_do_not_depend_on_what_ran_before_it():
+    """Models of one architecture share their traces (stand-ins), and oneDNN sums a pass
+    traced on a batch's exact shape in another order than a relaxed one. Each call is traced
+    as the model's own function would be (``tracing``): the exact shape of the model's first
+    batch, one relaxed trace for every other size. So a model's logits, attacks and
+    recomputed batch-norm statistics are bit for bit its own even after another model of its
+    architecture ran on other batch sizes."""
+    from entangle.core import attacks, models, seeding, stand_ins
 
-    model, x, y = trained_tiny
-    x = x[:130]
-    inference.predict(model, x, batch_size=64)
-    inference.predict(model, x[:30], batch_size=64)
-    # the traces are the stand-in's, which every ResNet11v2 of this shape shares
-    predictor = inference._predictor(stand_ins.stand_in(model))
-    assert predictor.experimental_get_tracing_count() == 2
-    shapes = {tuple(c.structured_input_signature[0][0].shape)
-              for c in predictor._list_all_concrete_functions()}
-    assert shapes == {(64, *x.shape[1:]), (None, *x.shape[1:])}
-    fn = loop.compile_attack(objectives.cross_entropy_objective(model, targeted=False))
-    loop.run_attack(fn, x, y[:130], eps=0.5, steps=2, step_size=0.25, batch_size=64)
-    loop.run_attack(fn, x[:30], y[:30], eps=0.25, steps=2, step_size=0.1, batch_size=64)
-    assert fn.experimental_get_tracing_count() == 2
+    rng = np.random.default_rng(3)
+    x = rng.random((130, 16, 16, 3)).astype(np.float32)     # batches of 100 and 30
+    y = rng.integers(0, 3, 130)
+    with seeding.seeded(11):
+        a, b = (models.resnet_v2(11, (16, 16, 3), 3, width=4) for _ in range(2))
+    initial = a.get_weights()
+
+    def outputs(m, batch):
+        logits = inference.predict_logits(m, x, batch_size=batch)
+        adv = attacks.pgd_l2(m, x, y, eps=0.5, steps=3, step_size=0.25, batch_size=batch,
+                             verbose=False)
+        inference.recompute_bn_statistics(m, (x[i:i + batch] for i in range(0, 130, batch)))
+        return [logits, adv, *m.get_weights()]
+
+    with stand_ins.disabled():
+        alone = outputs(a, 100)
+    own = inference._predictor(a)                       # a's own: its exact 100, one relaxed
+    assert [c.structured_input_signature[0][0].shape[0]
+            for f in (own.exact, own.relaxed) for c in f._list_all_concrete_functions()] == \
+        [100, None]
+    a.set_weights(initial)
+    outputs(b, 50)            # the shared traces now hold b's exact 50 and a relaxed one
+    for got, want in zip(outputs(a, 100), alone):
+        np.testing.assert_array_equal(got, want)

@@ -77,15 +77,15 @@ def pgd(model: keras.Model, x, y, *, eps: float, steps: int, step_size: float,
     bounds = check_bounds(bounds)
     check_budget(eps, steps, step_size, random_start)
     x = check_images(x, "x", bounds)
-    model = stand_ins.stand_in(model)
-    y = _check_labels(y, "y", len(x), _num_classes(model))
+    twin = stand_ins.stand_in(model)
+    y = _check_labels(y, "y", len(x), _num_classes(twin))
     fn = cached_attack(
-        [model], ("ce", bool(targeted), bool(random_start), bool(jit_compile), preprocess),
-        lambda: with_preprocessing(cross_entropy_objective(model, targeted), preprocess),
+        [twin], ("ce", bool(targeted), bool(random_start), bool(jit_compile), preprocess),
+        lambda: with_preprocessing(cross_entropy_objective(twin, targeted), preprocess),
         random_start, jit_compile, norm=geometry, bounds=bounds)
     return run_attack(fn, x, y, eps=eps, steps=steps, step_size=step_size,
                       random_start=random_start, batch_size=batch_size, seed=seed,
-                      verbose=verbose, out=out, strategy=strategy, bounds=bounds)
+                      verbose=verbose, out=out, strategy=strategy, bounds=bounds, owner=model)
 
 
 def pgd_l2(model: keras.Model, x, y, **kwargs) -> np.ndarray:
@@ -214,6 +214,7 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
                          f"num_images={len(x)}); got {targets.shape}")
     targets = np.stack([_check_labels(t, f"targets_per_model[{i}]", len(x), _num_classes(m))
                         for i, (t, m) in enumerate(zip(targets, models))], axis=1)
+    owner = models[0]
     models = [stand_ins.stand_in(m, slot) for slot, m in enumerate(models)]
     make = (lambda: multi_model_objective(models)) if loss == "ce" else \
         (lambda: multi_margin_objective(models, kappa))
@@ -222,7 +223,7 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
     if not first_hit:
         return run_attack(fn, x, targets, eps=eps, steps=steps, step_size=step_size,
                           random_start=random_start, batch_size=batch_size, seed=seed,
-                          verbose=verbose)
+                          verbose=verbose, owner=owner)
     if random_start:
         raise ValueError("first_hit runs the loop step by step: no random start")
     hit = np.full((len(models), len(x)), -1, np.int64)
@@ -230,7 +231,7 @@ def multi_targeted_pgd_l2(models: Sequence[keras.Model], x, targets_per_model, *
     x_adv = x.astype(np.float32)
     for step in range(1, steps + 1):
         x_adv = run_attack(fn, x, targets, x0=x_adv, eps=eps, steps=1, step_size=step_size,
-                           batch_size=batch_size, seed=seed, verbose=False)
+                           batch_size=batch_size, seed=seed, verbose=False, owner=owner)
         for i, forward in enumerate(forwards):
             now = _predict_classes(forward, x_adv, batch_size) == targets[:, i]
             hit[i][(hit[i] < 0) & now] = step

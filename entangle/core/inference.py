@@ -11,17 +11,16 @@ import numpy as np
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import stand_ins
+from entangle.core import stand_ins, tracing
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """float32 outputs of ``model`` (inference mode) on [0, 1] float or uint8 images."""
-    model = stand_ins.stand_in(model)
-    predict = _predictor(model)
+    predict = _predictor(stand_ins.stand_in(model))
     out = []
     for i in range(0, len(x), batch_size):
         xb = tf.constant(data.to_float(x[i:i + batch_size]))
-        out.append(predict(xb).numpy())
+        out.append(predict(xb, owner=model).numpy())
     return (np.concatenate(out).astype(np.float32) if out
             else np.zeros((0, int(model.output_shape[-1])), np.float32))
 
@@ -78,7 +77,7 @@ def recompute_bn_statistics(model: keras.Model, batches: Iterable[np.ndarray]) -
                 continue
             keep.assign(seen / (seen + n))
             xb = tf.constant(data.to_float(np.asarray(xb)))
-            forward(xb)
+            forward(xb, owner=model)
             seen += n
     finally:
         for l, m in zip(layers_, saved):
@@ -98,8 +97,7 @@ def _bn_pass(model):
     if model not in _BN_PASSES:
         ref = weakref.ref(model)
         keep = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-        _BN_PASSES[model] = (tf.function(lambda x: ref()(x, training=True),
-                                         reduce_retracing=True), keep)
+        _BN_PASSES[model] = (tracing.Traced(lambda x: ref()(x, training=True)), keep)
     return _BN_PASSES[model]
 
 
@@ -111,6 +109,6 @@ def _predictor(model):
     so that ``del model`` frees it."""
     if model not in _PREDICTORS:
         ref = weakref.ref(model)
-        _PREDICTORS[model] = tf.function(lambda x: tf.cast(ref()(x, training=False),
-                                                           tf.float32), reduce_retracing=True)
+        _PREDICTORS[model] = tracing.Traced(lambda x: tf.cast(ref()(x, training=False),
+                                                              tf.float32))
     return _PREDICTORS[model]

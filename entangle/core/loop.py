@@ -24,6 +24,7 @@ import tensorflow as tf
 from entangle import data
 from entangle.core.norms import (NORM_FLOOR, NORMS, STEP_SCHEDULES, UNIT_BOUNDS, Norm, clip_to,
                                  norm_of, step_at)
+from entangle.core import tracing
 from entangle.core.objectives import Objective
 from entangle.runtime import preempt, progress
 
@@ -98,7 +99,8 @@ _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def compile_attack(objective: Objective, *, random_start: bool = False,
                    jit_compile: bool = False, schedule: str = "constant",
                    keep_best: bool = False, norm="2", bounds=UNIT_BOUNDS) -> Callable:
-    """One tf.function running the whole loop: (x, labels, x_start, eps, steps, step, seed)."""
+    """The whole loop as one traced function (``tracing.Traced``): (x, labels, x_start, eps,
+    steps, step, seed)."""
     geometry = norm_of(norm)
     bounds = check_bounds(bounds)
 
@@ -108,7 +110,7 @@ def compile_attack(objective: Objective, *, random_start: bool = False,
         return pgd_loop(objective, x, labels, x_start, eps, steps, step_size, schedule,
                         keep_best, geometry, bounds)
 
-    return tf.function(attack, jit_compile=jit_compile, reduce_retracing=True)
+    return tracing.Traced(attack, jit_compile=jit_compile)
 
 
 def cached_attack(owners: Sequence[keras.Model], config: tuple, make_objective: Callable,
@@ -205,8 +207,9 @@ def _on_replicas(fn: Callable, strategy) -> Callable:
         seeds = strategy.experimental_distribute_values_from_function(
             lambda ctx: seed + tf.constant([0, 1_000_003 * ctx.replica_id_in_sync_group],
                                            tf.int32))
-        got = strategy.run(fn, args=(*(shard(a) for a in parts), eps, steps, step_size,
-                                     seeds))
+        # one exact trace per shard shape: the shards' outputs are every replica's own
+        got = strategy.run(getattr(fn, "exact", fn),
+                           args=(*(shard(a) for a in parts), eps, steps, step_size, seeds))
         return np.concatenate([t.numpy() for t in
                                strategy.experimental_local_results(got)])[:n]
     return run
@@ -216,7 +219,7 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
                steps: int, step_size: float, x0=None, random_start: bool = False,
                batch_size: int = 256, seed: int = 0, jit_compile: bool = False,
                verbose="auto", out: np.ndarray | None = None, strategy=None,
-               norm="2", bounds=UNIT_BOUNDS) -> np.ndarray:
+               norm="2", bounds=UNIT_BOUNDS, owner=None) -> np.ndarray:
     """The generic attack runner: steepest ascent on any objective, batched.
 
     ``attack`` is an ``Objective`` (compiled here, once per call, for ``norm`` and ``bounds``)
@@ -225,7 +228,8 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
     loop starts from ``x0`` (default ``x``, or a random point of the ball). ``labels`` has one
     entry per image along axis 0: class indices, per-example float targets (feature
     matching), or (batch, num_models) targets. Results go to ``out`` (any writable array,
-    e.g. a float16 memmap) or a new float32 array.
+    e.g. a float16 memmap) or a new float32 array. ``owner``: the model a compiled attack
+    that several models share (``stand_ins``) runs for now, traced as its own (``tracing``).
     """
     check_budget(eps, steps, step_size, random_start)
     x = check_images(x, "x", bounds)
@@ -266,7 +270,8 @@ def run_attack(attack: Objective | Callable, x, labels, *, eps: float = float("i
             xb = tf.constant(x[sl], tf.float32)
             start = xb if x0 is None else tf.constant(x0[sl], tf.float32)
             args = (xb, tf.constant(labels[sl]), start, eps_t, steps_t, step_t, seed_b)
-            out[sl] = fn(*args).numpy()
+            out[sl] = (fn(*args, owner=owner) if isinstance(fn, tracing.Traced)
+                       else fn(*args)).numpy()
         bar.update(sl.stop, finalize=sl.stop == n)
         if sl.stop < n:
             preempt.check("in an attack (the current chunk will be redone)")

@@ -126,7 +126,7 @@ def robustify(model: keras.Model, x: np.ndarray, x0: np.ndarray, cfg: RobustifyC
                                jit_compile, cfg.schedule, cfg.keep_best)
     out = loop.run_attack(fn, x0f, target, eps=cfg.eps, steps=cfg.steps,
                              step_size=cfg.step_size, batch_size=batch_size, verbose=verbose,
-                             strategy=strategy)
+                             strategy=strategy, owner=model)
     start = np.linalg.norm(representations(rep, x0f, batch_size) - target, axis=1)
     end = np.linalg.norm(representations(rep, out, batch_size) - target, axis=1)
     return Robustified(out, None, end / np.maximum(start, 1e-12))
