@@ -22,7 +22,6 @@ class Traced:
     first shapes, ``relaxed`` (the axes that differ from those unknown) for any other."""
 
     def __init__(self, fn, jit_compile: bool = False):
-        self.python_function = fn
         self.exact = tf.function(fn, jit_compile=jit_compile)
         self.relaxed = tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
         self._first: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -35,8 +34,7 @@ class Traced:
         first = self._first.setdefault(self if owner is None else owner, shapes)
         if shapes == first:
             return self.exact(*args)
-        specs = [tf.TensorSpec([d if len(shape) == len(was) and d == f else None
-                                for d, f in zip(shape, was + shape)], a.dtype)
+        specs = [tf.TensorSpec(_relaxed(shape, was), a.dtype)
                  for a, shape, was in zip(args, shapes, first)]
         return self.relaxed.get_concrete_function(*specs)(*args)
 
@@ -44,3 +42,11 @@ class Traced:
         """Traces made so far, exact and relaxed (``tf.function``'s name for the count)."""
         return (self.exact.experimental_get_tracing_count()
                 + self.relaxed.experimental_get_tracing_count())
+
+
+def _relaxed(shape: tuple, first: tuple) -> list:
+    """``shape`` with every axis that differs from ``first`` unknown (all of them where the
+    ranks differ): the shape ``reduce_retracing`` would trace for a second call."""
+    if len(shape) != len(first):
+        return [None] * len(shape)
+    return [d if d == f else None for d, f in zip(shape, first)]
