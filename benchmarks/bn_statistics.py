@@ -20,17 +20,16 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import common  # noqa: E402  (TensorFlow speed defaults, before it loads)
 
 from entangle import data  # noqa: E402
-from entangle.core import attacks, inference
+from entangle.core import attacks, inference  # noqa: E402
 from entangle.core import train  # noqa: E402
 from entangle.store import training  # noqa: E402
 
-COPY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "cifar10-jpeg")
+COPY = common.CIFAR_COPY
 
 
 def _pgd(model, x, y, eps):
