@@ -3,6 +3,7 @@ progress and preemption, and the checkpointed state a stopped training resumes f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -18,21 +19,28 @@ from entangle.runtime import preempt, progress
 from entangle.runtime.atomic import atomic_save_npz, read_npz
 
 
-def pgd_training_attack(model, eps: float, steps: int, step_size: float,
-                        random_start: bool = False, start_radius: float = 1.0):
-    """The batch attack of adversarial training: untargeted L2 PGD at ``eps``, ``steps`` of
-    ``step_size`` (from a random start in the ball of ``start_radius`` x eps if
-    ``random_start``); (x, y, seed) -> x_adv, no gradient through it. Traced inside the
-    train step, here and in ``adversarial.AdversarialModel``."""
+def pgd_batch_attack(model, steps: int, random_start: bool = False):
+    """The batch attack of adversarial training: untargeted L2 PGD of ``steps`` steps,
+    (x, y, seed, eps, step_size, start_eps) -> x_adv, no gradient through it; from a random
+    start in the ball of radius ``start_eps`` if ``random_start``. The budget and the step
+    length are arguments, so that one trace serves every eps (``attack_numbers``)."""
     objective = objectives.cross_entropy_objective(model, targeted=False)
 
-    def attack(x, y, seed):
-        start = (norms.clip01(norms.random_l2_start(x, eps * start_radius, seed)) if random_start
+    def attack(x, y, seed, eps, step_size, start_eps):
+        start = (norms.clip01(norms.random_l2_start(x, start_eps, seed)) if random_start
                  else x)
-        return tf.stop_gradient(loop.pgd_loop(objective, x, y, start, eps, steps,
-                                                 step_size))
+        return tf.stop_gradient(loop.pgd_loop(objective, x, y, start, eps, steps, step_size))
 
     return attack
+
+
+def pgd_training_attack(model, eps: float, steps: int, step_size: float,
+                        random_start: bool = False, start_radius: float = 1.0):
+    """``pgd_batch_attack`` at ``eps``, ``steps`` of ``step_size``, from a random start in the
+    ball of ``start_radius`` x eps if ``random_start``: (x, y, seed) -> x_adv. Traced inside
+    the train step, here and in ``adversarial.AdversarialModel``."""
+    attack = pgd_batch_attack(model, steps, random_start)
+    return lambda x, y, seed: attack(x, y, seed, eps, step_size, eps * start_radius)
 
 
 def training_attack(model, cfg: TrainConfig):
@@ -41,33 +49,58 @@ def training_attack(model, cfg: TrainConfig):
                                cfg.attack_random_start, cfg.attack_start_radius)
 
 
+# An eps that stays a Python number, traced as a constant of its own trace: TensorFlow's
+# graph optimiser rewrites a constant 1 / norm (the L2 projection at eps 1) as
+# Reciprocal(norm), which rounds differently from the division an argument gets. Kept as a
+# constant so that models trained at eps 1 stay what every stored model and published table
+# was trained with, bit for bit (tests/test_train.py).
+_CONSTANT_EPS = (1.0,)
+
+
+def attack_numbers(cfg: TrainConfig) -> tuple:
+    """The training attack's eps, step length and random-start radius, the arguments of
+    ``pgd_batch_attack`` and of a compiled train step: float32 tensors, each the float32 of
+    the number computed in Python (eps in ``_CONSTANT_EPS`` stays a number)."""
+    eps = cfg.eps if cfg.eps in _CONSTANT_EPS else tf.constant(cfg.eps, tf.float32)
+    return (eps, *(tf.constant(v, tf.float32)
+                   for v in (cfg.attack_step, cfg.eps * cfg.attack_start_radius)))
+
+
+def attack_shape(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the numbers that ``attack_numbers`` passes at run time set aside: what a
+    compiled train step or training attack depends on (one trace for every eps > 0)."""
+    return dataclasses.replace(cfg, eps=float(cfg.eps > 0), attack_step_size=1.0,
+                               attack_step_relative=False, attack_start_radius=1.0)
+
+
 _TRAINING_ATTACKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compiled_training_attack(model, cfg: TrainConfig):
-    """``training_attack`` as one ``tf.function``, traced once per model and attack (per
-    stand-in: once per architecture), held weakly by the model."""
-    key = (cfg.eps, cfg.attack_steps, cfg.attack_step, cfg.attack_random_start,
-           cfg.attack_start_radius)
+    """``training_attack`` as one ``tf.function`` per model, number of steps and start (per
+    stand-in: per architecture), held weakly by the model, for every eps:
+    (x, y, seed) -> x_adv."""
     per_model = _TRAINING_ATTACKS.setdefault(model, {})
+    key = (cfg.attack_steps, cfg.attack_random_start)
     if key not in per_model:
-        per_model[key] = tf.function(training_attack(model, cfg))
-    return per_model[key]
+        per_model[key] = tf.function(pgd_batch_attack(model, *key))
+    compiled, numbers = per_model[key], attack_numbers(cfg)
+    return lambda x, y, seed: compiled(x, y, seed, *numbers)
 
 
-def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):
-    """The compiled global step: (PGD on the batch when eps > 0, then) one Adam update.
-
-    Returns summed loss and correct count over the global batch.
-    """
+def compile_train_step(model, optimizer, cfg: TrainConfig, strategy,
+                       jit_compile: bool = False):
+    """The compiled global step, (x, y, seed, attack) -> (summed loss, correct count over
+    the global batch): PGD on the batch when eps > 0 (``attack``: ``attack_numbers``), then
+    one optimizer update. One trace serves every configuration of one ``attack_shape``."""
     replicas = strategy.num_replicas_in_sync
     global_batch = float(cfg.batch_size)
-    adversarial = training_attack(model, cfg)
+    adversarial = pgd_batch_attack(model, cfg.attack_steps, cfg.attack_random_start)
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def replica_step(x, y, seed):
+    def replica_step(x, y, seed, attack):
         if cfg.eps > 0:
-            x = adversarial(x, y, seed)
+            x = adversarial(x, y, seed, *attack)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
@@ -84,12 +117,24 @@ def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: b
         return tf.reduce_sum(per_example), correct
 
     @tf.function(jit_compile=jit_compile)
-    def step(x, y, seed):
-        loss, correct = strategy.run(replica_step, args=(x, y, seed))
+    def step(x, y, seed, attack):
+        loss, correct = strategy.run(replica_step, args=(x, y, seed, attack))
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None))
 
     return step
+
+
+def bind_attack(compiled, cfg: TrainConfig):
+    """A compiled train step with ``cfg``'s attack numbers: (x, y, seed) -> (loss, correct)."""
+    numbers = attack_numbers(cfg)
+    return lambda x, y, seed: compiled(x, y, seed, numbers)
+
+
+def make_train_step(model, optimizer, cfg: TrainConfig, strategy, jit_compile: bool = False):
+    """The compiled global step for ``cfg``: (x, y, seed) -> summed loss and correct count
+    over the global batch (``compile_train_step`` with ``cfg``'s attack bound)."""
+    return bind_attack(compile_train_step(model, optimizer, cfg, strategy, jit_compile), cfg)
 
 
 def agree_on_finite(grads: list) -> list:

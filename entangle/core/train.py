@@ -29,7 +29,8 @@ from entangle import data
 from entangle.core import models, objectives, optimizers, stand_ins
 from entangle.core.seeding import seeded
 from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
-from entangle.core.steps import (compiled_training_attack, load_state, make_train_step,
+from entangle.core.steps import (attack_shape, bind_attack, compile_train_step,
+                                 compiled_training_attack, load_state, make_train_step,
                                  run_epoch, save_state)
 from entangle.core.train_config import parse_arch, RuntimeOptions, TrainConfig
 from entangle.data import batching
@@ -366,29 +367,30 @@ def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, bu
 
     Why: tracing a train step and optimising its graph on the first call cost seconds per
     model, more than a small model's training (docs/performance.md, "Tracing"). Models that
-    differ only in their seed (and data) run the same step, so under the default strategy
-    one model, optimizer and step per configuration serve them all in turn: the new model's
-    initial weights and optimizer state are copied in, and ``fit`` copies the trained weights
-    back out. The arithmetic is the same, bit for bit (``tests/test_train.py``). Anything
-    whose graph its configuration may not state (``stand_ins``) or that runs over replicas
-    trains as itself.
+    differ only in their seed, their data and their attack's eps and step length
+    (``steps.attack_shape``: those are the step's arguments) run the same step, so under the
+    default strategy one model, optimizer and step per configuration serve them all in turn:
+    the new model's initial weights and optimizer state are copied in, and ``fit`` copies the
+    trained weights back out. The arithmetic is the same, bit for bit (``tests/test_train.py``).
+    Anything whose graph its configuration may not state (``stand_ins``) or that runs over
+    replicas trains as itself.
     """
     architecture = stand_ins.architecture(model)
     if (architecture is not None and strategy.num_replicas_in_sync == 1
             and strategy is tf.distribute.get_strategy()):
-        key = (architecture, repr(dataclasses.replace(cfg, seed=0)), bool(jit_compile),
-               repr(build[0]), build[1], build[3])
+        key = (architecture, repr(dataclasses.replace(attack_shape(cfg), seed=0)),
+               bool(jit_compile), repr(build[0]), build[1], build[3])
         if key not in _TRAINERS:
             twin, twin_optimizer = build_for_training(cfg, strategy, *build)
-            _TRAINERS[key] = (twin, twin_optimizer,
-                              make_train_step(twin, twin_optimizer, cfg, strategy, jit_compile))
-        twin, twin_optimizer, step = _TRAINERS[key]
+            _TRAINERS[key] = (twin, twin_optimizer, compile_train_step(
+                twin, twin_optimizer, cfg, strategy, jit_compile))
+        twin, twin_optimizer, compiled = _TRAINERS[key]
         mine = [*twin.weights, *twin_optimizer.variables]
         theirs = [*model.weights, *optimizer.variables]
         if len(mine) == len(theirs) and all(tuple(a.shape) == tuple(b.shape) and
                                             a.dtype == b.dtype for a, b in zip(mine, theirs)):
             stand_ins.copy(mine, theirs)
-            return twin, twin_optimizer, step
+            return twin, twin_optimizer, bind_attack(compiled, cfg)
     return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
 
 
