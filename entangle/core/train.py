@@ -132,7 +132,8 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     23085).
     The seed is set for the build only; the caller's random state is left as it was.
     """
-    with seeded(cfg.seed), strategy.scope():
+    # a user's builder may draw from TensorFlow's stateful random kernels (seeding.py)
+    with seeded(cfg.seed, restart_tf_streams=model_fn is not None), strategy.scope():
         model = (build_model(cfg, input_shape, num_classes) if model_fn is None
                  else user_model(model_fn, cfg))
         schedule = lr_schedule(cfg, steps_per_epoch)

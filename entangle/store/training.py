@@ -115,7 +115,7 @@ def train_classifier(cfg: TrainConfig, train_set, val=None, store: Store | None 
                                       *((val.x, val.y) if val else ()))
     architecture = None
     if model_fn is not None:
-        with seeding.seeded(cfg.seed):
+        with seeding.seeded(cfg.seed, restart_tf_streams=True):   # as train.build_for_training
             probe = train.user_model(model_fn, cfg)
         architecture = models.architecture_signature(probe)
         del probe
