@@ -22,12 +22,11 @@ import numpy as np
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator
 from keras.src.utils import rng_utils
+from tensorflow.python.eager import context
 
 
 def _tf_seed_state() -> tuple:
     """TensorFlow's eager global seed and the state of its op-seed generator."""
-    from tensorflow.python.eager import context
-
     ctx = context.context()
     rng = getattr(ctx, "_rng", None)      # made by the first set_seed
     return ctx._seed, (None if rng is None else rng.getstate())
@@ -36,8 +35,6 @@ def _tf_seed_state() -> tuple:
 def _set_tf_seed_state(seed, rng_state) -> None:
     """TensorFlow's eager global seed and op-seed generator, as ``tf.random.set_seed`` leaves
     them (``context._set_global_seed``), its kernel-cache clear aside."""
-    from tensorflow.python.eager import context
-
     ctx = context.context()
     ctx._seed = seed
     if rng_state is None:
