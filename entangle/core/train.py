@@ -85,17 +85,79 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int
     x1e-3 after 80 %, x5e-4 after 90 % of training. ``cosine`` anneals to 0, ``none`` stays;
     both after a linear warm-up over ``cfg.lr_warmup`` of the steps when it is > 0.
     """
+    schedule, numbers = _schedule_numbers(cfg, steps_per_epoch)
+    return schedule(**numbers)
+
+
+def _schedule_numbers(cfg: TrainConfig, steps_per_epoch: int) -> tuple[type, dict]:
+    """(the Keras schedule class of ``lr_schedule``, its arguments)."""
     schedules = keras.optimizers.schedules
     lr, total = cfg.learning_rate, cfg.epochs * steps_per_epoch
     if cfg.lr_decay == "step":
         # PiecewiseConstantDecay switches after a boundary: step b-1 is the last at the old rate
         bounds = [max(0, int(round(f * total)) - 1) for f in (0.4, 0.6, 0.8, 0.9)]
-        return schedules.PiecewiseConstantDecay(
-            bounds, [lr * f for f in (1.0, 1e-1, 1e-2, 1e-3, 5e-4)])
+        return schedules.PiecewiseConstantDecay, dict(
+            boundaries=bounds, values=[lr * f for f in (1.0, 1e-1, 1e-2, 1e-3, 5e-4)])
     warm = int(round(cfg.lr_warmup * total))
-    return schedules.CosineDecay(0.0 if warm else lr, max(1, total - warm),
-                                 alpha=1.0 if cfg.lr_decay == "none" else 0.0,
-                                 warmup_target=lr if warm else None, warmup_steps=warm)
+    return schedules.CosineDecay, dict(
+        initial_learning_rate=0.0 if warm else lr, decay_steps=max(1, total - warm),
+        alpha=1.0 if cfg.lr_decay == "none" else 0.0, warmup_target=lr if warm else None,
+        warmup_steps=warm)
+
+
+# Schedules whose numbers may be read from variables at the same rate, bit for bit: the graph
+# optimiser rewrites the cosine's division by a constant step count, which moves the last bit
+# of some rates (measured), so a cosine schedule keeps its numbers as constants.
+_RATES_IN_VARIABLES = ("step", "none")
+
+
+def shared_lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """``lr_schedule`` with its numbers in variables (None where that would move a bit):
+    one compiled train step then serves every learning rate, length and data size,
+    ``set_lr_schedule`` giving each model its own."""
+    if cfg.lr_decay not in _RATES_IN_VARIABLES:
+        return None
+    schedule, numbers = _schedule_numbers(cfg, steps_per_epoch)
+
+    def variable(value):
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return [variable(v) for v in value]
+        return tf.Variable(value, dtype=tf.int64 if isinstance(value, int) else tf.float32,
+                           trainable=False)
+
+    return schedule(**{k: variable(v) for k, v in numbers.items()})
+
+
+def set_lr_schedule(schedule, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Gives a ``shared_lr_schedule`` the numbers of ``cfg``'s own schedule."""
+    _, numbers = _schedule_numbers(cfg, steps_per_epoch)
+    for name, value in numbers.items():
+        held = getattr(schedule, name)
+        for variable, number in (zip(held, value) if isinstance(value, list)
+                                 else [(held, value)]):
+            if variable is not None:
+                variable.assign(number)
+
+
+def _schedule_structure(cfg: TrainConfig, steps_per_epoch: int) -> tuple:
+    """What of ``cfg``'s schedule a traced step holds as structure, not numbers: its class,
+    which arguments are unset (no warm-up) and how many boundaries it has."""
+    schedule, numbers = _schedule_numbers(cfg, steps_per_epoch)
+    return schedule.__name__, tuple(
+        (name, None if v is None else len(v) if isinstance(v, list) else 1)
+        for name, v in numbers.items())
+
+
+def _schedule_shape(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the numbers a ``shared_lr_schedule`` reads at run time set aside, and
+    what the train step never reads (early stopping, augmentation: the loop's and the input
+    pipeline's): what a train step with a shared schedule depends on."""
+    default = TrainConfig()
+    return dataclasses.replace(cfg, learning_rate=default.learning_rate, epochs=default.epochs,
+                               lr_warmup=0.0, early_stopping=False,
+                               patience=default.patience, augment=False)
 
 
 def learning_rate_at(cfg: TrainConfig, epoch: int, steps_per_epoch: int = 1) -> float:
@@ -122,21 +184,22 @@ def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model
 
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
                        model_fn: ModelFn | keras.Model | None = None,
-                       steps_per_epoch: int = 1):
+                       steps_per_epoch: int = 1, schedule=None):
     """(model, optimizer) created in ``strategy.scope()``, seeded: ``cfg.optimizer`` (Adam, or
     SGD with Nesterov momentum 0.9) built eagerly, its learning rate ``lr_schedule(cfg,
     steps_per_epoch)`` and its weight average ``cfg.ema``.
 
     Building the optimizer eagerly inside the scope avoids the Keras 3.14/3.15 + TF 2.21 "must
     feed a value for placeholder" failure of custom steps under MirroredStrategy (keras issue
-    23085).
+    23085). ``schedule``: a learning-rate schedule to use instead (``shared_lr_schedule``).
     The seed is set for the build only; the caller's random state is left as it was.
     """
     # a user's builder may draw from TensorFlow's stateful random kernels (seeding.py)
     with seeded(cfg.seed, restart_tf_streams=model_fn is not None), strategy.scope():
         model = (build_model(cfg, input_shape, num_classes) if model_fn is None
                  else user_model(model_fn, cfg))
-        schedule = lr_schedule(cfg, steps_per_epoch)
+        if schedule is None:
+            schedule = lr_schedule(cfg, steps_per_epoch)
         average = dict(use_ema=cfg.ema > 0, ema_momentum=cfg.ema or 0.99)
         optimizer = (optimizers.Adam(learning_rate=schedule, **average)
                      if cfg.optimizer == "adam" else
@@ -359,7 +422,8 @@ def fit(cfg: TrainConfig, train, val=None, *, runtime: RuntimeOptions = RuntimeO
     return Fit(model, history, metrics, replicas, type(strategy).__name__)
 
 
-_TRAINERS: dict = {}     # what a train step depends on -> (model, optimizer, its train step)
+# what a train step depends on -> (model, optimizer, its train step, its shared schedule)
+_TRAINERS: dict = {}
 
 
 def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, build: tuple):
@@ -372,25 +436,32 @@ def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, bu
     (``steps.attack_shape``: those are the step's arguments) run the same step, so under the
     default strategy one model, optimizer and step per configuration serve them all in turn:
     the new model's initial weights and optimizer state are copied in, and ``fit`` copies the
-    trained weights back out. The arithmetic is the same, bit for bit (``tests/test_train.py``).
-    Anything whose graph its configuration may not state (``stand_ins``) or that runs over
-    replicas trains as itself.
+    trained weights back out. Where the learning-rate schedule reads its numbers from
+    variables (``shared_lr_schedule``), models that differ in their learning rate, epochs and
+    data size share the step too. The arithmetic is the same, bit for bit
+    (``tests/test_train.py``). Anything whose graph its configuration may not state
+    (``stand_ins``) or that runs over replicas trains as itself.
     """
     architecture = stand_ins.architecture(model)
     if (architecture is not None and strategy.num_replicas_in_sync == 1
             and strategy is tf.distribute.get_strategy()):
-        key = (architecture, repr(dataclasses.replace(attack_shape(cfg), seed=0)),
-               bool(jit_compile), repr(build[0]), build[1], build[3])
+        shape, length = dataclasses.replace(attack_shape(cfg), seed=0), build[3]
+        if cfg.lr_decay in _RATES_IN_VARIABLES:
+            shape, length = _schedule_shape(shape), _schedule_structure(cfg, build[3])
+        key = (architecture, repr(shape), bool(jit_compile), repr(build[0]), build[1], length)
         if key not in _TRAINERS:
-            twin, twin_optimizer = build_for_training(cfg, strategy, *build)
+            schedule = shared_lr_schedule(cfg, build[3])
+            twin, twin_optimizer = build_for_training(cfg, strategy, *build, schedule=schedule)
             _TRAINERS[key] = (twin, twin_optimizer, compile_train_step(
-                twin, twin_optimizer, cfg, strategy, jit_compile))
-        twin, twin_optimizer, compiled = _TRAINERS[key]
+                twin, twin_optimizer, cfg, strategy, jit_compile), schedule)
+        twin, twin_optimizer, compiled, schedule = _TRAINERS[key]
         mine = [*twin.weights, *twin_optimizer.variables]
         theirs = [*model.weights, *optimizer.variables]
         if len(mine) == len(theirs) and all(tuple(a.shape) == tuple(b.shape) and
                                             a.dtype == b.dtype for a, b in zip(mine, theirs)):
             stand_ins.copy(mine, theirs)
+            if schedule is not None:
+                set_lr_schedule(schedule, cfg, build[3])
             return twin, twin_optimizer, bind_attack(compiled, cfg)
     return model, optimizer, make_train_step(model, optimizer, cfg, strategy, jit_compile)
 
