@@ -118,14 +118,15 @@ def test_cifar_paper_path_reaches_the_table_and_figures(cifar_paper):
     assert h["robust"].attack_steps == 16 and h["zero_robust"].early_stopping
     standard = manifests["standard"]
     assert standard["config"]["train"]["lr_decay"] == "step"
-    from entangle.core import train
+    from entangle.core import schedules
 
     # the step schedule by optimiser step: epoch 2 starts past 40 % of the steps (x0.1), and
     # on mock data's few steps per epoch past 60 % too (x0.01)
     steps = standard["metrics"]["steps_per_epoch"]
     lrs = [e["lr"] for e in standard["history"]]
     assert lrs[0] == pytest.approx(1e-3) and lrs[1] in (pytest.approx(1e-4), pytest.approx(1e-5))
-    assert lrs == pytest.approx([train.learning_rate_at(h["standard"], e, steps) for e in (0, 1)])
+    assert lrs == pytest.approx([schedules.learning_rate_at(h["standard"], e, steps)
+                                 for e in (0, 1)])
     zero = manifests["zero_robust"]
     assert zero["metrics"]["batch_norm"]["images"] == 10 * n_fit   # ten targets (A.2)
     assert all("val_accuracy" in e for e in zero["history"])    # early stopping validates

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from entangle import data
-from entangle.core import attacks, inference, train
+from entangle.core import attacks, inference, schedules, train
 from entangle.data import planted as planted_lib
 from entangle.runtime import distribution, preempt
 from entangle.store import Store, training
@@ -30,20 +30,20 @@ def planted():
 
 def test_learning_rate_schedules():
     cfg = dataclasses.replace(TINY, epochs=100, learning_rate=1e-3, lr_decay="step")
-    lrs = [train.learning_rate_at(cfg, e) for e in (0, 39, 40, 60, 80, 90, 99)]
+    lrs = [schedules.learning_rate_at(cfg, e) for e in (0, 39, 40, 60, 80, 90, 99)]
     np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-5, 1e-6, 5e-7, 5e-7])
     cos = dataclasses.replace(cfg, lr_decay="cosine")
-    assert train.learning_rate_at(cos, 0) == pytest.approx(1e-3)
-    assert train.learning_rate_at(cos, 50) == pytest.approx(5e-4)
+    assert schedules.learning_rate_at(cos, 0) == pytest.approx(1e-3)
+    assert schedules.learning_rate_at(cos, 50) == pytest.approx(5e-4)
     # per optimiser step: 10 steps an epoch, the schedule moves inside the epoch
-    sched = train.lr_schedule(cos, 10)
+    sched = schedules.lr_schedule(cos, 10)
     assert float(sched(5)) < float(sched(0)) and float(sched(1000)) == pytest.approx(0, abs=1e-9)
     # warm-up: linear from 0 over 10 % of the steps, then the decay (cosine) or flat (none)
     warm = dataclasses.replace(cos, lr_warmup=0.1)
-    w = train.lr_schedule(warm, 10)
+    w = schedules.lr_schedule(warm, 10)
     assert float(w(0)) == 0 and float(w(50)) == pytest.approx(5e-4, rel=1e-4)
     assert float(w(100)) == pytest.approx(1e-3) and float(w(101)) < 1e-3
-    flat = train.lr_schedule(dataclasses.replace(warm, lr_decay="none"), 10)
+    flat = schedules.lr_schedule(dataclasses.replace(warm, lr_decay="none"), 10)
     assert float(flat(100)) == pytest.approx(1e-3) and float(flat(900)) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="lr_warmup"):
         dataclasses.replace(cfg, lr_warmup=0.1)        # the step schedule takes no warm-up

@@ -27,6 +27,8 @@ import tensorflow as tf
 
 from entangle import data
 from entangle.core import models, objectives, optimizers, stand_ins
+from entangle.core.schedules import (lr_schedule, set_lr_schedule, shared_lr_schedule,
+                                     sharing_key, without_numbers)
 from entangle.core.seeding import seeded
 from entangle.core.inference import accuracy, batch_norm_layers, recompute_bn_statistics
 from entangle.core.steps import (attack_shape, bind_attack, compile_train_step,
@@ -74,95 +76,6 @@ def build_model(cfg: TrainConfig, input_shape, num_classes: int) -> keras.Model:
         return models.victim(family, input_shape, num_classes,
                              weights="imagenet" if cfg.pretrained else None,
                              resize_to=cfg.input_size or None)
-
-
-def lr_schedule(cfg: TrainConfig, steps_per_epoch: int
-                ) -> keras.optimizers.schedules.LearningRateSchedule:
-    """The learning rate per optimiser step, as a Keras schedule.
-
-    ``step`` is the schedule of Keras' CIFAR-10 ResNet example (Adam 1e-3, the paper's
-    setting), scaled from its 200 epochs to ``cfg.epochs``: x0.1 after 40 %, x0.01 after 60 %,
-    x1e-3 after 80 %, x5e-4 after 90 % of training. ``cosine`` anneals to 0, ``none`` stays;
-    both after a linear warm-up over ``cfg.lr_warmup`` of the steps when it is > 0.
-    """
-    schedule, numbers = _schedule_numbers(cfg, steps_per_epoch)
-    return schedule(**numbers)
-
-
-def _schedule_numbers(cfg: TrainConfig, steps_per_epoch: int) -> tuple[type, dict]:
-    """(the Keras schedule class of ``lr_schedule``, its arguments)."""
-    schedules = keras.optimizers.schedules
-    lr, total = cfg.learning_rate, cfg.epochs * steps_per_epoch
-    if cfg.lr_decay == "step":
-        # PiecewiseConstantDecay switches after a boundary: step b-1 is the last at the old rate
-        bounds = [max(0, int(round(f * total)) - 1) for f in (0.4, 0.6, 0.8, 0.9)]
-        return schedules.PiecewiseConstantDecay, dict(
-            boundaries=bounds, values=[lr * f for f in (1.0, 1e-1, 1e-2, 1e-3, 5e-4)])
-    warm = int(round(cfg.lr_warmup * total))
-    return schedules.CosineDecay, dict(
-        initial_learning_rate=0.0 if warm else lr, decay_steps=max(1, total - warm),
-        alpha=1.0 if cfg.lr_decay == "none" else 0.0, warmup_target=lr if warm else None,
-        warmup_steps=warm)
-
-
-# Schedules whose numbers may be read from variables at the same rate, bit for bit: the graph
-# optimiser rewrites the cosine's division by a constant step count, which moves the last bit
-# of some rates (measured), so a cosine schedule keeps its numbers as constants.
-_RATES_IN_VARIABLES = ("step", "none")
-
-
-def shared_lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
-    """``lr_schedule`` with its numbers in variables (None where that would move a bit):
-    one compiled train step then serves every learning rate, length and data size,
-    ``set_lr_schedule`` giving each model its own."""
-    if cfg.lr_decay not in _RATES_IN_VARIABLES:
-        return None
-    schedule, numbers = _schedule_numbers(cfg, steps_per_epoch)
-
-    def variable(value):
-        if value is None:
-            return None
-        if isinstance(value, list):
-            return [variable(v) for v in value]
-        return tf.Variable(value, dtype=tf.int64 if isinstance(value, int) else tf.float32,
-                           trainable=False)
-
-    return schedule(**{k: variable(v) for k, v in numbers.items()})
-
-
-def set_lr_schedule(schedule, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Gives a ``shared_lr_schedule`` the numbers of ``cfg``'s own schedule."""
-    _, numbers = _schedule_numbers(cfg, steps_per_epoch)
-    for name, value in numbers.items():
-        held = getattr(schedule, name)
-        for variable, number in (zip(held, value) if isinstance(value, list)
-                                 else [(held, value)]):
-            if variable is not None:
-                variable.assign(number)
-
-
-def _schedule_structure(cfg: TrainConfig, steps_per_epoch: int) -> tuple:
-    """What of ``cfg``'s schedule a traced step holds as structure, not numbers: its class,
-    which arguments are unset (no warm-up) and how many boundaries it has."""
-    schedule, numbers = _schedule_numbers(cfg, steps_per_epoch)
-    return schedule.__name__, tuple(
-        (name, None if v is None else len(v) if isinstance(v, list) else 1)
-        for name, v in numbers.items())
-
-
-def _schedule_shape(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the numbers a ``shared_lr_schedule`` reads at run time set aside, and
-    what the train step never reads (early stopping, augmentation: the loop's and the input
-    pipeline's): what a train step with a shared schedule depends on."""
-    default = TrainConfig()
-    return dataclasses.replace(cfg, learning_rate=default.learning_rate, epochs=default.epochs,
-                               lr_warmup=0.0, early_stopping=False,
-                               patience=default.patience, augment=False)
-
-
-def learning_rate_at(cfg: TrainConfig, epoch: int, steps_per_epoch: int = 1) -> float:
-    """The learning rate at the first step of a (0-based) epoch (see ``lr_schedule``)."""
-    return float(lr_schedule(cfg, steps_per_epoch)(epoch * steps_per_epoch))
 
 
 def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model:
@@ -446,8 +359,13 @@ def _trainer(cfg: TrainConfig, strategy, jit_compile: bool, model, optimizer, bu
     if (architecture is not None and strategy.num_replicas_in_sync == 1
             and strategy is tf.distribute.get_strategy()):
         shape, length = dataclasses.replace(attack_shape(cfg), seed=0), build[3]
-        if cfg.lr_decay in _RATES_IN_VARIABLES:
-            shape, length = _schedule_shape(shape), _schedule_structure(cfg, build[3])
+        shared = sharing_key(cfg, build[3])
+        if shared is not None:
+            # the loop and the input pipeline read early stopping and augmentation, the step
+            # never does
+            shape, length = dataclasses.replace(
+                without_numbers(shape), early_stopping=False, patience=TrainConfig.patience,
+                augment=False), shared
         key = (architecture, repr(shape), bool(jit_compile), repr(build[0]), build[1], length)
         if key not in _TRAINERS:
             schedule = shared_lr_schedule(cfg, build[3])

@@ -23,7 +23,7 @@ def define_train_flags(fv=FLAGS):
                       "adam: the paper's (Keras defaults, beta 0.9/0.999); sgd: momentum 0.9, "
                       "Nesterov, on --learning_rate and its schedule.", flag_values=fv)
     flags.DEFINE_enum("lr_decay", "step", list(train_config.LR_DECAYS),
-                      "Learning-rate schedule (see entangle.core.train.learning_rate_at).",
+                      "Learning-rate schedule (see entangle.core.schedules.learning_rate_at).",
                       flag_values=fv)
     flags.DEFINE_float("lr_warmup", 0.0, "Fraction of the training steps with a linear "
                        "learning-rate warm-up from 0 (with --lr_decay=cosine or none).",
