@@ -16,6 +16,8 @@ from entangle.core.train_config import TrainConfig
 # last bit of some rates (docs/performance.md, "Learning rates as step arguments"), so a
 # cosine schedule keeps its numbers as constants.
 IN_VARIABLES = ("step", "none")
+# the schedules' arguments that count optimiser steps (int64, as the optimiser's iterations)
+_STEP_COUNTS = ("boundaries", "decay_steps", "warmup_steps")
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int
@@ -43,15 +45,15 @@ def shared_lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
         return None
     schedule, numbers = _numbers(cfg, steps_per_epoch)
 
-    def variable(value):
+    def variable(value, dtype):
         if value is None:
             return None
         if isinstance(value, list):
-            return [variable(v) for v in value]
-        return tf.Variable(value, dtype=tf.int64 if isinstance(value, int) else tf.float32,
-                           trainable=False)
+            return [variable(v, dtype) for v in value]
+        return tf.Variable(value, dtype=dtype, trainable=False)
 
-    return schedule(**{name: variable(value) for name, value in numbers.items()})
+    return schedule(**{name: variable(value, tf.int64 if name in _STEP_COUNTS else tf.float32)
+                       for name, value in numbers.items()})
 
 
 def set_lr_schedule(schedule, cfg: TrainConfig, steps_per_epoch: int) -> None:
