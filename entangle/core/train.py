@@ -95,6 +95,14 @@ def user_model(model_fn: ModelFn | keras.Model, cfg: TrainConfig) -> keras.Model
     return model
 
 
+def build_seeding(cfg: TrainConfig, model_fn: ModelFn | keras.Model | None = None):
+    """The random state a model of ``cfg`` is built in: ``cfg.seed``, with TensorFlow's
+    stateful random kernels restarted for a user's builder, which may draw from them
+    (seeding.py). Anything that must build the same weights (the store's architecture probe)
+    builds inside it."""
+    return seeded(cfg.seed, restart_tf_streams=model_fn is not None)
+
+
 def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int,
                        model_fn: ModelFn | keras.Model | None = None,
                        steps_per_epoch: int = 1, schedule=None):
@@ -107,8 +115,7 @@ def build_for_training(cfg: TrainConfig, strategy, input_shape, num_classes: int
     23085). ``schedule``: a learning-rate schedule to use instead (``shared_lr_schedule``).
     The seed is set for the build only; the caller's random state is left as it was.
     """
-    # a user's builder may draw from TensorFlow's stateful random kernels (seeding.py)
-    with seeded(cfg.seed, restart_tf_streams=model_fn is not None), strategy.scope():
+    with build_seeding(cfg, model_fn), strategy.scope():
         model = (build_model(cfg, input_shape, num_classes) if model_fn is None
                  else user_model(model_fn, cfg))
         if schedule is None:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import keras
 
-from entangle.core import models, seeding, train
+from entangle.core import models, train
 from entangle.core.train import ModelFn
 from entangle.core.train_config import RuntimeOptions, TrainConfig
 from entangle.runtime.distribution import get_strategy, is_chief
@@ -115,7 +115,7 @@ def train_classifier(cfg: TrainConfig, train_set, val=None, store: Store | None 
                                       *((val.x, val.y) if val else ()))
     architecture = None
     if model_fn is not None:
-        with seeding.seeded(cfg.seed, restart_tf_streams=True):   # as train.build_for_training
+        with train.build_seeding(cfg, model_fn):
             probe = train.user_model(model_fn, cfg)
         architecture = models.architecture_signature(probe)
         del probe
