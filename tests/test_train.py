@@ -473,6 +473,8 @@ def test_models_of_one_configuration_train_on_one_step_bit_for_bit(planted, monk
             c.eps, c.attack_step, c.eps * c.attack_start_radius))
         alone = [train.fit(c, tr, va, runtime=QUIET).model.get_weights() for c in cfgs[:3]]
     assert not np.array_equal(alone[0][0], alone[1][0])
+    # steps counted from an empty cache: what earlier tests of this worker trained is not here
+    monkeypatch.setattr(train, "_TRAINERS", {})
     before = set(train._TRAINERS)
     fits = [train.fit(c, tr, va, runtime=QUIET) for c in cfgs]
     (new,) = set(train._TRAINERS) - before                  # one step for all four
@@ -485,7 +487,8 @@ def test_models_of_one_configuration_train_on_one_step_bit_for_bit(planted, monk
             np.testing.assert_array_equal(a, b)
 
 
-def test_models_of_other_rates_lengths_and_data_share_a_step_where_that_is_exact(planted):
+def test_models_of_other_rates_lengths_and_data_share_a_step_where_that_is_exact(planted,
+                                                                              monkeypatch):
     """With the step schedule and a flat rate, models that differ in their learning rate,
     epochs, data size, warm-up length and early stopping train in turn on one compiled step
     whose schedule reads its numbers from variables, each bit for bit as it trains alone
@@ -494,6 +497,8 @@ def test_models_of_other_rates_lengths_and_data_share_a_step_where_that_is_exact
     last bit of some rates, so each rate and length keeps a step of its own."""
     from entangle.core import stand_ins
 
+    # steps counted from an empty cache: what earlier tests of this worker trained is not here
+    monkeypatch.setattr(train, "_TRAINERS", {})
     tr, va = planted
     sizes = {128: (tr.x[:128], tr.y[:128]), 96: (tr.x[:96], tr.y[:96])}
     val = (va.x[:32], va.y[:32])
