@@ -12,7 +12,7 @@ import pytest
 from entangle import flags as entangle_flags
 from entangle import report
 from entangle.report import mistakes as report_mistakes
-from entangle.core import inference, probe
+from entangle.core import inference, linear_probe
 from entangle.studies import mistakes, pipeline
 from conftest import run_binary, smoke_flags
 
@@ -127,16 +127,16 @@ def test_linear_probe_learns_signal_and_not_noise():
     y = rng.integers(0, 4, 1200)
     centres = rng.normal(size=(4, 16)) * 3
     x = centres[y] + rng.normal(size=(1200, 16))
-    fitted = probe.fit_linear(x[:800], y[:800], 4)
+    fitted = linear_probe.fit_linear(x[:800], y[:800], 4)
     assert np.mean(fitted.predict(x[800:]) == y[800:]) > 0.95
     # labels independent of the features: a held-out accuracy near chance (0.25)
-    shuffled = probe.fit_linear(x[:800], rng.permutation(y[:800]), 4, l2=1e-2)
+    shuffled = linear_probe.fit_linear(x[:800], rng.permutation(y[:800]), 4, l2=1e-2)
     assert np.mean(shuffled.predict(x[800:]) == y[800:]) < 0.4
     # a heavy penalty shrinks the weights
-    small = probe.fit_linear(x[:800], y[:800], 4, l2=10.0)
+    small = linear_probe.fit_linear(x[:800], y[:800], 4, l2=10.0)
     assert np.abs(small.weights[:-1]).max() < np.abs(fitted.weights[:-1]).max()
     with pytest.raises(ValueError, match="features"):
-        probe.fit_linear(x[:10], y[:9], 4)
+        linear_probe.fit_linear(x[:10], y[:9], 4)
 
 
 def _result_with(model_right, probe_right, n=400):

@@ -165,7 +165,7 @@ class Builders:
                                 test.class_names, f"R{eps:g}"), extra
 
         def build():
-            gen = self.model(*self.generator(eps))
+            gen = self.model(*self.generator_spec(eps))
             rcfg = self.robustify_config()
             seeds = self.seed_images()
             self.log(f"[R{eps:g}] robustifying {len(test)} test images w.r.t. {gen.key} "

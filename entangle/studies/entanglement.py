@@ -233,7 +233,7 @@ class Table:
                 "batch_norm": std.manifest.get("metrics", {}).get("batch_norm")}]
         del std
         for e in positive:
-            gen = exp.model(*exp.generator(e))
+            gen = exp.model(*exp.generator_spec(e))
             m = exp.evaluate(gen, e, outcomes=True)
             versus = stats.mcnemar_exact(std_pgd[e]["pgd_correct"], m["pgd_correct"])
             robust = versus["p"] <= stats.ALPHA and versus["difference"] > 0

@@ -74,7 +74,7 @@ def run_figure4(exp_cfg: pipeline.ExperimentConfig, cfg: entanglement.TableConfi
     test = exp.splits().test
     series = {"eps-robust on test": {}}
     for eps in cfg.columns:
-        trained = exp.model(*exp.generator(eps))
+        trained = exp.model(*exp.generator_spec(eps))
         series["eps-robust on test"][eps] = exp.accuracy_on(trained, test, "Test")
         del trained
     return CurveResult(exp_cfg.data.dataset, series, {}, 1.0 / test.num_classes, built,

@@ -67,7 +67,7 @@ class Graph:
 
     def generator(self, eps: float) -> str:
         """The model whose representation R_eps inverts (eps 0: the standard model)."""
-        return self.model(*self.exp.generator(eps))
+        return self.model(*self.exp.generator_spec(eps))
 
     def constructed(self, kind: str) -> str:
         """The zero-/neg-robust training set, built on the constructed sets' source."""
@@ -96,7 +96,7 @@ class Graph:
         return self.add(PlanItem(
             f"R_{paper.eps_label(eps)}", pipeline.DATASET_KIND, key, (generator,),
             lambda: exp.robustified(eps, runtime=self.nowait), images,
-            work=plan_lib.attack_work((exp.train_config(*exp.generator(eps)),), images,
+            work=plan_lib.attack_work((exp.train_config(*exp.generator_spec(eps)),), images,
                                       exp.cfg.runtime.eval_batch_size, self.shape,
                                       self.classes, kind="robustify")))
 

@@ -98,7 +98,7 @@ class Keys:
                                      "holdout": self.holdout_spec(),
                                      "validation": self.cfg.data.validation})
 
-    def generator(self, eps: float) -> tuple[str, float]:
+    def generator_spec(self, eps: float) -> tuple[str, float]:
         """(kind, eps) of the model that generates R_eps: the standard model for eps 0."""
         return ("standard", 0.0) if eps == 0 else ("robust", float(eps))
 
@@ -116,7 +116,8 @@ class Keys:
         return robustify.seed_indices(len(self.splits().test), self.robustify_config().seed)
 
     def robustified_key(self, eps: float) -> str:
-        return self.store.key(f"R{eps:g}", {"generator": self.model_key(*self.generator(eps)),
+        generator = self.model_key(*self.generator_spec(eps))
+        return self.store.key(f"R{eps:g}", {"generator": generator,
                                             "robustify": self.robustify_config().key_fields(),
                                             "test": self.test_data_key()})
 

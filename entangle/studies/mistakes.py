@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from entangle import data, stats
-from entangle.core import attacks, inference, probe, train
+from entangle.core import attacks, inference, linear_probe, train
 from entangle.data import planted
 from entangle.runtime import atomic
 from entangle.stats import findings as table_findings
@@ -303,7 +303,7 @@ def leakage_control(m: Mistakes, adv: dict, correct: dict) -> dict:
     sets = {"Y1": (x_adv, adv["train"][1][0]), "Y2": (x_adv, adv["train"][1][1]),
             "clean": (fit.x, fit.y)}
     out = {"robust_model": robust.key, "eps": cfg.leakage_eps, "l2": cfg.probe_l2}
-    probes = probe.leakage(robust.model, sets, test, l2=cfg.probe_l2, batch_size=batch)
+    probes = linear_probe.leakage(robust.model, sets, test, l2=cfg.probe_l2, batch_size=batch)
     for name in sets:
         t = stats.chance_test(probes[name], test.y, test.num_classes)
         out[name] = {"accuracy": t["value"], "lower": t["low"], "upper": t["high"],

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from entangle import data, stats
-from entangle.core import probe as probe_lib
+from entangle.core import linear_probe as probe_lib
 from entangle.data import planted
 from entangle.stats import findings as table_findings, paper
 from entangle.store import plan as plan_lib
@@ -235,7 +235,7 @@ def _carries_and_premise(exp: pipeline.Experiment, cfg: StudyConfig,
     for e, c in cols.items():
         if e <= 0:
             continue
-        gen = exp.model(*exp.generator(e))
+        gen = exp.model(*exp.generator_spec(e))
         own = exp.accuracy_on(gen, sets[c], f"generator on {c}")
         premise[c] = {"relative_distance": float(np.median(extras[c]["relative_distance"])),
                       "generator_accuracy": own["accuracy"],

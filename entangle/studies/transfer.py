@@ -139,11 +139,11 @@ class Transfer:
         return {"transfer_eps (--transfer_eps)": self.cfg.eps,
                 "sources (--sources)": max(self.cfg.sources)}
 
-    def attacks(self) -> list[str]:
+    def attack_modes(self) -> list[str]:
         return ["n_targeted"] if self.cfg.mode == "n_targeted" else ["untargeted", "targeted"]
 
     def source_key(self, eps: float) -> str:
-        return self.exp.model_key(*self.exp.generator(eps))
+        return self.exp.model_key(*self.exp.generator_spec(eps))
 
     def targets(self, k: int = 1) -> np.ndarray:
         test = self.exp.splits().test
@@ -180,7 +180,7 @@ class Transfer:
             return ds, np.load(t) if os.path.exists(t) else None
 
         def build():
-            trained = [exp.model(*exp.generator(e)) for e in sources]
+            trained = [exp.model(*exp.generator_spec(e)) for e in sources]
             targets = None if attack == "untargeted" else self.targets(len(sources))
             exp.log(f"[{key}] {attack} L2 PGD (eps {cfg.eps}, {cfg.steps} steps of "
                      f"{cfg.step_size}) on {len(test)} test images against "
@@ -253,7 +253,7 @@ class Transfer:
             g.generator(e)
         for name in self.cfg.victims:
             g.victim(name, size_factor)
-        for attack in self.attacks():
+        for attack in self.attack_modes():
             for e in ([None] if attack == "n_targeted" else self.cfg.sources):
                 srcs = self._set_sources(attack, e)
                 images = g.n_test * (self.cfg.steps + 1)
@@ -263,9 +263,9 @@ class Transfer:
                     tuple(g.generator(s) for s in srcs),
                     lambda attack=attack, e=e: self.adversarial(attack, e, runtime=self._nowait),
                     images * len(srcs),
-                    work=plan_lib.attack_work([exp.train_config(*exp.generator(s)) for s in srcs],
-                                              images, exp.cfg.runtime.eval_batch_size, g.shape,
-                                              g.classes)))
+                    work=plan_lib.attack_work(
+                        [exp.train_config(*exp.generator_spec(s)) for s in srcs], images,
+                        exp.cfg.runtime.eval_batch_size, g.shape, g.classes)))
         return g
 
     # -------------------------------------------------------------- evaluate
@@ -274,12 +274,12 @@ class Transfer:
         exp = self.exp
         test = exp.splits().test
         y = test.y
-        sources = {e: exp.model(*exp.generator(e)) for e in self.cfg.sources}
+        sources = {e: exp.model(*exp.generator_spec(e)) for e in self.cfg.sources}
         clean_pred = {e: exp.predictions(t, test, "Test") for e, t in sources.items()}
         clean = {f"source eps {paper.eps_label(e)}": float(np.mean(p == y))
                  for e, p in clean_pred.items()}
         sets, grids = {}, {}
-        for attack in self.attacks():
+        for attack in self.attack_modes():
             for e in ([None] if attack == "n_targeted" else self.cfg.sources):
                 ds, targets = self.adversarial(attack, e)
                 sets[(attack, e)] = (ds, targets)
@@ -342,7 +342,7 @@ class Transfer:
                                                               if len(reached) else None),
                                     "n": len(y)})
         grids["_original"] = test.float_images()[:self.cfg.grid_images]
-        if sets and "targeted" in self.attacks():
+        if sets and "targeted" in self.attack_modes():
             grids["_targets"] = sets[("targeted", self.cfg.sources[0])][1][0][
                 :self.cfg.grid_images]
         return records, clean, grids, outcomes
