@@ -31,6 +31,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
+# The shared end-to-end stores: a test that uses one is marked slow (setup.cfg), so that
+# ``-m "not slow"`` builds none of them.
+SLOW_FIXTURES = ("smoke_table", "smoke_transfer", "cifar_paper")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def run_shared_dir(tmp_path_factory, name: str):
     """A folder that every pytest-xdist worker of this run shares (fresh per run). A store

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -11,6 +12,7 @@ import chaos  # noqa: E402
 import forkserver  # noqa: E402
 
 
+@pytest.mark.slow
 def test_killed_processes_and_flipped_bytes_leave_the_reference_table(tmp_path):
     """Two processes of a reduced Table 1 on one store, 2 kills (SIGKILL or SIGTERM) after
     their victims planned, with restarts, up to 2 stored files damaged: the table and every

@@ -87,6 +87,45 @@ def test_readme_commands_name_existing_binaries_flagfiles_flags_and_scripts():
     assert binaries >= 5
 
 
+_COLLECT = """
+import json, sys
+import pytest
+
+class Report:
+    def pytest_collection_finish(self, session):
+        self.items = [(i.nodeid, i.get_closest_marker("slow") is not None,
+                       sorted(getattr(i, "fixturenames", ()))) for i in session.items]
+
+report = Report()
+code = pytest.main(["--collect-only", "-q", "-p", "no:xdist", "-o", "addopts=", "tests"],
+                   plugins=[report])
+print(json.dumps({"code": int(code), "items": report.items}))
+"""
+
+
+def test_the_quick_loop_deselects_every_end_to_end_store():
+    """``-m "not slow"`` (the README's loop while developing) leaves out every test that uses
+    a shared end-to-end store, so it builds none of them; CI's command keeps them all."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ENV, SLOW_FIXTURES
+
+    proc = subprocess.run([sys.executable, "-c", _COLLECT], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["code"] == 0, proc.stderr[-2000:]
+    for fixture in SLOW_FIXTURES:
+        users = [(node, slow) for node, slow, used in out["items"] if fixture in used]
+        assert users, f"no test uses {fixture}"
+        assert all(slow for _, slow in users), f"{fixture} users not marked slow: {users}"
+    slow = sum(s for _, s, _ in out["items"])
+    assert 0 < slow < len(out["items"]) / 4          # a quick loop, not an empty one
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert 'python -m pytest -q -m "not slow"' in readme
+
+
 def test_readme_python_example_runs_as_written(capsys):
     """The README's library block, executed exactly as printed there (it makes its own
     random data): train a user's Keras model adversarially, attack it, robustify."""

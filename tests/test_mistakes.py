@@ -51,6 +51,7 @@ def _config(workdir, *extra):
     return entangle_flags.experiment_config(fv), entangle_flags.mistakes_config(fv)
 
 
+@pytest.mark.slow
 def test_mistakes_smoke_end_to_end(tmp_path):
     exp_cfg, cfg = _config(tmp_path / "work")
     out = tmp_path / "results"

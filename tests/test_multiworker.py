@@ -70,6 +70,7 @@ def _cluster(work=None, workdirs=None, attempts=3):
         raise AssertionError("\n".join(o[-3000:] for o in outs))
 
 
+@pytest.mark.slow
 def test_two_workers_train_resume_store_and_hit_the_cache(tmp_path):
     # 0. uninterrupted, the reference; worker 1 gets a store of its own, which must stay empty:
     # only the chief writes (models, checkpoints, evaluations, logs)

@@ -10,10 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+
+import pytest
 from conftest import ROOT
 
 
 
+@pytest.mark.slow
 def test_a_non_editable_install_runs_the_smoke_table_from_any_directory(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -132,6 +132,7 @@ def test_cifar_paper_path_reaches_the_table_and_figures(cifar_paper):
     assert all("val_accuracy" in e for e in zero["history"])    # early stopping validates
 
 
+@pytest.mark.slow
 def test_imagenet9_paper_path_reaches_the_table(tmp_path):
     fv = smoke_flags("--columns=0,1", *CUTS, f"--workdir={tmp_path}",
                      flagfile="imagenet9_paper.cfg")

@@ -120,6 +120,7 @@ def test_train_binary_offline_dataset_error(tmp_path):
     assert "not prepared" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_releases_the_lock_and_resumes(tmp_path):
     """A scheduler's SIGTERM mid-training: the run stops at the next batch with one line and
     exit code 143, no lock is left, and a rerun resumes from its checkpoint."""
@@ -176,6 +177,7 @@ def test_validation_choices(smoke_config, tmp_path):
         pipeline.DataConfig(validation="test")
 
 
+@pytest.mark.slow
 def test_binaries_run_from_any_directory(tmp_path):
     """Outside the repository the binaries are ``python -m entangle <binary>`` (or the
     ``entangle`` command), and a shipped flagfile is named by its file name."""

@@ -119,6 +119,7 @@ def _study_config(workdir, *extra):
     return entangle_flags.experiment_config(fv), entangle_flags.study_config(fv)
 
 
+@pytest.mark.slow
 def test_study_smoke_end_to_end_writes_every_file(tmp_path):
     exp_cfg, cfg = _study_config(tmp_path / "work")
     out = tmp_path / "results"

@@ -29,6 +29,7 @@ def test_robustification_matches_the_representation_and_leaves_its_seed(trained_
         robustify.RobustifyConfig(step_size=0)
 
 
+@pytest.mark.slow
 def test_planted_ground_truth_robust_generators_carry_the_robust_pattern(tmp_path):
     """On planted data (A robust, norm 4; B/C non-robust, norm 0.5), robustifying w.r.t. a
     standard model keeps the seed's robust pattern A (it matches the representation through

@@ -452,6 +452,7 @@ def test_user_model_builder_trains_and_is_keyed_by_its_architecture(planted, tmp
         training.train_classifier(cfg, tr, None, store, runtime=QUIET, model_fn=softmax_model)
 
 
+@pytest.mark.slow
 def test_models_of_one_configuration_train_on_one_step_bit_for_bit(planted, monkeypatch):
     """Models that differ only in their seed and their attack's eps train in turn on one
     model, optimizer and compiled step (``train._trainer``): each comes out as it would
@@ -487,6 +488,7 @@ def test_models_of_one_configuration_train_on_one_step_bit_for_bit(planted, monk
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_models_of_other_rates_lengths_and_data_share_a_step_where_that_is_exact(planted,
                                                                               monkeypatch):
     """With the step schedule and a flat rate, models that differ in their learning rate,

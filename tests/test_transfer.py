@@ -171,6 +171,7 @@ def test_config_errors_name_what_is_allowed():
         transfer.TransferConfig(sources=(0.0, 0.0))
 
 
+@pytest.mark.slow
 def test_victim_trains_at_tiny_size_through_the_trainer_and_store(tmp_path):
     from conftest import colour_dataset
     from entangle import data
