@@ -88,7 +88,7 @@ def test_readme_commands_name_existing_binaries_flagfiles_flags_and_scripts():
 
 
 _COLLECT = """
-import json, sys
+import json
 import pytest
 
 class Report:
@@ -124,6 +124,11 @@ def test_the_quick_loop_deselects_every_end_to_end_store():
     assert 0 < slow < len(out["items"]) / 4          # a quick loop, not an empty one
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert 'python -m pytest -q -m "not slow"' in readme
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read(os.path.join(ROOT, "setup.cfg"))
+    assert "-m" not in ini["tool:pytest"]["addopts"].split()   # the test command runs all
 
 
 def test_readme_python_example_runs_as_written(capsys):
