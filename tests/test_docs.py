@@ -3,10 +3,14 @@ section anchors), every command in README.md's fenced blocks names an existing b
 flagfile, flag and script, its Python example uses names the library has, and no library
 module outgrows the size a reader can hold."""
 
+import configparser
 import glob
+import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 from conftest import ROOT
@@ -106,10 +110,6 @@ print(json.dumps({"code": int(code), "items": report.items}))
 def test_the_quick_loop_deselects_every_end_to_end_store():
     """``-m "not slow"`` (the README's loop while developing) leaves out every test that uses
     a shared end-to-end store, so it builds none of them; CI's command keeps them all."""
-    import json
-    import subprocess
-    import sys
-
     from conftest import ENV, SLOW_FIXTURES
 
     proc = subprocess.run([sys.executable, "-c", _COLLECT], cwd=ROOT, env=ENV,
@@ -124,8 +124,6 @@ def test_the_quick_loop_deselects_every_end_to_end_store():
     assert 0 < slow < len(out["items"]) / 4          # a quick loop, not an empty one
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert 'python -m pytest -q -m "not slow"' in readme
-    import configparser
-
     ini = configparser.ConfigParser()
     ini.read(os.path.join(ROOT, "setup.cfg"))
     assert "-m" not in ini["tool:pytest"]["addopts"].split()   # the test command runs all
