@@ -1,5 +1,5 @@
 """The front door stays true: every relative link in README.md and docs/ resolves (files and
-section anchors), every command in README.md's fenced blocks names an existing binary,
+section anchors), every repository path, test and module they name exists, every command in README.md's fenced blocks names an existing binary,
 flagfile, flag and script, its Python example uses names the library has, and no library
 module outgrows the size a reader can hold."""
 
@@ -41,6 +41,46 @@ def test_every_relative_link_resolves(doc):
         assert os.path.realpath(full).startswith(ROOT), f"{target} leaves the repository"
         if anchor:
             assert anchor in _anchors(full), f"{os.path.relpath(doc, ROOT)}: no section #{anchor}"
+
+
+# a file a tool writes, named in the docs as where to look after running it
+WRITTEN = {"benchmarks/results/gpu_check.md": "benchmarks/gpu_check.sh"}
+REPO_PATH = re.compile(r"(?<![\w/~.$<-])((?:entangle|tests|benchmarks|flags|experiments|docs)/"
+                       r"[\w/.-]+\.(?:py|cfg|sh|json|md|png|txt))(?:::(\w+))?")
+MODULE_NAME = re.compile(r"(?<![\w/.])entangle((?:\.\w+)+)")
+
+
+def _defines(path: str, name: str) -> bool:
+    """Whether a module's source defines or imports ``name`` at some level."""
+    text = open(path, encoding="utf-8").read()
+    return bool(re.search(rf"^\s*(?:def|class)\s+{name}\b|^\s*{name}\s*[:=]|"
+                          rf"^\s*(?:from\s+\S+\s+)?import\s+.*\b{name}\b", text, re.M))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_repository_path_test_and_module_the_docs_name_exists(doc):
+    """A module moved or a test renamed leaves no stale name in the docs: each repository path
+    exists (or a tool writes it), each ``tests/f.py::test`` is a test of f, and each
+    ``entangle.a.b`` is a module, or a name that its module defines."""
+    text = open(doc, encoding="utf-8").read()
+    where = os.path.relpath(doc, ROOT)
+    for path, test in REPO_PATH.findall(text):
+        if path in WRITTEN:
+            assert os.path.exists(os.path.join(ROOT, WRITTEN[path])), path
+            continue
+        assert os.path.exists(os.path.join(ROOT, path)), f"{where}: {path} does not exist"
+        if test:
+            assert _defines(os.path.join(ROOT, path), test), f"{where}: no {path}::{test}"
+    for dotted in MODULE_NAME.findall(text):
+        parts, folder = dotted.strip(".").split("."), os.path.join(ROOT, "entangle")
+        while parts and os.path.isdir(os.path.join(folder, parts[0])):
+            folder = os.path.join(folder, parts.pop(0))
+        module = (os.path.join(folder, parts.pop(0) + ".py")
+                  if parts and os.path.exists(os.path.join(folder, parts[0] + ".py"))
+                  else os.path.join(folder, "__init__.py"))
+        assert os.path.exists(module) and len(parts) <= 1, f"{where}: no module entangle{dotted}"
+        if parts:
+            assert _defines(module, parts[0]), f"{where}: {module} has no {parts[0]}"
 
 
 def _readme_blocks(lang):
