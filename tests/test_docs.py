@@ -1,7 +1,8 @@
 """The front door stays true: every relative link in README.md and docs/ resolves (files and
-section anchors), every repository path, test and module they name exists, every command in README.md's fenced blocks names an existing binary,
-flagfile, flag and script, its Python example uses names the library has, and no library
-module outgrows the size a reader can hold."""
+section anchors), every repository path, test and module they name exists, every command in
+README.md's fenced blocks names an existing binary, flagfile, flag and script, its Python
+example uses names the library has, and no library module outgrows the size a reader can
+hold."""
 
 import configparser
 import glob
@@ -72,7 +73,7 @@ def test_every_repository_path_test_and_module_the_docs_name_exists(doc):
         if test:
             assert _defines(os.path.join(ROOT, path), test), f"{where}: no {path}::{test}"
     for dotted in MODULE_NAME.findall(text):
-        parts, folder = dotted.strip(".").split("."), os.path.join(ROOT, "entangle")
+        parts, folder = dotted[1:].split("."), os.path.join(ROOT, "entangle")
         while parts and os.path.isdir(os.path.join(folder, parts[0])):
             folder = os.path.join(folder, parts.pop(0))
         module = (os.path.join(folder, parts.pop(0) + ".py")
